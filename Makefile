@@ -1,0 +1,31 @@
+# The two commands: `make demo` and `make test`. Both create .venv on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ROOT_DIR ?= runs/quickstart
+
+.PHONY: demo test install clean
+
+$(VENV)/.base:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	touch $@
+
+$(VENV)/.installed: setup.py $(VENV)/.base
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: setup.py $(VENV)/.base
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m purl_tf.train --gin_file=gin/quickstart.gin --root_dir=$(ROOT_DIR)
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) *.egg-info

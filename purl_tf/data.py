@@ -1,0 +1,344 @@
+"""Input pipelines: the train, reward and test splits of an image classification data set.
+
+  train   the source's training examples minus the held-out ones: retraining, fine-tuning.
+  reward  `reward_size` training examples chosen with `reward_seed`, never trained on:
+          every accuracy the search sees.
+  test    the source's test split ('validation' for imagenet2012), or, for a source
+          without one, `test_size` more held-out training examples: final reporting only.
+
+Sources are read through tfds with images still encoded, so that holding examples
+out (which needs only their position) decodes nothing. Images come out as float32
+(batch, height, width, channels), normalised for the model; labels as int64 (batch,).
+"""
+import dataclasses
+import difflib
+import os
+from typing import Optional, Tuple
+
+import gin
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from purl_tf import mnist5k  # pylint: disable=unused-import  (registers the builder)
+from purl_tf.errors import PurlError
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Names that are not tfds data sets but local sources, read from `folder`.
+IMAGE_FOLDER = "image_folder"  # folder/<split>/<class>/<image>
+TFDS_DIR = "tfds_dir"  # a data set folder written by tfds (dataset_info.json + TFRecords)
+
+# Per-model normalisation of 0..255 pixels, and the augmentation each expects.
+_NORMALISERS = {
+    "scale": lambda x: x / 255.0,
+    "resnet50": lambda x: tf.keras.applications.resnet50.preprocess_input(x),
+    "mobilenet_v2": lambda x: x / 127.5 - 1.0,
+}
+_IMAGENET_STYLE = ("resnet50", "mobilenet_v2")
+_AUGMENTATIONS = ("none", "flip_crop", "inception")
+_CENTRAL_FRACTION = 0.875  # ImageNet evaluation: resize to size / 0.875, crop the centre.
+
+_TRAIN, _REWARD, _TEST = 0, 1, 2
+
+
+@dataclasses.dataclass
+class Splits:
+  """Batched datasets of (image float32 (B, H, W, C), label int64 (B,))."""
+  train: tf.data.Dataset  # one shuffled epoch, full batches only; reshuffled each pass
+  reward: tf.data.Dataset  # fixed order, cached
+  test: tf.data.Dataset  # fixed order, cached
+  num_classes: int
+  image_shape: Tuple[int, int, int]
+  num_examples: dict  # split name -> number of examples
+  batch_size: int  # global train batch (per-replica batch * replicas)
+  name: str
+
+
+@gin.configurable(denylist=["num_replicas"])
+def load_splits(dataset: str = "mnist5k",
+                folder: Optional[str] = None,
+                data_dir: Optional[str] = None,
+                manual_dir: Optional[str] = None,
+                download: bool = True,
+                preprocessing: str = "scale",
+                image_size: Optional[int] = None,
+                channels: Optional[int] = None,
+                resize: str = "resize",
+                augment: Optional[str] = None,
+                batch_size: int = 64,
+                eval_batch_size: Optional[int] = None,
+                reward_size: int = 500,
+                reward_seed: int = 0,
+                test_size: int = 1000,
+                shuffle_buffer: int = 10_000,
+                shuffle_seed: int = 0,
+                cache_train: bool = True,
+                num_replicas: int = 1) -> Splits:
+  """Builds the three splits.
+
+  Args:
+    dataset: a tfds name ('mnist5k', 'mnist', 'cifar10', 'cifar100', 'imagenet2012', ...),
+      'image_folder' (a folder of folder/<split>/<class>/<image>) or 'tfds_dir' (a data set
+      folder prepared by tfds); the last two read `folder`.
+    folder: path for 'image_folder' and 'tfds_dir'.
+    data_dir: tfds data dir (default: tfds' own, $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    manual_dir: folder holding manually downloaded archives (imagenet2012).
+    download: let tfds download and prepare the data set when it is not prepared yet.
+    preprocessing: normalisation: 'scale' (0..1), 'resnet50' (caffe BGR mean), 'mobilenet_v2'
+      (-1..1). The last two also select ImageNet-style resize and crop.
+    image_size: side of the square model input in pixels; None keeps the source's size.
+    channels: 1 or 3 to convert grey/colour; None keeps the source's channels.
+    resize: for 'scale' preprocessing, how images reach image_size: 'resize' or 'pad'
+      (pad or crop around the centre).
+    augment: 'none', 'flip_crop' (pad 4, random crop, flip) or 'inception' (random
+      resized crop, flip); None picks 'inception' for ImageNet models, else 'none'.
+    batch_size: train batch per replica (images).
+    eval_batch_size: reward/test batch per replica; None = 2 * batch_size.
+    reward_size: examples held out of the training split for the reward split.
+    reward_seed: seed choosing them.
+    test_size: examples held out for `test` when the source has no test split.
+    shuffle_buffer: train shuffle buffer (examples).
+    shuffle_seed: seed of the train shuffle and augmentation.
+    cache_train: keep decoded training images in memory (small data sets).
+    num_replicas: replicas in sync; batches are per-replica sizes times this.
+  """
+  if preprocessing not in _NORMALISERS:
+    raise PurlError(f"load_splits.preprocessing={preprocessing!r} is unknown: use one of "
+                    f"{sorted(_NORMALISERS)}.")
+  if augment is None:
+    augment = "inception" if preprocessing in _IMAGENET_STYLE else "none"
+  if augment not in _AUGMENTATIONS:
+    raise PurlError(f"load_splits.augment={augment!r} is unknown: use one of {_AUGMENTATIONS}.")
+  if resize not in ("resize", "pad"):
+    raise PurlError(f"load_splits.resize={resize!r} is unknown: use 'resize' or 'pad'.")
+  if reward_size < 1:
+    raise PurlError(f"load_splits.reward_size={reward_size} must be at least 1.")
+
+  source = _Source(dataset, folder, data_dir, manual_dir, download)
+  shape = _output_shape(source.native_shape, image_size, channels, dataset)
+  num_train = source.count(source.train_split)
+  carve_test = source.test_split is None
+  held_out = reward_size + (test_size if carve_test else 0)
+  if held_out >= num_train:
+    raise PurlError(f"{dataset} has {num_train} training examples, too few to hold out "
+                    f"{held_out}: lower load_splits.reward_size (or test_size).")
+  roles = _roles(num_train, reward_size, test_size if carve_test else 0, reward_seed)
+
+  global_batch = batch_size * num_replicas
+  global_eval_batch = (eval_batch_size or 2 * batch_size) * num_replicas
+  geometry = _Geometry(shape, preprocessing, resize, augment, seed=shuffle_seed)
+
+  train = source.examples(source.train_split, roles, _TRAIN)
+  if cache_train:
+    train = train.map(source.decode, num_parallel_calls=AUTOTUNE).cache()
+    train = train.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+  else:
+    train = train.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    train = train.map(source.decode, num_parallel_calls=AUTOTUNE)
+  train = train.map(geometry.train, num_parallel_calls=AUTOTUNE)
+  train = train.batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
+
+  def evaluation(split, role):
+    ds = source.examples(split, roles, role).map(source.decode, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(geometry.evaluation, num_parallel_calls=AUTOTUNE).cache()
+    return ds.map(geometry.normalise).batch(global_eval_batch).prefetch(AUTOTUNE)
+
+  reward = evaluation(source.train_split, _REWARD)
+  if carve_test:
+    test, num_test = evaluation(source.train_split, _TEST), test_size
+  else:
+    test, num_test = evaluation(source.test_split, None), source.count(source.test_split)
+  counts = {"train": num_train - held_out, "reward": reward_size, "test": num_test}
+  if counts["train"] < global_batch:
+    raise PurlError(f"{dataset} leaves {counts['train']} training examples, fewer than one "
+                    f"batch of {global_batch}: lower load_splits.batch_size.")
+  return Splits(train=train, reward=reward, test=test, num_classes=source.num_classes,
+                image_shape=shape, num_examples=counts, batch_size=global_batch,
+                name=dataset)
+
+
+def _roles(num_examples, reward_size, test_size, seed):
+  """Role of each training example by position: 0 train, 1 reward, 2 test. int8 (N,)."""
+  roles = np.full(num_examples, _TRAIN, np.int8)
+  chosen = np.random.default_rng(seed).permutation(num_examples)
+  roles[chosen[:reward_size]] = _REWARD
+  roles[chosen[reward_size:reward_size + test_size]] = _TEST
+  return roles
+
+
+def _output_shape(native, image_size, channels, dataset):
+  height, width, native_channels = native
+  if image_size is None and (height is None or width is None):
+    raise PurlError(f"{dataset} has images of varying size: bind load_splits.image_size.")
+  side = (height, width) if image_size is None else (image_size, image_size)
+  depth = channels or native_channels or 3
+  if depth not in (1, 3):
+    raise PurlError(f"load_splits.channels={depth} is not supported: use 1 or 3.")
+  return (int(side[0]), int(side[1]), int(depth))
+
+
+class _Source:
+  """A tfds builder opened for reading, with images left encoded."""
+
+  def __init__(self, dataset, folder, data_dir, manual_dir, download):
+    self.name = dataset
+    self.builder = _open_builder(dataset, folder, data_dir, manual_dir, download)
+    info = self.builder.info
+    if not info.supervised_keys:
+      raise PurlError(f"{dataset} declares no (image, label) supervised keys: it is not an "
+                      "image classification data set purl_tf can read.")
+    self.image_key, self.label_key = info.supervised_keys[:2]
+    image_feature = info.features[self.image_key]
+    if not isinstance(image_feature, tfds.features.Image):
+      raise PurlError(f"{dataset}'s input '{self.image_key}' is not an image.")
+    self._image_feature = image_feature
+    self.native_shape = tuple(image_feature.shape)
+    self.num_classes = info.features[self.label_key].num_classes
+    names = list(info.splits.keys()) or ["train", "test", "validation"]  # mock data: no info
+    if "train" not in names:
+      raise PurlError(f"{dataset} has no 'train' split (it has {names}).")
+    self.train_split = "train"
+    self.test_split = next((s for s in ("test", "validation") if s in names), None)
+
+  def count(self, split):
+    """Number of examples in a split (counted by reading when tfds does not record it)."""
+    if self.builder.info.splits and split in self.builder.info.splits:
+      recorded = self.builder.info.splits[split].num_examples
+      if recorded:
+        return recorded
+    ds = self._read(split)
+    cardinality = int(ds.cardinality())
+    if cardinality >= 0:
+      return cardinality
+    return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+
+  def _read(self, split):
+    try:
+      return self.builder.as_dataset(
+          split=split, shuffle_files=False,
+          decoders={self.image_key: tfds.decode.SkipDecoding()})
+    except Exception as error:  # tfds raises many types for a data set that is not there.
+      raise PurlError(f"cannot read split '{split}' of {self.name}: {_first_line(error)}") from error
+
+  def examples(self, split, roles, role):
+    """(encoded image, label) of a split, keeping only examples of `role` (None: all)."""
+    ds = self._read(split)
+    if role is not None:
+      table = tf.constant(roles)
+      ds = ds.enumerate().filter(lambda i, _: tf.equal(tf.gather(table, i), role))
+      ds = ds.map(lambda _, example: example)
+    return ds.map(lambda ex: (ex[self.image_key], ex[self.label_key]))
+
+  def decode(self, encoded, label):
+    """Decodes one image to uint8 (H, W, C)."""
+    return self._image_feature.decode_example(encoded), tf.cast(label, tf.int64)
+
+
+def _open_builder(dataset, folder, data_dir, manual_dir, download):
+  """The tfds builder of a source, prepared; every failure becomes a one-line PurlError."""
+  if dataset in (IMAGE_FOLDER, TFDS_DIR):
+    if not folder or not os.path.isdir(os.path.expanduser(folder)):
+      raise PurlError(f"dataset '{dataset}' reads load_splits.folder, and {folder!r} is not a "
+                      "folder: bind load_splits.folder to it.")
+    folder = os.path.expanduser(folder)
+    try:
+      if dataset == IMAGE_FOLDER:
+        return tfds.folder_dataset.ImageFolder(folder)
+      return tfds.builder_from_directory(folder)
+    except Exception as error:
+      raise PurlError(f"cannot open {folder} as '{dataset}': {_first_line(error)}") from error
+  try:
+    builder = tfds.builder(dataset, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    close = difflib.get_close_matches(dataset, tfds.list_builders(), n=3)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise PurlError(f"load_splits.dataset={dataset!r} is not a tfds data set, "
+                    f"'{IMAGE_FOLDER}' or '{TFDS_DIR}'.{hint}") from error
+  needs_manual = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
+  if needs_manual and manual_dir and not os.path.isdir(os.path.expanduser(manual_dir)):
+    raise PurlError(f"load_splits.manual_dir={manual_dir!r} is not a folder: point it at the "
+                    f"folder holding the downloaded {dataset} archives.")
+  if not download:
+    return builder
+  config = tfds.download.DownloadConfig(
+      manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
+  try:
+    builder.download_and_prepare(download_config=config)
+  except Exception as error:
+    where = data_dir or tfds.core.constants.DATA_DIR
+    if needs_manual:
+      raise PurlError(f"{dataset} is not prepared in {where} and needs a manual download: put "
+                      "its archives in a folder and bind load_splits.manual_dir to it "
+                      f"({_first_line(error)}).") from error
+    raise PurlError(f"could not download or prepare {dataset} into {where} "
+                    f"({_first_line(error)}): prepare it on a machine with network access "
+                    "and bind load_splits.data_dir, or use dataset='mnist5k' offline.") from error
+  return builder
+
+
+def _first_line(error):
+  text = str(error).strip().splitlines()
+  return text[0][:300] if text else type(error).__name__
+
+
+class _Geometry:
+  """Resizing, cropping, augmentation and normalisation of decoded uint8 images."""
+
+  def __init__(self, shape, preprocessing, resize, augment, seed):
+    self.height, self.width, self.channels = shape
+    self.preprocessing = preprocessing
+    self.imagenet_style = preprocessing in _IMAGENET_STYLE
+    self.resize = resize
+    self.augment = augment
+    self.seed = seed
+
+  def _channels(self, image):
+    depth = image.shape[-1]
+    if depth == self.channels or depth is None:
+      return image
+    if self.channels == 3:
+      return tf.image.grayscale_to_rgb(image)
+    return tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))), tf.uint8)
+
+  def _fit(self, image):
+    """uint8 image of any size -> float32 (height, width, C) for the model's input."""
+    image = tf.cast(image, tf.float32)
+    if self.imagenet_style:
+      # Resize the shorter side to size / 0.875, then crop the centre.
+      shape = tf.cast(tf.shape(image)[:2], tf.float32)
+      scale = tf.reduce_max(
+          tf.constant([self.height, self.width], tf.float32) / _CENTRAL_FRACTION / shape)
+      image = tf.image.resize(image, tf.cast(tf.math.ceil(shape * scale), tf.int32))
+      return tf.image.resize_with_crop_or_pad(image, self.height, self.width)
+    if self.resize == "pad":
+      return tf.image.resize_with_crop_or_pad(image, self.height, self.width)
+    return tf.image.resize(image, (self.height, self.width))
+
+  def evaluation(self, image, label):
+    """Deterministic geometry; uint8 out so that the cache stays small."""
+    image = self._fit(self._channels(image))
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return tf.ensure_shape(image, (self.height, self.width, self.channels)), label
+
+  def normalise(self, image, label):
+    return _NORMALISERS[self.preprocessing](tf.cast(image, tf.float32)), label
+
+  def train(self, image, label):
+    image = self._channels(image)
+    if self.augment == "inception":
+      begin, size, _ = tf.image.sample_distorted_bounding_box(
+          tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4]), min_object_covered=0.1,
+          aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
+          use_image_if_no_bounding_boxes=True, seed=self.seed)
+      image = tf.slice(image, begin, size)
+      image = tf.image.resize(tf.cast(image, tf.float32), (self.height, self.width))
+      image = tf.image.random_flip_left_right(image, seed=self.seed)
+    else:
+      image = self._fit(image)
+      if self.augment == "flip_crop":
+        image = tf.image.resize_with_crop_or_pad(image, self.height + 8, self.width + 8)
+        image = tf.image.random_crop(image, (self.height, self.width, self.channels),
+                                     seed=self.seed)
+        image = tf.image.random_flip_left_right(image, seed=self.seed)
+    image = tf.ensure_shape(image, (self.height, self.width, self.channels))
+    return self.normalise(image, label)

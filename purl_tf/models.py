@@ -1,0 +1,201 @@
+"""The networks PuRL prunes: builders, a user's saved model, and dense pre-training.
+
+Every builder takes `input_shape` (H, W, C) and `num_classes` from the data and returns a
+tf-keras functional model whose output is class probabilities (B, num_classes). Builders
+are gin-configurable, so a gin file picks one with `train_eval.model_builder = @resnet50`.
+"""
+import os
+from typing import Optional, Sequence
+
+import gin
+import tensorflow as tf
+import tf_keras as keras
+
+from purl_tf.errors import PurlError
+
+_DENSE_DIR = "dense"
+_DENSE_WEIGHTS = "weights.h5"
+
+
+def _application(constructor, name, input_shape, num_classes, weights, **kwargs):
+  """A keras.applications network with a `num_classes` softmax head.
+
+  `weights`: None (random init), 'imagenet' (downloaded by Keras), or a local .h5 file
+  (with its top when num_classes is 1000, without it otherwise).
+  """
+  if weights not in (None, "imagenet") and not os.path.exists(os.path.expanduser(weights)):
+    raise PurlError(f"{name}.weights={weights!r} is not a file: give a local weights file, "
+                    "'imagenet' (needs network access) or None.")
+  weights = os.path.expanduser(weights) if weights not in (None, "imagenet") else weights
+  top = num_classes == 1000 and (weights is None or tuple(input_shape[:2]) == (224, 224))
+  try:
+    if top:
+      return constructor(input_shape=tuple(input_shape), weights=weights, classes=num_classes,
+                         **kwargs)
+    base = constructor(input_shape=tuple(input_shape), weights=weights, include_top=False,
+                       pooling="avg", **kwargs)
+  except (ValueError, OSError) as error:
+    raise PurlError(f"cannot build {name} with weights={weights!r}: "
+                    f"{str(error).splitlines()[0][:300]}") from error
+  except Exception as error:  # Keras' download raises URL/HTTP errors of many types.
+    raise PurlError(f"could not fetch {name} ImageNet weights ({type(error).__name__}): "
+                    f"bind {name}.weights to a local .h5 file, or None.") from error
+  outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(
+      base.output)
+  return keras.Model(base.input, outputs, name=name)
+
+
+@gin.configurable
+def resnet50(input_shape: Sequence[int], num_classes: int, weights: Optional[str] = None):
+  """Keras ResNet-50 (25.6 M parameters at 1000 classes); input >= 32x32x3."""
+  return _application(keras.applications.ResNet50, "resnet50", input_shape, num_classes,
+                      weights)
+
+
+@gin.configurable
+def mobilenet_v2(input_shape: Sequence[int], num_classes: int, weights: Optional[str] = None,
+                 alpha: float = 1.0):
+  """Keras MobileNet-V2 (3.5 M parameters at alpha 1.0, 1000 classes); input >= 32x32x3."""
+  return _application(keras.applications.MobileNetV2, "mobilenet_v2", input_shape,
+                      num_classes, weights, alpha=alpha)
+
+
+@gin.configurable
+def cifar_resnet(input_shape: Sequence[int], num_classes: int, depth: int = 20,
+                 width: int = 16):
+  """He et al.'s CIFAR ResNet: depth 6n+2 (20, 32, 56, 110), stages of width, 2x, 4x.
+
+  Down-sampling shortcuts are 1x1 strided convolutions. ResNet-20: 0.27 M parameters.
+  """
+  if (depth - 2) % 6:
+    raise PurlError(f"cifar_resnet.depth={depth} is not 6n+2 (20, 32, 44, 56, 110).")
+  blocks = (depth - 2) // 6
+
+  def conv_bn(x, filters, kernel, strides, name, relu=True):
+    x = keras.layers.Conv2D(filters, kernel, strides, padding="same", use_bias=False,
+                            kernel_initializer="he_normal",
+                            kernel_regularizer=keras.regularizers.L2(1e-4), name=name)(x)
+    x = keras.layers.BatchNormalization(name=name + "_bn")(x)
+    return keras.layers.ReLU(name=name + "_relu")(x) if relu else x
+
+  inputs = keras.Input(tuple(input_shape))
+  x = conv_bn(inputs, width, 3, 1, "conv1")
+  for stage in range(3):
+    filters = width * 2**stage
+    for block in range(blocks):
+      strides = 2 if stage > 0 and block == 0 else 1
+      name = f"stage{stage + 1}_block{block + 1}"
+      y = conv_bn(x, filters, 3, strides, name + "_conv1")
+      y = conv_bn(y, filters, 3, 1, name + "_conv2", relu=False)
+      if strides != 1 or x.shape[-1] != filters:
+        x = conv_bn(x, filters, 1, strides, name + "_shortcut", relu=False)
+      x = keras.layers.ReLU(name=name + "_out")(keras.layers.Add(name=name + "_add")([x, y]))
+  x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+  outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+  return keras.Model(inputs, outputs, name=f"cifar_resnet{depth}")
+
+
+@gin.configurable
+def lenet5(input_shape: Sequence[int], num_classes: int):
+  """LeNet-5 (Caffe variant, ReLU): conv 5x5x20, pool, conv 5x5x50, pool, fc 500, fc.
+
+  The classic magnitude-pruning benchmark; 431 k parameters at 28x28x1 and 10 classes.
+  """
+  inputs = keras.Input(tuple(input_shape))
+  x = keras.layers.Conv2D(20, 5, activation="relu", name="conv1")(inputs)
+  x = keras.layers.MaxPooling2D(name="pool1")(x)
+  x = keras.layers.Conv2D(50, 5, activation="relu", name="conv2")(x)
+  x = keras.layers.MaxPooling2D(name="pool2")(x)
+  x = keras.layers.Flatten(name="flatten")(x)
+  x = keras.layers.Dense(500, activation="relu", name="fc1")(x)
+  outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+  return keras.Model(inputs, outputs, name="lenet5")
+
+
+@gin.configurable
+def saved_model(input_shape: Sequence[int], num_classes: int, path: str = gin.REQUIRED):
+  """A user's model from a .keras / .h5 file or a SavedModel folder saved by tf-keras.
+
+  Its input and output must match the data; `check_compatible` says so otherwise.
+  """
+  del input_shape, num_classes  # Checked against the data by check_compatible.
+  path = os.path.expanduser(path)
+  if not os.path.exists(path):
+    raise PurlError(f"saved_model.path={path!r} does not exist: point it at a .keras/.h5 "
+                    "file or a SavedModel folder.")
+  try:
+    return keras.models.load_model(path, compile=False)
+  except Exception as error:
+    raise PurlError(f"cannot load {path} as a tf-keras model ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0][:200]}): save it with tf_keras "
+                    "model.save(...).") from error
+
+
+def outputs_probabilities(model: keras.Model) -> bool:
+  """Whether the model ends in a softmax (else its outputs are logits)."""
+  last = model.layers[-1]
+  if isinstance(last, keras.layers.Softmax):
+    return True
+  activation = getattr(last, "activation", None)
+  return activation is keras.activations.softmax or getattr(
+      activation, "__name__", "") == "softmax"
+
+
+def check_compatible(model: keras.Model, image_shape: Sequence[int], num_classes: int):
+  """Raises PurlError unless the model takes `image_shape` images and predicts `num_classes`."""
+  if len(model.inputs) != 1 or len(model.outputs) != 1:
+    raise PurlError(f"model {model.name} has {len(model.inputs)} inputs and "
+                    f"{len(model.outputs)} outputs: purl_tf prunes single-input, single-output "
+                    "classifiers.")
+  expected = tuple(model.inputs[0].shape[1:])
+  if len(expected) != 3 or any(e is not None and e != g for e, g in zip(expected, image_shape)):
+    raise PurlError(f"model {model.name} takes inputs of shape {expected} but the data gives "
+                    f"{tuple(image_shape)}: bind load_splits.image_size / channels to match.")
+  classes = model.outputs[0].shape[-1]
+  if classes != num_classes:
+    raise PurlError(f"model {model.name} predicts {classes} classes but the data has "
+                    f"{num_classes}: build the model with num_classes={num_classes} or use "
+                    "matching data.")
+
+
+def classification_loss(model: keras.Model):
+  """Sparse categorical cross-entropy on the model's outputs, per example (no reduction)."""
+  return keras.losses.SparseCategoricalCrossentropy(
+      from_logits=not outputs_probabilities(model), reduction=keras.losses.Reduction.NONE)
+
+
+@gin.configurable(denylist=["model", "splits", "root_dir"])
+def pretrain(model: keras.Model, splits, root_dir: str, epochs: int = 3,
+             learning_rate: float = 1e-3, optimizer: str = "adam", verbose: int = 2) -> float:
+  """Trains the dense baseline, or loads it from root_dir/dense when trained before.
+
+  Call inside the strategy scope the model was built in. Only the train split is used for
+  training and the reward split for the accuracy returned; test stays untouched.
+
+  Args:
+    model: the dense model (its weights are changed in place).
+    splits: data.Splits.
+    root_dir: run folder; weights are cached in root_dir/dense/weights.h5.
+    epochs: passes over the train split; 0 keeps the weights the model came with.
+    learning_rate: of the optimizer.
+    optimizer: 'adam' or 'sgd' (momentum 0.9).
+    verbose: Keras fit verbosity.
+  Returns:
+    accuracy on the reward split, a fraction.
+  """
+  path = os.path.join(root_dir, _DENSE_DIR, _DENSE_WEIGHTS)
+  optimizers = {"adam": lambda: keras.optimizers.Adam(learning_rate),
+                "sgd": lambda: keras.optimizers.SGD(learning_rate, momentum=0.9)}
+  if optimizer not in optimizers:
+    raise PurlError(f"pretrain.optimizer={optimizer!r} is unknown: use 'adam' or 'sgd'.")
+  model.compile(optimizer=optimizers[optimizer](), loss=keras.losses.SparseCategoricalCrossentropy(
+      from_logits=not outputs_probabilities(model)), metrics=["accuracy"])
+  if tf.io.gfile.exists(path):
+    model.load_weights(path)
+  elif epochs > 0:
+    model.fit(splits.train, epochs=epochs, validation_data=splits.reward, verbose=verbose)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    partial = path + ".partial.h5"
+    model.save_weights(partial)
+    tf.io.gfile.rename(partial, path, overwrite=True)
+  return float(model.evaluate(splits.reward, verbose=0)[1])
