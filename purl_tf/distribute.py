@@ -1,0 +1,43 @@
+"""Choosing the tf.distribute strategy that retraining, evaluation and fine-tuning run under."""
+import gin
+import tensorflow as tf
+
+from purl_tf.errors import PurlError
+
+STRATEGIES = ("mirrored", "default", "multi_worker")
+
+
+@gin.configurable
+def make_strategy(name: str = "mirrored", logical_cpus: int = 0) -> tf.distribute.Strategy:
+  """Returns the strategy; call it before any other TensorFlow work in the process.
+
+  Args:
+    name: 'mirrored' (MirroredStrategy over the visible GPUs, else the CPU), 'default'
+      (no distribution) or 'multi_worker' (MultiWorkerMirroredStrategy from TF_CONFIG).
+    logical_cpus: when > 1 and no GPU is visible, split the CPU into this many logical
+      devices and mirror over them (to exercise multi-replica code on a CPU machine).
+  """
+  if name not in STRATEGIES:
+    raise PurlError(f"make_strategy.name={name!r} is unknown: use one of {STRATEGIES}.")
+  if logical_cpus > 1 and not tf.config.list_physical_devices("GPU"):
+    split_cpu(logical_cpus)
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "multi_worker":
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  cpus = tf.config.list_logical_devices("CPU")
+  if not tf.config.list_physical_devices("GPU") and len(cpus) > 1:
+    return tf.distribute.MirroredStrategy([device.name for device in cpus])
+  return tf.distribute.MirroredStrategy()
+
+
+def split_cpu(count: int):
+  """Splits the physical CPU into `count` logical devices (once, before TF starts)."""
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  try:
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+  except RuntimeError as error:  # TensorFlow has started: fine if already split so.
+    if len(tf.config.list_logical_devices("CPU")) != count:
+      raise PurlError("make_strategy.logical_cpus must be set before TensorFlow starts: "
+                      "choose the strategy first in the process.") from error
