@@ -21,34 +21,57 @@ THRESHOLD = "threshold"  # level = alpha: weights with |w| <= alpha * std(w) go,
 MODES = (SPARSITY, THRESHOLD)
 
 
-@tf.function(input_signature=[tf.TensorSpec(None, tf.float32), tf.TensorSpec([], tf.int32)])
-def _keep_largest(weight, keep):
-  """Mask (weight's shape) of ones at the `keep` largest |weight|, ties to lower positions."""
-  flat = tf.reshape(tf.abs(weight), [-1])
-  size = tf.size(flat)
+def kth_smallest(values: np.ndarray, k: int) -> float:
+  """The k-th smallest (0-based) of a flat array, exactly, in a few linear passes.
 
-  def ones_at_top():
-    _, index = tf.math.top_k(flat, k=keep, sorted=False)
-    return tf.scatter_nd(index[:, None], tf.ones([keep]), [size])
+  A sorted sample brackets the answer (by 4 standard deviations of the sample rank);
+  only the values strictly inside the bracket are partitioned, so the many equal zeros
+  of an already pruned layer cost one count. Falls back to a full partition when the
+  bracket misses.
+  """
+  size = values.size
+  if size > 1 << 17:
+    sample = np.sort(values[::size // 16384])
+    quantile = k / size
+    position = quantile * sample.size
+    margin = 4.0 * np.sqrt(sample.size * quantile * (1.0 - quantile)) + 16.0
+    low = sample[int(position - margin)] if position - margin >= 0 else -np.inf
+    high = sample[int(position + margin)] if position + margin < sample.size else np.inf
+    up_to_low = np.count_nonzero(values <= low)
+    if k < up_to_low:
+      if np.count_nonzero(values < low) <= k:
+        return low
+    else:
+      inside = values[(values > low) & (values < high)]
+      if k < up_to_low + inside.size:
+        return np.partition(inside, k - up_to_low)[k - up_to_low]
+  return np.partition(values, k)[k]
 
-  def zeros_at_bottom():  # top_k costs O(n log k): select the smaller side.
-    _, index = tf.math.top_k(-flat, k=size - keep, sorted=False)
-    return tf.tensor_scatter_nd_update(tf.ones([size]), index[:, None], tf.zeros([size - keep]))
 
-  mask = tf.cond(keep * 2 <= size, ones_at_top, zeros_at_bottom)
-  return tf.reshape(mask, tf.shape(weight))
+def keep_largest(weight: np.ndarray, keep: int):
+  """(bool mask of weight's shape, threshold): the `keep` largest |weight| kept.
+
+  Ties at the threshold go to lower positions, so exactly `keep` weights remain.
+  """
+  magnitude = np.abs(weight).ravel()
+  if keep >= magnitude.size:
+    return np.ones(weight.shape, bool), 0.0
+  threshold = kth_smallest(magnitude, magnitude.size - keep)
+  mask = magnitude > threshold
+  missing = keep - np.count_nonzero(mask)
+  if missing > 0:
+    mask[np.flatnonzero(magnitude == threshold)[:missing]] = True
+  return mask.reshape(weight.shape), float(threshold)
 
 
-@tf.function(input_signature=[tf.TensorSpec(None, tf.float32), tf.TensorSpec([], tf.float32)])
-def _above_threshold(weight, alpha):
-  """(mask, threshold): ones where |weight| > alpha * std(weight); the largest always kept."""
-  magnitude = tf.abs(weight)
-  threshold = alpha * tf.math.reduce_std(weight)
-  mask = tf.cast(magnitude > threshold, tf.float32)
-  largest = tf.cast(tf.equal(tf.reshape(tf.range(tf.size(weight)), tf.shape(weight)),
-                             tf.cast(tf.argmax(tf.reshape(magnitude, [-1])), tf.int32)),
-                    tf.float32)
-  return tf.maximum(mask, largest), threshold
+def above_threshold(weight: np.ndarray, alpha: float):
+  """(bool mask, threshold): |weight| > alpha * std(weight); the largest one always kept."""
+  magnitude = np.abs(weight)
+  threshold = alpha * float(np.std(weight, dtype=np.float64))
+  mask = magnitude > threshold
+  if not mask.any():
+    mask.flat[np.argmax(magnitude)] = True
+  return mask, threshold
 
 
 class PruningController:
@@ -105,12 +128,17 @@ class PruningController:
     self._copy(self._saved, self.model.variables)
     self._kept = self._kept_at_snapshot.copy()
 
-  def _write(self, layer: int, mask, threshold):
+  def _values(self, layer: int) -> np.ndarray:
+    """A read-only view of the layer's weight values (no copy on the CPU)."""
+    return np.asarray(self._vars[layer][0].value())
+
+  def _write(self, layer: int, mask: np.ndarray, threshold: float) -> float:
+    """Stores a bool mask (1 byte per weight crosses to TF) and zeroes the pruned weights."""
     weight, mask_var, threshold_var = self._vars[layer]
-    mask_var.assign(mask)
+    mask_var.assign(tf.cast(mask, mask_var.dtype))
+    weight.assign(weight * mask_var)
     threshold_var.assign(threshold)
-    weight.assign(weight * mask)
-    self._kept[layer] = int(tf.reduce_sum(mask))
+    self._kept[layer] = int(np.count_nonzero(mask))
     return self.sparsity(layer)
 
   def set_sparsity(self, layer: int, fraction: float) -> float:
@@ -119,18 +147,13 @@ class PruningController:
       raise PurlError(f"sparsity {fraction} of layer {self.names[layer]} is outside [0, 1).")
     size = int(self.sizes[layer])
     keep = max(1, size - int(round(fraction * size)))
-    weight = self._vars[layer][0]
-    mask = _keep_largest(tf.convert_to_tensor(weight), tf.constant(keep, tf.int32))
-    smallest_kept = tf.reduce_min(tf.where(mask > 0, tf.abs(weight), np.inf))
-    return self._write(layer, mask, smallest_kept)
+    return self._write(layer, *keep_largest(self._values(layer), keep))
 
   def set_threshold(self, layer: int, alpha: float) -> float:
     """Prunes weights with |w| <= alpha * std(w) of the layer; returns sparsity reached."""
     if alpha < 0:
       raise PurlError(f"threshold alpha {alpha} of layer {self.names[layer]} is negative.")
-    mask, threshold = _above_threshold(tf.convert_to_tensor(self._vars[layer][0]),
-                                       tf.constant(alpha, tf.float32))
-    return self._write(layer, mask, threshold)
+    return self._write(layer, *above_threshold(self._values(layer), alpha))
 
   def set_level(self, layer: int, level: float, mode: str = SPARSITY) -> float:
     """set_sparsity or set_threshold by `mode`; returns the sparsity reached."""
