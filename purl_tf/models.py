@@ -166,7 +166,8 @@ def classification_loss(model: keras.Model):
 
 @gin.configurable(denylist=["model", "splits", "root_dir"])
 def pretrain(model: keras.Model, splits, root_dir: str, epochs: int = 3,
-             learning_rate: float = 1e-3, optimizer: str = "adam", verbose: int = 2) -> float:
+             learning_rate: float = 1e-3, optimizer: str = "adam", cosine_decay: bool = False,
+             verbose: int = 2) -> float:
   """Trains the dense baseline, or loads it from root_dir/dense when trained before.
 
   Call inside the strategy scope the model was built in. Only the train split is used for
@@ -177,13 +178,17 @@ def pretrain(model: keras.Model, splits, root_dir: str, epochs: int = 3,
     splits: data.Splits.
     root_dir: run folder; weights are cached in root_dir/dense/weights.h5.
     epochs: passes over the train split; 0 keeps the weights the model came with.
-    learning_rate: of the optimizer.
+    learning_rate: of the optimizer (initial, with cosine_decay).
     optimizer: 'adam' or 'sgd' (momentum 0.9).
+    cosine_decay: decay the learning rate to 0 along a cosine over the epochs.
     verbose: Keras fit verbosity.
   Returns:
     accuracy on the reward split, a fraction.
   """
   path = os.path.join(root_dir, _DENSE_DIR, _DENSE_WEIGHTS)
+  if cosine_decay:
+    steps = max(epochs * (splits.num_examples["train"] // splits.batch_size), 1)
+    learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
   optimizers = {"adam": lambda: keras.optimizers.Adam(learning_rate),
                 "sgd": lambda: keras.optimizers.SGD(learning_rate, momentum=0.9)}
   if optimizer not in optimizers:

@@ -1,0 +1,189 @@
+"""The pruning MDP as a tf-agents PyEnvironment.
+
+An episode is one pass over the prunable layers in network order. At step t the action
+picks a level from a grid; layer t is pruned to it, the network is retrained for a few
+batches with all masks fixed, and its accuracy on the reward split is measured. The
+reward (see rewards.py) follows at once. Reset restores the dense weights from memory.
+
+Observation: float32 (NUM_FEATURES,), each feature roughly in [0, 1], independent of
+the network's depth so that a learned policy transfers to other networks:
+""" + "\n".join(f"  {i:2d} {name}" for i, name in enumerate((
+    "position: t / (L - 1)",
+    "is_conv", "is_depthwise", "is_dense",
+    "kernel side / 7 (clipped)", "stride / 4 (clipped)",
+    "log2(input channels) / 12", "log2(output channels) / 12",
+    "log10(layer weights) / 8",
+    "layer's share of prunable weights", "layer's share of prunable FLOPs",
+    "share of prunable weights in layers already pruned",
+    "global sparsity so far", "target sparsity",
+    "sparsity the remaining layers must average to reach the target (clipped to 1)",
+    "accuracy / dense accuracy (clipped to 1.5)",
+    "previous level / largest level",
+)))
+import dataclasses
+import math
+from typing import List, Optional, Sequence
+
+import gin
+import numpy as np
+from tf_agents.environments import py_environment
+from tf_agents.specs import array_spec
+from tf_agents.trajectories import time_step as ts
+
+from purl_tf import rewards
+from purl_tf.errors import PurlError
+from purl_tf.pruning import SPARSITY, THRESHOLD, PruningController
+from purl_tf.pruning.accounting import KINDS
+from purl_tf.training import MaskedTrainer
+
+NUM_FEATURES = 17
+SPARSITY_LEVELS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)
+THRESHOLD_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+  """One step of an episode, as the search logs it."""
+  layer: str
+  action: int
+  level: float
+  layer_sparsity: float
+  sparsity: float  # global, after the step
+  accuracy: float  # reward split, after the step's retrain
+  reward: float
+  loss: float  # mean retrain loss of the step
+
+
+@gin.configurable(denylist=["controller", "trainer", "train_data", "reward_data"])
+class PruningEnv(py_environment.PyEnvironment):
+  """Prunes one layer per step; auto-resets after the last layer.
+
+  Args:
+    controller: PruningController of the wrapped model (its snapshot is the dense state).
+    trainer: MaskedTrainer of the same model.
+    train_data: batched train split (retraining).
+    reward_data: batched reward split (every accuracy the agent sees).
+    target_sparsity: target global sparsity of the prunable weights, in (0, 1).
+    mode: 'sparsity' (levels are fractions) or 'threshold' (levels are alpha, pruning
+      |w| <= alpha * std(w)).
+    levels: the action grid, ascending.
+    retrain_steps: train batches after each pruning step (0: none).
+    reward_fn: a rewards.DenseReward or rewards.EpisodicReward (default DenseReward()).
+  """
+
+  def __init__(self, controller: PruningController, trainer: MaskedTrainer, train_data,
+               reward_data, target_sparsity: float = 0.9, mode: str = SPARSITY,
+               levels: Optional[Sequence[float]] = None, retrain_steps: int = 10,
+               reward_fn=None):
+    super().__init__(handle_auto_reset=True)
+    if not 0.0 < target_sparsity < 1.0:
+      raise PurlError(f"target sparsity {target_sparsity} is outside (0, 1): bind "
+                      "train_eval.target_sparsity to a fraction such as 0.9.")
+    if mode not in (SPARSITY, THRESHOLD):
+      raise PurlError(f"PruningEnv.mode={mode!r} is unknown: use '{SPARSITY}' or "
+                      f"'{THRESHOLD}'.")
+    levels = tuple(float(x) for x in (levels or (
+        SPARSITY_LEVELS if mode == SPARSITY else THRESHOLD_LEVELS)))
+    if list(levels) != sorted(levels) or len(levels) < 2:
+      raise PurlError(f"PruningEnv.levels={levels} must be at least two ascending values.")
+    if mode == SPARSITY and not all(0.0 <= x < 1.0 for x in levels):
+      raise PurlError(f"PruningEnv.levels={levels}: sparsity levels must lie in [0, 1).")
+    self.controller = controller
+    self.trainer = trainer
+    self.target = float(target_sparsity)
+    self.mode = mode
+    self.levels = levels
+    self.retrain_steps = int(retrain_steps)
+    self.reward_fn = reward_fn or rewards.DenseReward()
+    self.num_layers = controller.num_layers
+    self._check_reachable()
+    self._train = trainer.stream(train_data)
+    self._reward_data = trainer.distribute(reward_data)
+    self.dense_accuracy = trainer.evaluate(self._reward_data)
+    if self.dense_accuracy <= 0.0:
+      print("WARNING: the dense model scores 0 on the reward split, so accuracy cannot guide "
+            "the search: train it first (pretrain.epochs) or check the labels.", flush=True)
+      self.dense_accuracy = 1e-3  # A floor that keeps the relative accuracy finite.
+    infos = controller.infos
+    self._static = np.array([self._static_features(i, info) for i, info in enumerate(infos)],
+                            np.float32)
+    self._share_before = np.concatenate([[0.0], np.cumsum([i.param_share for i in infos])])
+    self._action_spec = array_spec.BoundedArraySpec(
+        (), np.int64, minimum=0, maximum=len(levels) - 1, name="level")
+    self._observation_spec = array_spec.BoundedArraySpec(
+        (NUM_FEATURES,), np.float32, minimum=0.0, maximum=1.5, name="observation")
+    self.episode: List[StepRecord] = []
+    self._t = 0
+    self._accuracy = self.dense_accuracy
+    self._previous_level = 0.0
+
+  def _check_reachable(self):
+    """Raises PurlError when even the largest level everywhere misses the target."""
+    if self.mode == SPARSITY:
+      best = self.levels[-1]
+    else:
+      self.controller.reset()
+      best = self.controller.apply([self.levels[-1]] * self.num_layers, THRESHOLD)
+      best = float(np.sum(best * self.controller.sizes) / np.sum(self.controller.sizes))
+      self.controller.reset()
+    if best < self.target:
+      raise PurlError(f"the action grid reaches at most {best:.3f} global sparsity, below the "
+                      f"target {self.target}: add larger PruningEnv.levels or lower the target.")
+
+  def _static_features(self, position, info):
+    last = max(self.num_layers - 1, 1)
+    kind = [float(info.kind == k) for k in KINDS]
+    return [position / last, *kind, min(info.kernel / 7.0, 1.0), min(info.stride / 4.0, 1.0),
+            math.log2(max(info.in_channels, 1)) / 12.0,
+            math.log2(max(info.out_channels, 1)) / 12.0,
+            math.log10(max(info.params, 1)) / 8.0, info.param_share, info.flop_share]
+
+  def observation_spec(self):
+    return self._observation_spec
+
+  def action_spec(self):
+    return self._action_spec
+
+  def _observe(self) -> np.ndarray:
+    layer = min(self._t, self.num_layers - 1)
+    sparsity = self.controller.global_sparsity()
+    left = 1.0 - self._share_before[layer]
+    needed = (self.target - sparsity) / left if left > 0 else 0.0
+    dynamic = [self._share_before[layer], sparsity, self.target,
+               float(np.clip(needed, 0.0, 1.0)),
+               min(self._accuracy / self.dense_accuracy, 1.5),
+               self._previous_level / self.levels[-1] if self.levels[-1] else 0.0]
+    return np.concatenate([self._static[layer], np.asarray(dynamic, np.float32)]).astype(
+        np.float32)
+
+  def _reset(self):
+    self.controller.reset()
+    self.trainer.reset_optimizer()
+    self._t = 0
+    self._accuracy = self.dense_accuracy
+    self._previous_level = 0.0
+    self.episode = []
+    return ts.restart(self._observe())
+
+  def _step(self, action):
+    action = int(action)
+    level = self.levels[action]
+    previous_sparsity = self.controller.global_sparsity()
+    layer_sparsity = self.controller.set_level(self._t, level, self.mode)
+    loss = self.trainer.train(self._train, self.retrain_steps) if self.retrain_steps else 0.0
+    accuracy = self.trainer.evaluate(self._reward_data)
+    sparsity = self.controller.global_sparsity()
+    outcome = rewards.Outcome(step=self._t, num_steps=self.num_layers, accuracy=accuracy,
+                              previous_accuracy=self._accuracy,
+                              dense_accuracy=self.dense_accuracy, sparsity=sparsity,
+                              previous_sparsity=previous_sparsity, target=self.target)
+    reward = self.reward_fn(outcome)
+    self.episode.append(StepRecord(self.controller.names[self._t], action, level,
+                                   layer_sparsity, sparsity, accuracy, reward, loss))
+    self._accuracy = accuracy
+    self._previous_level = level
+    self._t += 1
+    observation = self._observe()
+    if self._t == self.num_layers:
+      return ts.termination(observation, np.float32(reward))
+    return ts.transition(observation, np.float32(reward), discount=np.float32(1.0))

@@ -1,0 +1,250 @@
+"""The PuRL search: collect episodes, train the DQN, evaluate its greedy policy, keep the best.
+
+After every episode the agent, its replay buffer, the counters and the search record
+(every episode's allocation and scores, the best so far) are checkpointed together in
+root_dir/search/checkpoints; a rerun with the same root_dir resumes after the last
+finished episode, and a finished search is not redone.
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import List, Optional
+
+import gin
+import numpy as np
+import tensorflow as tf
+from tf_agents.drivers import py_driver
+from tf_agents.policies import py_tf_eager_policy
+from tf_agents.utils import common, nest_utils
+
+from purl_tf import agent as agent_lib
+from purl_tf import files
+from purl_tf.env import PruningEnv
+from purl_tf.errors import PurlError
+
+COLLECT, GREEDY = "collect", "greedy"
+CRITERIA = ("accuracy_at_target", "return")
+SEARCH_DIR = "search"
+BEST_ALLOCATION = "best_allocation.json"
+EPISODES = "episodes.json"
+_TARGET_TOLERANCE = 1e-6
+
+
+@dataclasses.dataclass
+class Episode:
+  """One evaluated allocation. Accuracies and sparsities are fractions."""
+  episode: int  # collect episodes finished before it (greedy runs share the number)
+  policy: str  # COLLECT or GREEDY
+  episode_return: float
+  accuracy: float  # reward split, after the last step's retrain
+  sparsity: float  # global, over prunable weights
+  epsilon: float
+  seconds: float
+  allocation: dict  # layer name -> sparsity
+  levels: list  # level chosen per layer
+  rewards: list  # reward per step
+
+
+def is_better(candidate: Episode, best: Optional[Episode], target: float,
+              criterion: str) -> bool:
+  """Whether `candidate` should replace `best` under `criterion`.
+
+  'accuracy_at_target': among episodes at or above the target sparsity, the highest
+  reward-split accuracy (ties: higher sparsity); an episode at the target always beats
+  one below it, and below the target the higher sparsity wins. 'return': the highest
+  episode return.
+  """
+  if best is None:
+    return True
+  if criterion == "return":
+    return candidate.episode_return > best.episode_return
+  reached = candidate.sparsity >= target - _TARGET_TOLERANCE
+  best_reached = best.sparsity >= target - _TARGET_TOLERANCE
+  if reached != best_reached:
+    return reached
+  if not reached:
+    return candidate.sparsity > best.sparsity
+  return (candidate.accuracy, candidate.sparsity) > (best.accuracy, best.sparsity)
+
+
+class _Record:
+  """The search's progress, checkpointed with the agent as a JSON string variable."""
+
+  def __init__(self):
+    self.variable = tf.Variable("", dtype=tf.string, trainable=False, name="search_record")
+    self.episodes: List[Episode] = []
+    self.best: Optional[Episode] = None
+    self.collected = 0
+    self.seconds = 0.0
+
+  def store(self):
+    self.variable.assign(json.dumps({
+        "episodes": [dataclasses.asdict(e) for e in self.episodes],
+        "best": dataclasses.asdict(self.best) if self.best else None,
+        "collected": self.collected, "seconds": self.seconds}))
+
+  def load(self):
+    text = self.variable.numpy().decode()
+    if not text:
+      return
+    state = json.loads(text)
+    self.episodes = [Episode(**e) for e in state["episodes"]]
+    self.best = Episode(**state["best"]) if state["best"] else None
+    self.collected = state["collected"]
+    self.seconds = state["seconds"]
+
+
+@dataclasses.dataclass
+class SearchResult:
+  best: Episode
+  episodes: List[Episode]
+  seconds: float  # wall time of the search, summed over resumed runs
+  reached_target: bool
+
+
+@gin.configurable(denylist=["env", "root_dir"])
+def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interval: int = 10,
+           agent_updates_per_episode: Optional[int] = None, batch_size: int = 64,
+           best_criterion: str = "accuracy_at_target", log_every: int = 1) -> SearchResult:
+  """Runs (or resumes) the search and returns the best allocation found.
+
+  Args:
+    env: the PruningEnv.
+    root_dir: run folder; the search writes root_dir/search and root_dir/train|eval.
+    num_episodes: collect episodes (greedy evaluations come on top).
+    eval_interval: run the greedy policy every this many collect episodes (and last).
+    agent_updates_per_episode: DQN gradient steps after each collect episode
+      (default: 4 per layer).
+    batch_size: transitions per DQN gradient step.
+    best_criterion: 'accuracy_at_target' or 'return' (see is_better).
+    log_every: print a progress line every this many episodes.
+  """
+  if best_criterion not in CRITERIA:
+    raise PurlError(f"search.best_criterion={best_criterion!r} is unknown: use one of "
+                    f"{CRITERIA}.")
+  if num_episodes < 1 or eval_interval < 1:
+    raise PurlError("search.num_episodes and search.eval_interval must be at least 1.")
+  updates = agent_updates_per_episode or 4 * env.num_layers
+  agent, epsilon = agent_lib.make_agent(env.time_step_spec(), env.action_spec(),
+                                        num_episodes=num_episodes)
+  replay = agent_lib.make_replay_buffer(agent)
+  record = _Record()
+  search_dir = os.path.join(root_dir, SEARCH_DIR)
+  checkpointer = common.Checkpointer(
+      os.path.join(search_dir, "checkpoints"), max_to_keep=2, agent=agent,
+      replay_buffer=replay, episodes=epsilon.episodes, record=record.variable)
+  checkpointer.initialize_or_restore()
+  record.load()
+  if record.collected:
+    print(f"Resuming the search after episode {record.collected}/{num_episodes} "
+          f"from {search_dir}.", flush=True)
+
+  train_fn = common.function(agent.train)
+  experience = None
+  summaries = {kind: tf.summary.create_file_writer(os.path.join(root_dir, kind))
+               for kind in ("train", "eval")}
+  collect_policy = py_tf_eager_policy.PyTFEagerPolicy(agent.collect_policy,
+                                                      use_tf_function=True)
+  greedy_policy = py_tf_eager_policy.PyTFEagerPolicy(agent.policy, use_tf_function=True)
+  q_values = tf.function(lambda observation: agent._q_network(observation)[0])  # pylint: disable=protected-access
+
+  def add_to_replay(trajectory):
+    replay.add_batch(nest_utils.batch_nested_array(trajectory))
+
+  def run_episode(policy, kind, observers):
+    start = time.time()
+    first = env.reset()
+    py_driver.PyDriver(env, policy, observers, max_episodes=1,
+                       end_episode_on_boundary=False).run(first)
+    steps = env.episode
+    result = Episode(
+        episode=record.collected, policy=kind,
+        episode_return=float(sum(s.reward for s in steps)), accuracy=steps[-1].accuracy,
+        sparsity=steps[-1].sparsity, epsilon=epsilon.value() if kind == COLLECT else 0.0,
+        seconds=time.time() - start, allocation={s.layer: s.layer_sparsity for s in steps},
+        levels=[s.level for s in steps], rewards=[s.reward for s in steps])
+    q_first = q_values(first.observation[None])[0]
+    return result, float(tf.reduce_max(q_first))
+
+  def log(result: Episode, q_max: float, loss: Optional[float]):
+    writer = summaries["train" if result.policy == COLLECT else "eval"]
+    step = result.episode
+    with writer.as_default(step=step):
+      tf.summary.scalar("episode/return", result.episode_return)
+      tf.summary.scalar("episode/accuracy", result.accuracy)
+      tf.summary.scalar("episode/sparsity", result.sparsity)
+      tf.summary.scalar("agent/q_max_first_state", q_max)
+      if result.policy == COLLECT:
+        tf.summary.scalar("agent/epsilon", result.epsilon)
+        if loss is not None:
+          tf.summary.scalar("agent/loss", loss)
+      if record.best is not None:
+        tf.summary.scalar("best/accuracy", record.best.accuracy)
+        tf.summary.scalar("best/sparsity", record.best.sparsity)
+        for name, value in record.best.allocation.items():
+          tf.summary.scalar(f"best_allocation/{name}", value)
+    writer.flush()
+
+  def progress(result: Episode):
+    if result.episode % log_every and result.policy == COLLECT:
+      return
+    done = record.collected
+    per_episode = record.seconds / max(done, 1)
+    remaining = per_episode * (num_episodes - done) * (1 + 1 / eval_interval)
+    best = record.best
+    best_text = (f"best acc {best.accuracy:.4f} @ {best.sparsity:.3f}" if best else "best -")
+    print(f"[{result.policy:7s}] episode {done:4d}/{num_episodes}  return {result.episode_return:+.3f}"
+          f"  acc {result.accuracy:.4f}  sparsity {result.sparsity:.3f}"
+          f"  eps {result.epsilon:.2f}  {best_text}  {result.seconds:5.1f}s/ep"
+          f"  ETA {_duration(remaining)}", flush=True)
+
+  def keep(result: Episode):
+    record.episodes.append(result)
+    if is_better(result, record.best, env.target, best_criterion):
+      record.best = result
+
+  while record.collected < num_episodes:
+    started = time.time()
+    result, q_max = run_episode(collect_policy, COLLECT, [add_to_replay])
+    record.collected += 1
+    epsilon.episodes.assign(record.collected)
+    loss = None
+    if replay.num_frames() >= batch_size:
+      if experience is None:
+        experience = iter(replay.as_dataset(
+            sample_batch_size=batch_size, num_steps=agent.train_sequence_length,
+            num_parallel_calls=2).prefetch(2))
+      losses = [float(train_fn(next(experience)[0]).loss) for _ in range(updates)]
+      loss = float(np.mean(losses))
+    keep(result)
+    log(result, q_max, loss)
+    if record.collected % eval_interval == 0 or record.collected == num_episodes:
+      greedy, greedy_q_max = run_episode(greedy_policy, GREEDY, [])
+      keep(greedy)
+      log(greedy, greedy_q_max, None)
+    else:
+      greedy = None
+    record.seconds += time.time() - started  # Counts all but the checkpoint below.
+    record.store()
+    checkpointer.save(global_step=epsilon.episodes)
+    files.write_json(os.path.join(search_dir, EPISODES),
+                     [dataclasses.asdict(e) for e in record.episodes])
+    progress(result)
+    if greedy:
+      progress(greedy)
+
+  best = record.best
+  reached = bool(best.sparsity >= env.target - _TARGET_TOLERANCE)
+  files.write_json(os.path.join(root_dir, BEST_ALLOCATION), {
+      "allocation": best.allocation, "accuracy_reward_split": best.accuracy,
+      "global_sparsity": best.sparsity, "episode": best.episode, "policy": best.policy,
+      "target_sparsity": env.target, "reached_target": reached,
+      "criterion": best_criterion, "mode": env.mode})
+  return SearchResult(best=best, episodes=record.episodes, seconds=record.seconds,
+                      reached_target=reached)
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,150 @@
+r"""Runs PuRL end to end: dense model -> search -> fine-tune -> results.
+
+  python -m purl_tf.train --gin_file=gin/quickstart.gin --root_dir=runs/quickstart
+  python -m purl_tf.train --gin_file=gin/resnet50.gin --root_dir=runs/resnet50 \
+      --gin_bindings="load_splits.manual_dir='/data/imagenet'"
+
+Every knob is a gin parameter: `train_eval`'s arguments below, and those of
+load_splits, the model builders, pretrain, wrap, MaskedTrainer, PruningEnv, the rewards,
+make_agent, make_replay_buffer, search, finetune and make_strategy. Rerunning with the
+same root_dir resumes an interrupted run; a finished stage is not redone.
+"""
+import dataclasses
+import os
+import sys
+import time
+
+import purl_tf  # pylint: disable=unused-import  (selects tf-keras before TensorFlow loads)
+from absl import app, flags, logging
+import gin
+import tensorflow as tf
+
+from purl_tf import data, distribute, files, finetune, models, pruning, rewards, search
+from purl_tf.env import PruningEnv
+from purl_tf.errors import PurlError
+from purl_tf.training import MaskedTrainer
+
+del rewards  # Imported so that gin files can name @DenseReward / @EpisodicReward.
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("root_dir", None, "Run folder: results, checkpoints, TensorBoard logs.")
+flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order.")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. \"search.num_episodes=50\".")
+
+RESULTS = "results.json"
+CONFIG = "config.gin"
+OPERATIVE_CONFIG = "operative_config.gin"
+
+
+@dataclasses.dataclass
+class Parts:
+  """Everything a run is made of, built and ready to search."""
+  strategy: tf.distribute.Strategy
+  splits: data.Splits
+  model_name: str
+  dense_reward_accuracy: float
+  controller: pruning.PruningController
+  env: PruningEnv
+
+
+def build(root_dir: str, model_builder, target_sparsity: float) -> Parts:
+  """Data, the dense model (pre-trained or loaded from root_dir), its pruning and the MDP."""
+  strategy = distribute.make_strategy()
+  splits = data.load_splits(num_replicas=strategy.num_replicas_in_sync)
+  print(f"Data: {splits.name} {splits.image_shape}, {splits.num_classes} classes, "
+        f"examples {splits.num_examples}.", flush=True)
+  with strategy.scope():
+    model = model_builder(input_shape=splits.image_shape, num_classes=splits.num_classes)
+    models.check_compatible(model, splits.image_shape, splits.num_classes)
+    dense_accuracy = models.pretrain(model, splits, root_dir)
+    print(f"Dense {model.name}: reward-split accuracy {dense_accuracy:.4f}.", flush=True)
+    wrapped = pruning.wrap(model)
+    controller = pruning.PruningController(wrapped)
+    trainer = MaskedTrainer(wrapped, strategy)
+  env = PruningEnv(controller, trainer, splits.train, splits.reward,
+                   target_sparsity=target_sparsity)
+  print(f"Search over {env.num_layers} prunable layers, {len(env.levels)} levels "
+        f"({env.mode}), target sparsity {target_sparsity}.", flush=True)
+  return Parts(strategy, splits, model.name, dense_accuracy, controller, env)
+
+
+@gin.configurable(denylist=["root_dir"])
+def train_eval(root_dir: str, model_builder=models.lenet5, target_sparsity: float = 0.9,
+               seed: int = 0) -> dict:
+  """Prunes the model `model_builder` builds to `target_sparsity`; returns results.json's dict.
+
+  Args:
+    root_dir: run folder.
+    model_builder: gin-configurable builder taking (input_shape, num_classes), e.g.
+      @resnet50, @mobilenet_v2, @cifar_resnet, @lenet5 or @saved_model.
+    target_sparsity: target global sparsity of the prunable weights, in (0, 1).
+    seed: seeds Python, NumPy and TensorFlow.
+  """
+  root_dir = os.path.abspath(os.path.expanduser(root_dir))
+  results_path = os.path.join(root_dir, RESULTS)
+  finished = files.read_json(results_path)
+  if finished:
+    print(f"{root_dir} holds a finished run: results in {results_path}.", flush=True)
+    return finished
+  tf.keras.utils.set_random_seed(seed)
+  tf.io.gfile.makedirs(root_dir)
+  with tf.io.gfile.GFile(os.path.join(root_dir, CONFIG), "w") as handle:
+    handle.write(gin.config_str())
+  parts = build(root_dir, model_builder, target_sparsity)
+  found = search.search(parts.env, root_dir)
+  if not found.reached_target:
+    print(f"WARNING: no episode reached the target sparsity {target_sparsity}; fine-tuning "
+          f"the sparsest ({found.best.sparsity:.3f}). Search longer or widen the levels.",
+          flush=True)
+  tuned = finetune.finetune(parts.controller, parts.strategy, parts.splits,
+                            found.best.allocation, root_dir)
+  results = dict(tuned, model=parts.model_name, dataset=parts.splits.name,
+                 target_sparsity=target_sparsity, reached_target=found.reached_target,
+                 search_seconds=found.seconds,
+                 search_episodes=sum(e.policy == search.COLLECT for e in found.episodes),
+                 best_episode=found.best.episode,
+                 best_reward_accuracy_in_search=found.best.accuracy,
+                 dense_reward_accuracy=parts.dense_reward_accuracy,
+                 replicas=parts.strategy.num_replicas_in_sync)
+  with tf.io.gfile.GFile(os.path.join(root_dir, OPERATIVE_CONFIG), "w") as handle:
+    handle.write(gin.operative_config_str())
+  files.write_json(results_path, results)
+  return results
+
+
+def _summary(root_dir: str, results: dict) -> str:
+  root_dir = os.path.abspath(root_dir)
+  return "\n".join([
+      "",
+      f"Dense test accuracy   {results['dense_test_accuracy']:.4f}",
+      f"Pruned test accuracy  {results['pruned_test_accuracy']:.4f}",
+      f"Global sparsity       {results['global_sparsity']:.4f} (target "
+      f"{results['target_sparsity']})",
+      f"Parameters left       {results['params_remaining']:,} of {results['params_total']:,}",
+      f"FLOPs left            {results['flops_remaining']:,} of {results['flops_total']:,}",
+      f"Results               {os.path.join(root_dir, RESULTS)}",
+      f"Best allocation       {os.path.join(root_dir, search.BEST_ALLOCATION)}",
+      f"Pruned model          {results['pruned_model']}",
+      f"TensorBoard           tensorboard --logdir {root_dir}",
+  ])
+
+
+def main(argv):
+  del argv
+  if not FLAGS.root_dir:
+    raise app.UsageError("--root_dir is required.")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # tf-agents and tfds log every checkpoint/read.
+  started = time.time()
+  try:
+    gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_bindings)
+    results = train_eval(FLAGS.root_dir)
+  except PurlError as error:
+    print(f"purl_tf: error: {error}", file=sys.stderr)
+    sys.exit(1)
+  print(_summary(FLAGS.root_dir, results))
+  print(f"Done in {time.time() - started:.0f} s.", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
