@@ -132,8 +132,10 @@ def saved_model(input_shape: Sequence[int], num_classes: int, path: str = gin.RE
 
 
 def outputs_probabilities(model: keras.Model) -> bool:
-  """Whether the model ends in a softmax (else its outputs are logits)."""
+  """Whether the model ends in a softmax (else its outputs are logits); sees through wrappers."""
   last = model.layers[-1]
+  while isinstance(last, keras.layers.Wrapper):
+    last = last.layer
   if isinstance(last, keras.layers.Softmax):
     return True
   activation = getattr(last, "activation", None)

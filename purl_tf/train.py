@@ -80,6 +80,9 @@ def train_eval(root_dir: str, model_builder=models.lenet5, target_sparsity: floa
     target_sparsity: target global sparsity of the prunable weights, in (0, 1).
     seed: seeds Python, NumPy and TensorFlow.
   """
+  if not 0.0 < target_sparsity < 1.0:
+    raise PurlError(f"train_eval.target_sparsity={target_sparsity} is outside (0, 1): bind "
+                    "it to a fraction such as 0.9.")
   root_dir = os.path.abspath(os.path.expanduser(root_dir))
   results_path = os.path.join(root_dir, RESULTS)
   finished = files.read_json(results_path)
@@ -140,7 +143,8 @@ def main(argv):
     gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_bindings)
     results = train_eval(FLAGS.root_dir)
   except PurlError as error:
-    print(f"purl_tf: error: {error}", file=sys.stderr)
+    # gin appends "In call to configurable ..." lines; the first line is the message.
+    print(f"purl_tf: error: {str(error).splitlines()[0]}", file=sys.stderr)
     sys.exit(1)
   print(_summary(FLAGS.root_dir, results))
   print(f"Done in {time.time() - started:.0f} s.", flush=True)

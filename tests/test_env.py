@@ -1,0 +1,127 @@
+"""PruningEnv: tf-agents conformance, reward timing, reset, observations, bad input."""
+import numpy as np
+import pytest
+
+import purl_tf  # noqa: F401
+import tensorflow as tf
+from tf_agents.environments import utils as env_utils
+
+from purl_tf import pruning, rewards
+from purl_tf.env import NUM_FEATURES, PruningEnv
+from purl_tf.errors import PurlError
+from purl_tf.training import MaskedTrainer
+
+
+@pytest.fixture(scope="module")
+def lenet_parts(pretrained_lenet):
+  """(controller, trainer, splits) of a wrapped pre-trained LeNet-5 (4 prunable layers)."""
+  wrapped = pruning.wrap(pretrained_lenet())
+  controller = pruning.PruningController(wrapped)
+  trainer = MaskedTrainer(wrapped, tf.distribute.get_strategy())
+  return controller, trainer, pretrained_lenet.splits
+
+
+def make_env(parts, **kwargs):
+  controller, trainer, splits = parts
+  kwargs.setdefault("retrain_steps", 2)
+  return PruningEnv(controller, trainer, splits.train, splits.reward, **kwargs)
+
+
+def run_episode(env, actions):
+  steps = [env.reset()]
+  for action in actions:
+    steps.append(env.step(np.int64(action)))
+  return steps
+
+
+def test_conforms_to_the_tf_agents_environment_contract(lenet_parts):
+  env = make_env(lenet_parts)
+  env_utils.validate_py_environment(env, episodes=2)
+  assert env.observation_spec().shape == (NUM_FEATURES,)
+
+
+def test_dense_reward_arrives_at_every_step(lenet_parts):
+  env = make_env(lenet_parts, reward_fn=rewards.DenseReward())
+  steps = run_episode(env, [4, 6, 10, 3])
+  assert [s.step_type for s in steps] == [0, 1, 1, 1, 2]
+  assert all(s.reward != 0.0 for s in steps[1:])
+  # Each step's reward is the one the reward function gives for that step's outcome.
+  assert [float(s.reward) for s in steps[1:]] == pytest.approx(
+      [record.reward for record in env.episode], abs=1e-6)
+
+
+def test_episodic_reward_arrives_only_at_the_end(lenet_parts):
+  env = make_env(lenet_parts, reward_fn=rewards.EpisodicReward())
+  steps = run_episode(env, [4, 6, 10, 3])
+  assert [float(s.reward) for s in steps[1:-1]] == [0.0, 0.0, 0.0]
+  assert steps[-1].reward != 0.0
+  assert steps[-1].is_last()
+
+
+def test_episode_prunes_each_layer_to_its_level_and_reset_restores_the_dense_model(lenet_parts):
+  controller = lenet_parts[0]
+  env = make_env(lenet_parts)
+  env.reset()
+  dense = [v.numpy().copy() for v in controller.model.variables]
+  assert controller.global_sparsity() == 0.0
+  run_episode(env, [4, 6, 10, 3])
+  for record, level in zip(env.episode, (env.levels[4], env.levels[6], env.levels[10],
+                                         env.levels[3])):
+    assert record.level == level
+    assert record.layer_sparsity == pytest.approx(level, abs=1e-3)
+  np.testing.assert_allclose(controller.measured_sparsities(),
+                             [r.layer_sparsity for r in env.episode], atol=1e-3)
+  assert env.episode[-1].sparsity == pytest.approx(controller.global_sparsity())
+  first = env.reset()
+  assert controller.global_sparsity() == 0.0
+  for before, variable in zip(dense, controller.model.variables):
+    np.testing.assert_array_equal(before, variable.numpy())
+  assert first.observation[12] == 0.0  # global sparsity so far
+
+
+def test_observations_are_bounded_float32_and_track_the_episode(lenet_parts):
+  env = make_env(lenet_parts, target_sparsity=0.8)
+  steps = run_episode(env, [12, 12, 12, 12])
+  for step in steps:
+    assert step.observation.dtype == np.float32
+    assert step.observation.shape == (NUM_FEATURES,)
+    assert np.all(step.observation >= 0.0) and np.all(step.observation <= 1.5)
+  positions = [s.observation[0] for s in steps[:-1]]
+  assert positions == sorted(positions) and positions[0] == 0.0 and positions[-1] == 1.0
+  assert steps[0].observation[13] == pytest.approx(0.8)  # target
+  assert steps[0].observation[14] == pytest.approx(0.8)  # still needed on average
+  assert steps[-1].observation[12] == pytest.approx(0.98, abs=1e-3)  # all layers at 0.98
+
+
+def test_levels_do_not_retrace_the_train_or_eval_function(lenet_parts):
+  trainer = lenet_parts[1]
+  env = make_env(lenet_parts)
+  run_episode(env, [1, 2, 3, 4])
+  before = trainer.tracing_counts()
+  run_episode(env, [12, 0, 7, 9])
+  assert trainer.tracing_counts() == before
+
+
+def test_threshold_mode_prunes_by_alpha_times_std(lenet_parts):
+  controller = lenet_parts[0]
+  env = make_env(lenet_parts, mode="threshold", target_sparsity=0.5)
+  env.reset()
+  weights = controller.weight(0).numpy()
+  alpha = env.levels[4]
+  expected = np.mean(np.abs(weights) <= alpha * np.std(weights))
+  env.step(np.int64(4))
+  assert env.episode[0].layer_sparsity == pytest.approx(expected, abs=1.0 / weights.size)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(target_sparsity=1.0), "outside (0, 1)"),
+    (dict(target_sparsity=0.0), "outside (0, 1)"),
+    (dict(levels=(0.0, 0.5, 0.8)), "reaches at most 0.800"),
+    (dict(levels=(0.5, 0.2)), "ascending"),
+    (dict(mode="l1"), "unknown"),
+])
+def test_bad_settings_raise_one_line_errors(lenet_parts, kwargs, message):
+  with pytest.raises(PurlError) as error:
+    make_env(lenet_parts, **kwargs)
+  # gin appends the configurable's name on a line of its own; the error is the first.
+  assert message in str(error.value).splitlines()[0]

@@ -1,0 +1,109 @@
+"""The search end to end through train_eval, its artefacts, and resuming after a kill."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import purl_tf  # noqa: F401
+import gin
+import tf_keras as keras
+
+from purl_tf import search, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(REPO, "gin", "quickstart.gin")
+
+
+def small_bindings(data_dir, episodes):
+  """The quickstart, shrunk to seconds: 1 pre-training epoch, a few short episodes."""
+  return [f"load_splits.data_dir = '{data_dir}'", "pretrain.epochs = 1",
+          f"search.num_episodes = {episodes}", "search.eval_interval = 2",
+          "PruningEnv.retrain_steps = 2", "finetune.epochs = 0.3",
+          "make_strategy.name = 'default'"]
+
+
+def test_train_eval_writes_every_artefact_and_does_not_redo_a_finished_run(
+    data_dir, tmp_path, capsys):
+  root = str(tmp_path / "run")
+  gin.parse_config_files_and_bindings([QUICKSTART], small_bindings(data_dir, 4))
+  results = train.train_eval(root)
+
+  for name in ("results.json", "best_allocation.json", "config.gin", "operative_config.gin",
+               "pruned_model.keras", "dense/weights.h5", "search/episodes.json"):
+    assert os.path.exists(os.path.join(root, name)), name
+  assert glob.glob(os.path.join(root, "search", "checkpoints", "ckpt-4*"))
+  assert glob.glob(os.path.join(root, "train", "events.out.tfevents.*"))
+  assert glob.glob(os.path.join(root, "eval", "events.out.tfevents.*"))
+
+  episodes = json.load(open(os.path.join(root, "search", "episodes.json")))
+  collect = [e for e in episodes if e["policy"] == search.COLLECT]
+  greedy = [e for e in episodes if e["policy"] == search.GREEDY]
+  assert [e["episode"] for e in collect] == [0, 1, 2, 3]
+  assert [e["episode"] for e in greedy] == [2, 4]
+  assert all(len(e["rewards"]) == 4 for e in episodes)  # LeNet-5: 4 prunable layers
+
+  best = json.load(open(os.path.join(root, "best_allocation.json")))
+  assert set(best["allocation"]) == {"conv1", "conv2", "fc1", "predictions"}
+  assert best["global_sparsity"] == pytest.approx(results["global_sparsity"], abs=1e-3)
+  for key in ("dense_test_accuracy", "pruned_test_accuracy", "global_sparsity",
+              "params_remaining", "flops_remaining", "search_seconds", "finetune_seconds"):
+    assert key in results, key
+  assert 0.0 < results["pruned_test_accuracy"] <= 1.0
+  assert results["search_episodes"] == 4
+
+  model = keras.models.load_model(results["pruned_model"])
+  kernels = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+  zeros = sum(np.count_nonzero(k == 0) for k in kernels)
+  assert zeros / sum(k.size for k in kernels) == pytest.approx(results["global_sparsity"],
+                                                               abs=1e-3)
+  assert "search.num_episodes = 4" in open(os.path.join(root, "operative_config.gin")).read()
+
+  capsys.readouterr()
+  assert train.train_eval(root) == json.load(open(os.path.join(root, "results.json")))
+  assert "holds a finished run" in capsys.readouterr().out
+
+
+def _train_command(root, data_dir, episodes):
+  command = [sys.executable, "-m", "purl_tf.train", f"--gin_file={QUICKSTART}",
+             f"--root_dir={root}"]
+  return command + [f"--gin_bindings={b}" for b in small_bindings(data_dir, episodes)]
+
+
+def test_a_killed_search_resumes_after_its_last_finished_episode(data_dir, tmp_path):
+  root = str(tmp_path / "run")
+  command = _train_command(root, data_dir, episodes=6)
+  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, cwd=REPO)
+  for line in process.stdout:
+    if line.startswith("[collect] episode    3/6"):  # printed once episode 3 is saved
+      process.send_signal(signal.SIGKILL)
+      break
+  process.wait(timeout=120)
+  assert process.returncode == -signal.SIGKILL
+  before = json.load(open(os.path.join(root, "search", "episodes.json")))
+  assert [e["episode"] for e in before if e["policy"] == search.COLLECT][:3] == [0, 1, 2]
+  assert not os.path.exists(os.path.join(root, "results.json"))
+
+  rerun = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+  assert "Resuming the search after episode" in rerun.stdout
+  after = json.load(open(os.path.join(root, "search", "episodes.json")))
+  collect = [e for e in after if e["policy"] == search.COLLECT]
+  assert [e["episode"] for e in collect] == [0, 1, 2, 3, 4, 5]
+  assert after[:len(before)] == before  # what was finished is kept, not redone
+  assert os.path.exists(os.path.join(root, "results.json"))
+
+
+def test_bad_input_prints_one_line_and_exits_non_zero(data_dir, tmp_path):
+  root = tmp_path / "run"
+  command = _train_command(str(root), data_dir, episodes=2)
+  command.append("--gin_bindings=train_eval.target_sparsity = 1.5")
+  result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines() if line.startswith("purl_tf: error:")]
+  assert len(errors) == 1 and "outside (0, 1)" in errors[0]
