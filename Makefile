@@ -23,6 +23,7 @@ install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) -m purl_tf.train --gin_file=gin/quickstart.gin --root_dir=$(ROOT_DIR)
+	$(PY) tools/report.py $(ROOT_DIR)
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests

@@ -218,7 +218,8 @@ class _Source:
           split=split, shuffle_files=False,
           decoders={self.image_key: tfds.decode.SkipDecoding()})
     except Exception as error:  # tfds raises many types for a data set that is not there.
-      raise PurlError(f"cannot read split '{split}' of {self.name}: {_first_line(error)}") from error
+      raise PurlError(f"cannot read split '{split}' of {self.name}: "
+                      f"{_first_line(error)}") from error
 
   def examples(self, split, roles, role):
     """(encoded image, label) of a split, keeping only examples of `role` (None: all)."""

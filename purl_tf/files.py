@@ -1,8 +1,22 @@
-"""Writing run artefacts so that a crash never leaves a partial file."""
+"""The run folder's layout, and writing its files so that a crash never leaves a partial one."""
 import json
 import os
 
 import tensorflow as tf
+
+# Paths inside a run folder (root_dir).
+CONFIG = "config.gin"  # the gin config the run was started with
+OPERATIVE_CONFIG = "operative_config.gin"  # every parameter the run used
+RESULTS = "results.json"  # written last: its presence marks a finished run
+BEST_ALLOCATION = "best_allocation.json"
+DENSE_WEIGHTS = os.path.join("dense", "weights.h5")
+SEARCH_CHECKPOINTS = os.path.join("search", "checkpoints")
+EPISODES = os.path.join("search", "episodes.json")
+FINETUNE_CHECKPOINTS = "finetune"
+PRUNED_MODEL = "pruned_model.keras"
+TFLITE_DIR = "tflite"
+REPORT_DIR = "report"
+TENSORBOARD_DIRS = ("train", "eval")  # collect / greedy episodes
 
 
 def write_json(path: str, value) -> str:

@@ -14,13 +14,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import pruning
+from purl_tf import files, pruning
 from purl_tf.data import Splits
 from purl_tf.errors import PurlError
 from purl_tf.training import MaskedTrainer
-
-FINETUNE_DIR = "finetune"
-PRUNED_MODEL = "pruned_model.keras"
 
 
 @gin.configurable(denylist=["controller", "strategy", "splits", "allocation", "root_dir"])
@@ -60,7 +57,7 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
   pruning.explicit(controller, allocation)
   manager = tf.train.CheckpointManager(
       tf.train.Checkpoint(model=controller.model, optimizer=trainer.optimizer, steps=done),
-      os.path.join(root_dir, FINETUNE_DIR), max_to_keep=1)
+      os.path.join(root_dir, files.FINETUNE_CHECKPOINTS), max_to_keep=1)
   if manager.latest_checkpoint:
     manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
     print(f"Resuming fine-tuning after step {int(done)}/{total_steps}.", flush=True)
@@ -78,7 +75,7 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
           flush=True)
     manager.save()
 
-  path = pruning.save(controller.model, os.path.join(root_dir, PRUNED_MODEL))
+  path = pruning.save(controller.model, os.path.join(root_dir, files.PRUNED_MODEL))
   results = {
       "dense_test_accuracy": dense_test,
       "pruned_test_accuracy": trainer.evaluate(test),

@@ -11,10 +11,8 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from purl_tf import files
 from purl_tf.errors import PurlError
-
-_DENSE_DIR = "dense"
-_DENSE_WEIGHTS = "weights.h5"
 
 
 def _application(constructor, name, input_shape, num_classes, weights, **kwargs):
@@ -178,7 +176,8 @@ def pretrain(model: keras.Model, splits, root_dir: str, epochs: int = 3,
   Args:
     model: the dense model (its weights are changed in place).
     splits: data.Splits.
-    root_dir: run folder; weights are cached in root_dir/dense/weights.h5.
+    root_dir: run folder; the dense weights (trained or as given) are kept in
+      root_dir/dense/weights.h5 and loaded from there on a rerun.
     epochs: passes over the train split; 0 keeps the weights the model came with.
     learning_rate: of the optimizer (initial, with cosine_decay).
     optimizer: 'adam' or 'sgd' (momentum 0.9).
@@ -187,7 +186,7 @@ def pretrain(model: keras.Model, splits, root_dir: str, epochs: int = 3,
   Returns:
     accuracy on the reward split, a fraction.
   """
-  path = os.path.join(root_dir, _DENSE_DIR, _DENSE_WEIGHTS)
+  path = os.path.join(root_dir, files.DENSE_WEIGHTS)
   if cosine_decay:
     steps = max(epochs * (splits.num_examples["train"] // splits.batch_size), 1)
     learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
@@ -199,8 +198,9 @@ def pretrain(model: keras.Model, splits, root_dir: str, epochs: int = 3,
       from_logits=not outputs_probabilities(model)), metrics=["accuracy"])
   if tf.io.gfile.exists(path):
     model.load_weights(path)
-  elif epochs > 0:
-    model.fit(splits.train, epochs=epochs, validation_data=splits.reward, verbose=verbose)
+  else:
+    if epochs > 0:
+      model.fit(splits.train, epochs=epochs, validation_data=splits.reward, verbose=verbose)
     tf.io.gfile.makedirs(os.path.dirname(path))
     partial = path + ".partial.h5"
     model.save_weights(partial)

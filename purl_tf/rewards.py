@@ -10,7 +10,8 @@ reward-split accuracy after step t's short retrain, T the target sparsity and L 
 number of steps (prunable layers). The dense reward pays it as potential differences,
 so every step is credited with what its own action did:
 
-    r_t = w_s * (P(s_t) - P(s_{t-1})) + w_a * (a_t - a_{t-1}) / a_dense  [- w_miss * shortfall at t = L]
+    r_t = w_s * (P(s_t) - P(s_{t-1})) + w_a * (a_t - a_{t-1}) / a_dense
+          [- w_miss * max(0, T - s_L) / T at t = L]
 
 with s_{-1} = 0 and a_{-1} = a_dense. The episodic reward pays R at the last step and 0
 before. The paper does not publish its constants; these defaults are purl_tf's choice:

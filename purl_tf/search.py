@@ -19,15 +19,12 @@ from tf_agents.policies import py_tf_eager_policy
 from tf_agents.utils import common, nest_utils
 
 from purl_tf import agent as agent_lib
-from purl_tf import files
+from purl_tf import files, plots
 from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 
 COLLECT, GREEDY = "collect", "greedy"
 CRITERIA = ("accuracy_at_target", "return")
-SEARCH_DIR = "search"
-BEST_ALLOCATION = "best_allocation.json"
-EPISODES = "episodes.json"
 _TARGET_TOLERANCE = 1e-6
 
 
@@ -130,24 +127,24 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
                                         num_episodes=num_episodes)
   replay = agent_lib.make_replay_buffer(agent)
   record = _Record()
-  search_dir = os.path.join(root_dir, SEARCH_DIR)
   checkpointer = common.Checkpointer(
-      os.path.join(search_dir, "checkpoints"), max_to_keep=2, agent=agent,
+      os.path.join(root_dir, files.SEARCH_CHECKPOINTS), max_to_keep=2, agent=agent,
       replay_buffer=replay, episodes=epsilon.episodes, record=record.variable)
   checkpointer.initialize_or_restore()
   record.load()
   if record.collected:
     print(f"Resuming the search after episode {record.collected}/{num_episodes} "
-          f"from {search_dir}.", flush=True)
+          f"from {root_dir}.", flush=True)
 
   train_fn = common.function(agent.train)
   experience = None
   summaries = {kind: tf.summary.create_file_writer(os.path.join(root_dir, kind))
-               for kind in ("train", "eval")}
+               for kind in files.TENSORBOARD_DIRS}
   collect_policy = py_tf_eager_policy.PyTFEagerPolicy(agent.collect_policy,
                                                       use_tf_function=True)
   greedy_policy = py_tf_eager_policy.PyTFEagerPolicy(agent.policy, use_tf_function=True)
-  q_values = tf.function(lambda observation: agent._q_network(observation)[0])  # pylint: disable=protected-access
+  network = agent._q_network  # pylint: disable=protected-access
+  q_values = tf.function(lambda observation: network(observation)[0])
 
   def add_to_replay(trajectory):
     replay.add_batch(nest_utils.batch_nested_array(trajectory))
@@ -179,11 +176,16 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
         tf.summary.scalar("agent/epsilon", result.epsilon)
         if loss is not None:
           tf.summary.scalar("agent/loss", loss)
+      tf.summary.histogram("episode/layer_sparsity", list(result.allocation.values()))
       if record.best is not None:
         tf.summary.scalar("best/accuracy", record.best.accuracy)
         tf.summary.scalar("best/sparsity", record.best.sparsity)
         for name, value in record.best.allocation.items():
           tf.summary.scalar(f"best_allocation/{name}", value)
+      if record.best is result:
+        chart = plots.allocations({"best": result.allocation},
+                                  f"best allocation (episode {step}, {result.policy})")
+        tf.summary.image("best/allocation", tf.image.decode_png(chart)[None])
     writer.flush()
 
   def progress(result: Episode):
@@ -194,7 +196,8 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
     remaining = per_episode * (num_episodes - done) * (1 + 1 / eval_interval)
     best = record.best
     best_text = (f"best acc {best.accuracy:.4f} @ {best.sparsity:.3f}" if best else "best -")
-    print(f"[{result.policy:7s}] episode {done:4d}/{num_episodes}  return {result.episode_return:+.3f}"
+    print(f"[{result.policy:7s}] episode {done:4d}/{num_episodes}"
+          f"  return {result.episode_return:+.3f}"
           f"  acc {result.accuracy:.4f}  sparsity {result.sparsity:.3f}"
           f"  eps {result.epsilon:.2f}  {best_text}  {result.seconds:5.1f}s/ep"
           f"  ETA {_duration(remaining)}", flush=True)
@@ -228,7 +231,7 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
     record.seconds += time.time() - started  # Counts all but the checkpoint below.
     record.store()
     checkpointer.save(global_step=epsilon.episodes)
-    files.write_json(os.path.join(search_dir, EPISODES),
+    files.write_json(os.path.join(root_dir, files.EPISODES),
                      [dataclasses.asdict(e) for e in record.episodes])
     progress(result)
     if greedy:
@@ -236,7 +239,7 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
 
   best = record.best
   reached = bool(best.sparsity >= env.target - _TARGET_TOLERANCE)
-  files.write_json(os.path.join(root_dir, BEST_ALLOCATION), {
+  files.write_json(os.path.join(root_dir, files.BEST_ALLOCATION), {
       "allocation": best.allocation, "accuracy_reward_split": best.accuracy,
       "global_sparsity": best.sparsity, "episode": best.episode, "policy": best.policy,
       "target_sparsity": env.target, "reached_target": reached,

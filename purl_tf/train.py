@@ -19,7 +19,8 @@ from absl import app, flags, logging
 import gin
 import tensorflow as tf
 
-from purl_tf import data, distribute, files, finetune, models, pruning, rewards, search
+from purl_tf import (compare, data, distribute, export, files, finetune, models, pruning,
+                     rewards, search)
 from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 from purl_tf.training import MaskedTrainer
@@ -30,10 +31,6 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("root_dir", None, "Run folder: results, checkpoints, TensorBoard logs.")
 flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. \"search.num_episodes=50\".")
-
-RESULTS = "results.json"
-CONFIG = "config.gin"
-OPERATIVE_CONFIG = "operative_config.gin"
 
 
 @dataclasses.dataclass
@@ -70,7 +67,7 @@ def build(root_dir: str, model_builder, target_sparsity: float) -> Parts:
 
 @gin.configurable(denylist=["root_dir"])
 def train_eval(root_dir: str, model_builder=models.lenet5, target_sparsity: float = 0.9,
-               seed: int = 0) -> dict:
+               seed: int = 0, export_tflite: bool = True) -> dict:
   """Prunes the model `model_builder` builds to `target_sparsity`; returns results.json's dict.
 
   Args:
@@ -79,19 +76,20 @@ def train_eval(root_dir: str, model_builder=models.lenet5, target_sparsity: floa
       @resnet50, @mobilenet_v2, @cifar_resnet, @lenet5 or @saved_model.
     target_sparsity: target global sparsity of the prunable weights, in (0, 1).
     seed: seeds Python, NumPy and TensorFlow.
+    export_tflite: write and measure the TFLite flatbuffers (see export.py).
   """
   if not 0.0 < target_sparsity < 1.0:
     raise PurlError(f"train_eval.target_sparsity={target_sparsity} is outside (0, 1): bind "
                     "it to a fraction such as 0.9.")
   root_dir = os.path.abspath(os.path.expanduser(root_dir))
-  results_path = os.path.join(root_dir, RESULTS)
+  results_path = os.path.join(root_dir, files.RESULTS)
   finished = files.read_json(results_path)
   if finished:
     print(f"{root_dir} holds a finished run: results in {results_path}.", flush=True)
     return finished
   tf.keras.utils.set_random_seed(seed)
   tf.io.gfile.makedirs(root_dir)
-  with tf.io.gfile.GFile(os.path.join(root_dir, CONFIG), "w") as handle:
+  with tf.io.gfile.GFile(os.path.join(root_dir, files.CONFIG), "w") as handle:
     handle.write(gin.config_str())
   parts = build(root_dir, model_builder, target_sparsity)
   found = search.search(parts.env, root_dir)
@@ -99,9 +97,15 @@ def train_eval(root_dir: str, model_builder=models.lenet5, target_sparsity: floa
     print(f"WARNING: no episode reached the target sparsity {target_sparsity}; fine-tuning "
           f"the sparsest ({found.best.sparsity:.3f}). Search longer or widen the levels.",
           flush=True)
+  comparison = compare.one_shot(parts.controller, parts.env.trainer, parts.splits.test,
+                                found.best.allocation)
   tuned = finetune.finetune(parts.controller, parts.strategy, parts.splits,
                             found.best.allocation, root_dir)
+  tflite = {}
+  if export_tflite:
+    tflite = export.export_run(root_dir, parts.splits, tuned["pruned_model"])
   results = dict(tuned, model=parts.model_name, dataset=parts.splits.name,
+                 comparison=comparison, tflite=tflite,
                  target_sparsity=target_sparsity, reached_target=found.reached_target,
                  search_seconds=found.seconds,
                  search_episodes=sum(e.policy == search.COLLECT for e in found.episodes),
@@ -109,8 +113,11 @@ def train_eval(root_dir: str, model_builder=models.lenet5, target_sparsity: floa
                  best_reward_accuracy_in_search=found.best.accuracy,
                  dense_reward_accuracy=parts.dense_reward_accuracy,
                  replicas=parts.strategy.num_replicas_in_sync)
-  with tf.io.gfile.GFile(os.path.join(root_dir, OPERATIVE_CONFIG), "w") as handle:
-    handle.write(gin.operative_config_str())
+  operative = gin.operative_config_str()
+  with tf.io.gfile.GFile(os.path.join(root_dir, files.OPERATIVE_CONFIG), "w") as handle:
+    handle.write(operative)
+  with tf.summary.create_file_writer(os.path.join(root_dir, "eval")).as_default(step=0):
+    tf.summary.text("config/operative", f"```\n{operative}\n```")
   files.write_json(results_path, results)
   return results
 
@@ -125,9 +132,11 @@ def _summary(root_dir: str, results: dict) -> str:
       f"{results['target_sparsity']})",
       f"Parameters left       {results['params_remaining']:,} of {results['params_total']:,}",
       f"FLOPs left            {results['flops_remaining']:,} of {results['flops_total']:,}",
-      f"Results               {os.path.join(root_dir, RESULTS)}",
-      f"Best allocation       {os.path.join(root_dir, search.BEST_ALLOCATION)}",
+      f"Results               {os.path.join(root_dir, files.RESULTS)}",
+      f"Best allocation       {os.path.join(root_dir, files.BEST_ALLOCATION)}",
       f"Pruned model          {results['pruned_model']}",
+      *([f"TFLite                {os.path.join(root_dir, files.TFLITE_DIR)}/*.tflite",
+         "", export.table(results["tflite"])] if results.get("tflite") else []),
       f"TensorBoard           tensorboard --logdir {root_dir}",
   ])
 

@@ -1,5 +1,6 @@
 """The search end to end through train_eval, its artefacts, and resuming after a kill."""
 import glob
+import importlib.util
 import json
 import os
 import signal
@@ -13,7 +14,8 @@ import purl_tf  # noqa: F401
 import gin
 import tf_keras as keras
 
-from purl_tf import search, train
+from purl_tf import export, files, search, train
+from purl_tf.errors import PurlError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "gin", "quickstart.gin")
@@ -24,30 +26,45 @@ def small_bindings(data_dir, episodes):
   return [f"load_splits.data_dir = '{data_dir}'", "pretrain.epochs = 1",
           f"search.num_episodes = {episodes}", "search.eval_interval = 2",
           "PruningEnv.retrain_steps = 2", "finetune.epochs = 0.3",
+          "export_tflite.max_test_examples = 100", "export_tflite.latency_repeats = 3",
           "make_strategy.name = 'default'"]
 
 
-def test_train_eval_writes_every_artefact_and_does_not_redo_a_finished_run(
-    data_dir, tmp_path, capsys):
-  root = str(tmp_path / "run")
+def load_tool(name):
+  """A script of tools/ as a module."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+  """(root_dir, results) of a 4-episode quickstart run."""
+  root = str(tmp_path_factory.mktemp("finished") / "run")
   gin.parse_config_files_and_bindings([QUICKSTART], small_bindings(data_dir, 4))
   results = train.train_eval(root)
+  gin.clear_config()
+  return root, results
 
-  for name in ("results.json", "best_allocation.json", "config.gin", "operative_config.gin",
-               "pruned_model.keras", "dense/weights.h5", "search/episodes.json"):
+
+def test_train_eval_writes_every_artefact(finished_run):
+  root, results = finished_run
+  for name in (files.RESULTS, files.BEST_ALLOCATION, files.CONFIG, files.OPERATIVE_CONFIG,
+               files.PRUNED_MODEL, files.DENSE_WEIGHTS, files.EPISODES):
     assert os.path.exists(os.path.join(root, name)), name
-  assert glob.glob(os.path.join(root, "search", "checkpoints", "ckpt-4*"))
-  assert glob.glob(os.path.join(root, "train", "events.out.tfevents.*"))
-  assert glob.glob(os.path.join(root, "eval", "events.out.tfevents.*"))
+  assert glob.glob(os.path.join(root, files.SEARCH_CHECKPOINTS, "ckpt-4*"))
+  for kind in files.TENSORBOARD_DIRS:
+    assert glob.glob(os.path.join(root, kind, "events.out.tfevents.*")), kind
 
-  episodes = json.load(open(os.path.join(root, "search", "episodes.json")))
+  episodes = json.load(open(os.path.join(root, files.EPISODES)))
   collect = [e for e in episodes if e["policy"] == search.COLLECT]
   greedy = [e for e in episodes if e["policy"] == search.GREEDY]
   assert [e["episode"] for e in collect] == [0, 1, 2, 3]
   assert [e["episode"] for e in greedy] == [2, 4]
   assert all(len(e["rewards"]) == 4 for e in episodes)  # LeNet-5: 4 prunable layers
 
-  best = json.load(open(os.path.join(root, "best_allocation.json")))
+  best = json.load(open(os.path.join(root, files.BEST_ALLOCATION)))
   assert set(best["allocation"]) == {"conv1", "conv2", "fc1", "predictions"}
   assert best["global_sparsity"] == pytest.approx(results["global_sparsity"], abs=1e-3)
   for key in ("dense_test_accuracy", "pruned_test_accuracy", "global_sparsity",
@@ -55,17 +72,44 @@ def test_train_eval_writes_every_artefact_and_does_not_redo_a_finished_run(
     assert key in results, key
   assert 0.0 < results["pruned_test_accuracy"] <= 1.0
   assert results["search_episodes"] == 4
+  assert set(results["comparison"]) == {"purl", "uniform", "global_magnitude"}
+  for row in results["comparison"].values():
+    assert row["global_sparsity"] == pytest.approx(best["global_sparsity"], abs=1e-3)
+  assert set(results["tflite"]) == {export.DENSE, *export.VARIANTS}
+  for row in results["tflite"].values():
+    assert os.path.getsize(row["path"]) == row["bytes"]
+    assert os.path.dirname(row["path"]) == os.path.join(root, files.TFLITE_DIR)
 
   model = keras.models.load_model(results["pruned_model"])
   kernels = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
   zeros = sum(np.count_nonzero(k == 0) for k in kernels)
   assert zeros / sum(k.size for k in kernels) == pytest.approx(results["global_sparsity"],
                                                                abs=1e-3)
-  assert "search.num_episodes = 4" in open(os.path.join(root, "operative_config.gin")).read()
+  assert "search.num_episodes = 4" in open(os.path.join(root, files.OPERATIVE_CONFIG)).read()
 
+
+def test_a_finished_run_is_not_redone(finished_run, capsys):
+  root, results = finished_run
   capsys.readouterr()
-  assert train.train_eval(root) == json.load(open(os.path.join(root, "results.json")))
+  assert train.train_eval(root) == json.load(open(os.path.join(root, files.RESULTS)))
   assert "holds a finished run" in capsys.readouterr().out
+
+
+def test_report_writes_markdown_and_plots(finished_run):
+  root, results = finished_run
+  path = load_tool("report").write_report(root)
+  report = open(path).read()
+  assert f"{results['pruned_test_accuracy']:.4f}" in report
+  for image in ("episodes.png", "allocations.png"):
+    assert f"]({image})" in report
+    with open(os.path.join(os.path.dirname(path), image), "rb") as handle:
+      assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert "| float32_sparse |" in report and "| global_magnitude |" in report
+
+
+def test_report_on_a_folder_without_a_run_is_a_clear_error(tmp_path):
+  with pytest.raises(PurlError, match="holds no purl_tf search"):
+    load_tool("report").write_report(str(tmp_path))
 
 
 def _train_command(root, data_dir, episodes):
@@ -85,18 +129,18 @@ def test_a_killed_search_resumes_after_its_last_finished_episode(data_dir, tmp_p
       break
   process.wait(timeout=120)
   assert process.returncode == -signal.SIGKILL
-  before = json.load(open(os.path.join(root, "search", "episodes.json")))
+  before = json.load(open(os.path.join(root, files.EPISODES)))
   assert [e["episode"] for e in before if e["policy"] == search.COLLECT][:3] == [0, 1, 2]
-  assert not os.path.exists(os.path.join(root, "results.json"))
+  assert not os.path.exists(os.path.join(root, files.RESULTS))
 
   rerun = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
   assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
   assert "Resuming the search after episode" in rerun.stdout
-  after = json.load(open(os.path.join(root, "search", "episodes.json")))
+  after = json.load(open(os.path.join(root, files.EPISODES)))
   collect = [e for e in after if e["policy"] == search.COLLECT]
   assert [e["episode"] for e in collect] == [0, 1, 2, 3, 4, 5]
   assert after[:len(before)] == before  # what was finished is kept, not redone
-  assert os.path.exists(os.path.join(root, "results.json"))
+  assert os.path.exists(os.path.join(root, files.RESULTS))
 
 
 def test_bad_input_prints_one_line_and_exits_non_zero(data_dir, tmp_path):
