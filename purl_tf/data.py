@@ -13,7 +13,7 @@ out (which needs only their position) decodes nothing. Images come out as float3
 import dataclasses
 import difflib
 import os
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import gin
 import numpy as np
@@ -45,6 +45,7 @@ _TRAIN, _REWARD, _TEST = 0, 1, 2
 class Splits:
   """Batched datasets of (image float32 (B, H, W, C), label int64 (B,))."""
   train: tf.data.Dataset  # one shuffled epoch, full batches only; reshuffled each pass
+  train_stream: Callable[[int], tf.data.Dataset]  # seed -> endless train batches
   reward: tf.data.Dataset  # fixed order, cached
   test: tf.data.Dataset  # fixed order, cached
   num_classes: int
@@ -128,15 +129,18 @@ def load_splits(dataset: str = "mnist5k",
   global_eval_batch = (eval_batch_size or 2 * batch_size) * num_replicas
   geometry = _Geometry(shape, preprocessing, resize, augment, seed=shuffle_seed)
 
-  train = source.examples(source.train_split, roles, _TRAIN)
+  examples = source.examples(source.train_split, roles, _TRAIN)
   if cache_train:
-    train = train.map(source.decode, num_parallel_calls=AUTOTUNE).cache()
-    train = train.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-  else:
-    train = train.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-    train = train.map(source.decode, num_parallel_calls=AUTOTUNE)
-  train = train.map(geometry.train, num_parallel_calls=AUTOTUNE)
-  train = train.batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
+    examples = examples.map(source.decode, num_parallel_calls=AUTOTUNE).cache()
+
+  def train_stream(seed: int, epochs: Optional[int] = None) -> tf.data.Dataset:
+    """Train batches, reshuffled every epoch; the same seed gives the same batches."""
+    ds = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.repeat(epochs)
+    if not cache_train:  # Shuffle encoded images: decoded ones would fill memory.
+      ds = ds.map(source.decode, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(geometry.train, num_parallel_calls=AUTOTUNE)
+    return ds.batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
 
   def evaluation(split, role):
     ds = source.examples(split, roles, role).map(source.decode, num_parallel_calls=AUTOTUNE)
@@ -152,7 +156,8 @@ def load_splits(dataset: str = "mnist5k",
   if counts["train"] < global_batch:
     raise PurlError(f"{dataset} leaves {counts['train']} training examples, fewer than one "
                     f"batch of {global_batch}: lower load_splits.batch_size.")
-  return Splits(train=train, reward=reward, test=test, num_classes=source.num_classes,
+  return Splits(train=train_stream(shuffle_seed, epochs=1), train_stream=train_stream,
+                reward=reward, test=test, num_classes=source.num_classes,
                 image_shape=shape, num_examples=counts, batch_size=global_batch,
                 name=dataset)
 

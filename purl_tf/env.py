@@ -30,7 +30,7 @@ from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
-from purl_tf import rewards
+from purl_tf import interrupt, rewards
 from purl_tf.errors import PurlError
 from purl_tf.pruning import SPARSITY, THRESHOLD, PruningController
 from purl_tf.pruning.accounting import KINDS
@@ -51,17 +51,18 @@ class StepRecord:
   sparsity: float  # global, after the step
   accuracy: float  # reward split, after the step's retrain
   reward: float
-  loss: float  # mean retrain loss of the step
+  loss: float  # mean retrain loss of the step; nan when the step failed and was undone
 
 
-@gin.configurable(denylist=["controller", "trainer", "train_data", "reward_data"])
+@gin.configurable(denylist=["controller", "trainer", "train_stream", "reward_data"])
 class PruningEnv(py_environment.PyEnvironment):
   """Prunes one layer per step; auto-resets after the last layer.
 
   Args:
     controller: PruningController of the wrapped model (its snapshot is the dense state).
     trainer: MaskedTrainer of the same model.
-    train_data: batched train split (retraining).
+    train_stream: seed -> endless train batches (data.Splits.train_stream); each episode
+      draws its seed from NumPy's global generator, so seeding that makes runs repeat.
     reward_data: batched reward split (every accuracy the agent sees).
     target_sparsity: target global sparsity of the prunable weights, in (0, 1).
     mode: 'sparsity' (levels are fractions) or 'threshold' (levels are alpha, pruning
@@ -71,7 +72,7 @@ class PruningEnv(py_environment.PyEnvironment):
     reward_fn: a rewards.DenseReward or rewards.EpisodicReward (default DenseReward()).
   """
 
-  def __init__(self, controller: PruningController, trainer: MaskedTrainer, train_data,
+  def __init__(self, controller: PruningController, trainer: MaskedTrainer, train_stream,
                reward_data, target_sparsity: float = 0.9, mode: str = SPARSITY,
                levels: Optional[Sequence[float]] = None, retrain_steps: int = 10,
                reward_fn=None):
@@ -97,7 +98,9 @@ class PruningEnv(py_environment.PyEnvironment):
     self.reward_fn = reward_fn or rewards.DenseReward()
     self.num_layers = controller.num_layers
     self._check_reachable()
-    self._train = trainer.stream(train_data)
+    self._train_stream = train_stream
+    self._train = None
+    self.failed_steps = 0  # steps undone because the retrain loss was not finite
     self._reward_data = trainer.distribute(reward_data)
     self.dense_accuracy = trainer.evaluate(self._reward_data)
     if self.dense_accuracy <= 0.0:
@@ -159,6 +162,7 @@ class PruningEnv(py_environment.PyEnvironment):
   def _reset(self):
     self.controller.reset()
     self.trainer.reset_optimizer()
+    self._train = self.trainer.stream(self._train_stream(int(np.random.randint(2**31 - 1))))
     self._t = 0
     self._accuracy = self.dense_accuracy
     self._previous_level = 0.0
@@ -166,18 +170,31 @@ class PruningEnv(py_environment.PyEnvironment):
     return ts.restart(self._observe())
 
   def _step(self, action):
+    interrupt.check()
     action = int(action)
     level = self.levels[action]
     previous_sparsity = self.controller.global_sparsity()
+    self.controller.save_step()
     layer_sparsity = self.controller.set_level(self._t, level, self.mode)
     loss = self.trainer.train(self._train, self.retrain_steps) if self.retrain_steps else 0.0
-    accuracy = self.trainer.evaluate(self._reward_data)
-    sparsity = self.controller.global_sparsity()
-    outcome = rewards.Outcome(step=self._t, num_steps=self.num_layers, accuracy=accuracy,
-                              previous_accuracy=self._accuracy,
-                              dense_accuracy=self.dense_accuracy, sparsity=sparsity,
-                              previous_sparsity=previous_sparsity, target=self.target)
-    reward = self.reward_fn(outcome)
+    if np.isfinite(loss):
+      accuracy = self.trainer.evaluate(self._reward_data)
+      sparsity = self.controller.global_sparsity()
+      outcome = rewards.Outcome(step=self._t, num_steps=self.num_layers, accuracy=accuracy,
+                                previous_accuracy=self._accuracy,
+                                dense_accuracy=self.dense_accuracy, sparsity=sparsity,
+                                previous_sparsity=previous_sparsity, target=self.target)
+      reward = self.reward_fn(outcome)
+    else:  # Undo the step: weights and level as before it, the worst reward.
+      self.controller.undo_step()
+      self.trainer.reset_optimizer()
+      self.failed_steps += 1
+      print(f"WARNING: retrain loss {loss} after pruning {self.controller.names[self._t]} to "
+            f"{level}: step undone (lower MaskedTrainer.learning_rate if this repeats).",
+            flush=True)
+      accuracy, sparsity = self._accuracy, previous_sparsity
+      layer_sparsity = self.controller.sparsity(self._t)
+      reward = self.reward_fn.worst()
     self.episode.append(StepRecord(self.controller.names[self._t], action, level,
                                    layer_sparsity, sparsity, accuracy, reward, loss))
     self._accuracy = accuracy

@@ -4,6 +4,8 @@ import os
 
 import tensorflow as tf
 
+from purl_tf.errors import PurlError
+
 # Paths inside a run folder (root_dir).
 CONFIG = "config.gin"  # the gin config the run was started with
 OPERATIVE_CONFIG = "operative_config.gin"  # every parameter the run used
@@ -35,3 +37,29 @@ def read_json(path: str, default=None):
     return default
   with tf.io.gfile.GFile(path) as handle:
     return json.load(handle)
+
+
+def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager,
+                   validate=None):
+  """Restores the newest readable checkpoint of `manager`; returns its path (None: none).
+
+  A checkpoint that fails to restore (truncated, corrupt) or to `validate()` is skipped
+  with a warning in favour of the one before it. When none is readable, raises a
+  PurlError naming the folder to delete.
+  """
+  problems = []
+  for path in reversed(manager.checkpoints):
+    try:
+      checkpoint.restore(path).assert_existing_objects_matched()
+      if validate is not None:
+        validate()
+      if problems:
+        print(f"WARNING: skipped unreadable checkpoint(s) {'; '.join(problems)}; resuming "
+              f"from {path}.", flush=True)
+      return path
+    except Exception as error:  # Corruption shows up as many error types.
+      problems.append(f"{os.path.basename(path)} ({type(error).__name__})")
+  if problems:
+    raise PurlError(f"no readable checkpoint in {manager.directory} ({', '.join(problems)}): "
+                    "delete that folder to redo this stage.")
+  return None

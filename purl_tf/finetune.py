@@ -14,16 +14,18 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import files, pruning
+from purl_tf import files, interrupt, pruning
 from purl_tf.data import Splits
 from purl_tf.errors import PurlError
 from purl_tf.training import MaskedTrainer
 
 
-@gin.configurable(denylist=["controller", "strategy", "splits", "allocation", "root_dir"])
+@gin.configurable(denylist=["controller", "strategy", "splits", "allocation", "root_dir",
+                            "seed"])
 def finetune(controller: pruning.PruningController, strategy: tf.distribute.Strategy,
              splits: Splits, allocation: dict, root_dir: str, epochs: float = 2.0,
-             learning_rate: float = 0.01, momentum: float = 0.9) -> dict:
+             learning_rate: float = 0.01, momentum: float = 0.9, max_restarts: int = 3,
+             seed: int = 0) -> dict:
   """Fine-tunes `allocation` ({layer: sparsity}) and evaluates dense and pruned on test.
 
   Args:
@@ -35,9 +37,13 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
     epochs: passes over the train split (fractions allowed); 0 evaluates as pruned.
     learning_rate: initial SGD learning rate, decayed to 0 along a cosine.
     momentum: SGD momentum.
+    max_restarts: after a non-finite loss the last checkpoint is restored and the epoch
+      retried on reshuffled data; this many failures in a row stop with an error.
+    seed: seeds each epoch's data order (epoch e always sees the same batches).
   Returns:
     dict with dense_test_accuracy, pruned_test_accuracy, pruned_reward_accuracy,
-    finetune_steps, finetune_seconds, pruned_model (path) and the costs of the pruning.
+    finetune_steps, finetune_restarts, finetune_seconds, pruned_model (path) and the
+    costs of the pruning.
   """
   if epochs < 0:
     raise PurlError(f"finetune.epochs={epochs} must not be negative.")
@@ -55,25 +61,37 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
   controller.reset()
   dense_test = trainer.evaluate(test)
   pruning.explicit(controller, allocation)
+  checkpoint = tf.train.Checkpoint(model=controller.model, optimizer=trainer.optimizer,
+                                   steps=done)
   manager = tf.train.CheckpointManager(
-      tf.train.Checkpoint(model=controller.model, optimizer=trainer.optimizer, steps=done),
-      os.path.join(root_dir, files.FINETUNE_CHECKPOINTS), max_to_keep=1)
-  if manager.latest_checkpoint:
-    manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+      checkpoint, os.path.join(root_dir, files.FINETUNE_CHECKPOINTS), max_to_keep=2)
+  if files.restore_latest(checkpoint, manager):
     print(f"Resuming fine-tuning after step {int(done)}/{total_steps}.", flush=True)
-  stream = trainer.stream(splits.train)
+  else:
+    manager.save(checkpoint_number=0)  # the pruned start: what a first-epoch failure undoes
+  restarts = failures = 0
   while int(done) < total_steps:
+    interrupt.check()
     chunk = min(steps_per_epoch, total_steps - int(done))
+    epoch = int(done) // steps_per_epoch
+    stream = trainer.stream(splits.train_stream(seed * 7919 + epoch + 100_003 * restarts))
     loss = trainer.train(stream, chunk)
     if not np.isfinite(loss):
-      raise PurlError(f"fine-tuning diverged (loss {loss}) at step {int(done)}: lower "
-                      "finetune.learning_rate.")
+      restarts, failures = restarts + 1, failures + 1
+      if failures > max_restarts:
+        raise PurlError(f"fine-tuning diverged {failures} times in a row at step "
+                        f"{int(done)}: lower finetune.learning_rate.")
+      print(f"WARNING: fine-tuning loss {loss} at step {int(done)}: back to the last "
+            "checkpoint, retrying on reshuffled data.", flush=True)
+      files.restore_latest(checkpoint, manager)
+      continue
+    failures = 0
     done.assign_add(chunk)
     accuracy = trainer.evaluate(reward)
     print(f"[finetune] step {int(done):6d}/{total_steps}  loss {loss:.4f}  "
           f"reward acc {accuracy:.4f}  sparsity {controller.global_sparsity():.3f}",
           flush=True)
-    manager.save()
+    manager.save(checkpoint_number=int(done))
 
   path = pruning.save(controller.model, os.path.join(root_dir, files.PRUNED_MODEL))
   results = {
@@ -81,6 +99,7 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
       "pruned_test_accuracy": trainer.evaluate(test),
       "pruned_reward_accuracy": trainer.evaluate(reward),
       "finetune_steps": total_steps,
+      "finetune_restarts": restarts,
       "finetune_seconds": time.time() - start,
       "pruned_model": path,
       "allocation": controller.allocation(),

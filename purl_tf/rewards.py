@@ -56,6 +56,10 @@ class DenseReward:
   def _shortfall(self, outcome: Outcome) -> float:
     return max(0.0, outcome.target - outcome.sparsity) / outcome.target
 
+  def worst(self) -> float:
+    """The reward of a step that failed (a non-finite loss): below any the step can earn."""
+    return -float(self.sparsity_weight + self.accuracy_weight + self.shortfall_weight)
+
   def __call__(self, outcome: Outcome) -> float:
     progress = (self._progress(outcome.sparsity, outcome.target)
                 - self._progress(outcome.previous_sparsity, outcome.target))

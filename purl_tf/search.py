@@ -19,7 +19,7 @@ from tf_agents.policies import py_tf_eager_policy
 from tf_agents.utils import common, nest_utils
 
 from purl_tf import agent as agent_lib
-from purl_tf import files, plots
+from purl_tf import files, interrupt, plots
 from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 
@@ -74,12 +74,14 @@ class _Record:
     self.best: Optional[Episode] = None
     self.collected = 0
     self.seconds = 0.0
+    self.failed_steps = 0
 
   def store(self):
     self.variable.assign(json.dumps({
         "episodes": [dataclasses.asdict(e) for e in self.episodes],
         "best": dataclasses.asdict(self.best) if self.best else None,
-        "collected": self.collected, "seconds": self.seconds}))
+        "collected": self.collected, "seconds": self.seconds,
+        "failed_steps": self.failed_steps}))
 
   def load(self):
     text = self.variable.numpy().decode()
@@ -90,6 +92,7 @@ class _Record:
     self.best = Episode(**state["best"]) if state["best"] else None
     self.collected = state["collected"]
     self.seconds = state["seconds"]
+    self.failed_steps = state["failed_steps"]
 
 
 @dataclasses.dataclass
@@ -98,12 +101,14 @@ class SearchResult:
   episodes: List[Episode]
   seconds: float  # wall time of the search, summed over resumed runs
   reached_target: bool
+  failed_steps: int  # steps undone after a non-finite retrain loss
 
 
-@gin.configurable(denylist=["env", "root_dir"])
+@gin.configurable(denylist=["env", "root_dir", "seed"])
 def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interval: int = 10,
            agent_updates_per_episode: Optional[int] = None, batch_size: int = 64,
-           best_criterion: str = "accuracy_at_target", log_every: int = 1) -> SearchResult:
+           best_criterion: str = "accuracy_at_target", log_every: int = 1,
+           seed: int = 0) -> SearchResult:
   """Runs (or resumes) the search and returns the best allocation found.
 
   Args:
@@ -116,6 +121,8 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
     batch_size: transitions per DQN gradient step.
     best_criterion: 'accuracy_at_target' or 'return' (see is_better).
     log_every: print a progress line every this many episodes.
+    seed: every episode reseeds Python, NumPy and TensorFlow from (seed, episode), so a
+      resumed search repeats what an uninterrupted one would have done.
   """
   if best_criterion not in CRITERIA:
     raise PurlError(f"search.best_criterion={best_criterion!r} is unknown: use one of "
@@ -127,21 +134,22 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
                                         num_episodes=num_episodes)
   replay = agent_lib.make_replay_buffer(agent)
   record = _Record()
-  checkpointer = common.Checkpointer(
-      os.path.join(root_dir, files.SEARCH_CHECKPOINTS), max_to_keep=2, agent=agent,
-      replay_buffer=replay, episodes=epsilon.episodes, record=record.variable)
-  checkpointer.initialize_or_restore()
-  record.load()
+  checkpoint = tf.train.Checkpoint(agent=agent, replay_buffer=replay,
+                                   episodes=epsilon.episodes, record=record.variable)
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(root_dir, files.SEARCH_CHECKPOINTS), max_to_keep=2)
+  files.restore_latest(checkpoint, manager, validate=record.load)
+  env.failed_steps = record.failed_steps
   if record.collected:
     print(f"Resuming the search after episode {record.collected}/{num_episodes} "
           f"from {root_dir}.", flush=True)
 
   train_fn = common.function(agent.train)
-  experience = None
   summaries = {kind: tf.summary.create_file_writer(os.path.join(root_dir, kind))
                for kind in files.TENSORBOARD_DIRS}
+  # Eager, so that reseeding TensorFlow restarts its epsilon-greedy draws.
   collect_policy = py_tf_eager_policy.PyTFEagerPolicy(agent.collect_policy,
-                                                      use_tf_function=True)
+                                                      use_tf_function=False)
   greedy_policy = py_tf_eager_policy.PyTFEagerPolicy(agent.policy, use_tf_function=True)
   network = agent._q_network  # pylint: disable=protected-access
   q_values = tf.function(lambda observation: network(observation)[0])
@@ -151,6 +159,9 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
 
   def run_episode(policy, kind, observers):
     start = time.time()
+    interrupt.check()
+    tf.keras.utils.set_random_seed((seed * 1_000_003 + 2 * record.collected
+                                    + (kind == GREEDY)) % 2**31)
     first = env.reset()
     py_driver.PyDriver(env, policy, observers, max_episodes=1,
                        end_episode_on_boundary=False).run(first)
@@ -214,10 +225,10 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
     epsilon.episodes.assign(record.collected)
     loss = None
     if replay.num_frames() >= batch_size:
-      if experience is None:
-        experience = iter(replay.as_dataset(
-            sample_batch_size=batch_size, num_steps=agent.train_sequence_length,
-            num_parallel_calls=2).prefetch(2))
+      # A new sampler every episode, made under the episode's seed: repeatable on resume.
+      experience = iter(replay.as_dataset(
+          sample_batch_size=batch_size, num_steps=agent.train_sequence_length,
+          num_parallel_calls=2).prefetch(2))
       losses = [float(train_fn(next(experience)[0]).loss) for _ in range(updates)]
       loss = float(np.mean(losses))
     keep(result)
@@ -229,8 +240,9 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
     else:
       greedy = None
     record.seconds += time.time() - started  # Counts all but the checkpoint below.
+    record.failed_steps = env.failed_steps
     record.store()
-    checkpointer.save(global_step=epsilon.episodes)
+    manager.save(checkpoint_number=record.collected)
     files.write_json(os.path.join(root_dir, files.EPISODES),
                      [dataclasses.asdict(e) for e in record.episodes])
     progress(result)
@@ -245,7 +257,7 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
       "target_sparsity": env.target, "reached_target": reached,
       "criterion": best_criterion, "mode": env.mode})
   return SearchResult(best=best, episodes=record.episodes, seconds=record.seconds,
-                      reached_target=reached)
+                      reached_target=reached, failed_steps=record.failed_steps)
 
 
 def _duration(seconds: float) -> str:

@@ -66,10 +66,15 @@ class MaskedTrainer:
       total += self.strategy.reduce(
           SUM, self.strategy.run(self._train_step, args=(images, labels)), axis=None)
       apply_masks(self._wrappers)
-    return total / tf.cast(steps, tf.float32)
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
+                            for v in self.model.trainable_variables])
+    return tf.where(finite, total / tf.cast(steps, tf.float32), float("nan"))
 
   def train(self, iterator, steps: int) -> float:
-    """Runs `steps` updates on batches from `iterator`; returns the mean loss (may be nan)."""
+    """Runs `steps` updates on batches from `iterator`; returns the mean loss.
+
+    The loss is nan when it or any weight stopped being finite.
+    """
     return float(self.train_function(iterator, tf.constant(steps, tf.int32)))
 
   def _replica_eval_step(self, images, labels):

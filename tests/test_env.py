@@ -24,7 +24,7 @@ def lenet_parts(pretrained_lenet):
 def make_env(parts, **kwargs):
   controller, trainer, splits = parts
   kwargs.setdefault("retrain_steps", 2)
-  return PruningEnv(controller, trainer, splits.train, splits.reward, **kwargs)
+  return PruningEnv(controller, trainer, splits.train_stream, splits.reward, **kwargs)
 
 
 def run_episode(env, actions):

@@ -88,11 +88,21 @@ def test_train_eval_writes_every_artefact(finished_run):
   assert "search.num_episodes = 4" in open(os.path.join(root, files.OPERATIVE_CONFIG)).read()
 
 
-def test_a_finished_run_is_not_redone(finished_run, capsys):
+def test_a_finished_run_is_not_redone(finished_run, data_dir, capsys):
   root, results = finished_run
+  gin.parse_config_files_and_bindings([QUICKSTART], small_bindings(data_dir, 4))
   capsys.readouterr()
   assert train.train_eval(root) == json.load(open(os.path.join(root, files.RESULTS)))
   assert "holds a finished run" in capsys.readouterr().out
+
+
+def test_a_root_dir_with_another_config_is_refused_unless_overwritten(finished_run, data_dir):
+  root, _ = finished_run
+  gin.parse_config_files_and_bindings([QUICKSTART], small_bindings(data_dir, 5))
+  before = {path: os.path.getmtime(path) for path in glob.glob(os.path.join(root, "*"))}
+  with pytest.raises(PurlError, match="holds a run with another config"):
+    train.train_eval(root)
+  assert before == {path: os.path.getmtime(path) for path in glob.glob(os.path.join(root, "*"))}
 
 
 def test_report_writes_markdown_and_plots(finished_run):

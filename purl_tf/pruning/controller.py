@@ -96,6 +96,8 @@ class PruningController:
     self._kept = self.sizes.copy()
     self._saved = [tf.Variable(v, trainable=False, name="dense_copy") for v in model.variables]
     self._kept_at_snapshot = self._kept.copy()
+    self._step_copy = None  # variables of save_step(), made on first use
+    self._kept_at_step = self._kept.copy()
 
   @property
   def num_layers(self) -> int:
@@ -131,6 +133,20 @@ class PruningController:
   def _values(self, layer: int) -> np.ndarray:
     """A read-only view of the layer's weight values (no copy on the CPU)."""
     return np.asarray(self._vars[layer][0].value())
+
+  def save_step(self):
+    """Remembers the current variables, so that `undo_step()` can return to them."""
+    if self._step_copy is None:
+      self._step_copy = [tf.Variable(v, trainable=False, name="step_copy")
+                         for v in self.model.variables]
+    else:
+      self._copy(self.model.variables, self._step_copy)
+    self._kept_at_step = self._kept.copy()
+
+  def undo_step(self):
+    """Restores the variables and levels of the last `save_step()`."""
+    self._copy(self._step_copy, self.model.variables)
+    self._kept = self._kept_at_step.copy()
 
   def _write(self, layer: int, mask: np.ndarray, threshold: float) -> float:
     """Stores a bool mask (1 byte per weight crosses to TF) and zeroes the pruned weights."""

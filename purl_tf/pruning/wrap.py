@@ -70,7 +70,8 @@ def apply_masks(wrappers: Sequence[PruneLowMagnitude]):
 def wrap(model: keras.Model,
          layer_types: Sequence[str] = DEFAULT_LAYER_TYPES,
          include: Optional[str] = None,
-         exclude: Optional[str] = None) -> keras.Model:
+         exclude: Optional[str] = None,
+         check_only: bool = False):
   """Returns a copy of `model` whose selected layers are wrapped for pruning; masks all ones.
 
   Args:
@@ -78,6 +79,7 @@ def wrap(model: keras.Model,
     layer_types: class names of the layers to prune (exact: Conv2DTranspose is not Conv2D).
     include: regular expression; only layers whose name matches it (re.search) are pruned.
     exclude: regular expression; layers whose name matches it are left dense.
+    check_only: only select, and return the selected layers' names (a cheap early check).
   Raises:
     PurlError: when no layer is selected, or a selected type cannot be pruned.
   """
@@ -94,6 +96,8 @@ def wrap(model: keras.Model,
     raise PurlError(f"model {model.name} has no layer of types {list(layer_types)} "
                     f"(include={include!r}, exclude={exclude!r}): nothing to prune; bind "
                     "wrap.layer_types / wrap.include to select its layers.")
+  if check_only:
+    return chosen
 
   def clone(layer):
     if isinstance(layer, keras.Model):
