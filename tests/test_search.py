@@ -1,9 +1,11 @@
-"""The search end to end through train_eval, its artefacts, and resuming after a kill."""
+"""The search end to end through train_eval: its artefacts, the report, a finished run.
+
+Killing and resuming runs is tested in test_reliability.py.
+"""
 import glob
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -126,31 +128,6 @@ def _train_command(root, data_dir, episodes):
   command = [sys.executable, "-m", "purl_tf.train", f"--gin_file={QUICKSTART}",
              f"--root_dir={root}"]
   return command + [f"--gin_bindings={b}" for b in small_bindings(data_dir, episodes)]
-
-
-def test_a_killed_search_resumes_after_its_last_finished_episode(data_dir, tmp_path):
-  root = str(tmp_path / "run")
-  command = _train_command(root, data_dir, episodes=6)
-  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, cwd=REPO)
-  for line in process.stdout:
-    if line.startswith("[collect] episode    3/6"):  # printed once episode 3 is saved
-      process.send_signal(signal.SIGKILL)
-      break
-  process.wait(timeout=120)
-  assert process.returncode == -signal.SIGKILL
-  before = json.load(open(os.path.join(root, files.EPISODES)))
-  assert [e["episode"] for e in before if e["policy"] == search.COLLECT][:3] == [0, 1, 2]
-  assert not os.path.exists(os.path.join(root, files.RESULTS))
-
-  rerun = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
-  assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-  assert "Resuming the search after episode" in rerun.stdout
-  after = json.load(open(os.path.join(root, files.EPISODES)))
-  collect = [e for e in after if e["policy"] == search.COLLECT]
-  assert [e["episode"] for e in collect] == [0, 1, 2, 3, 4, 5]
-  assert after[:len(before)] == before  # what was finished is kept, not redone
-  assert os.path.exists(os.path.join(root, files.RESULTS))
 
 
 def test_bad_input_prints_one_line_and_exits_non_zero(data_dir, tmp_path):

@@ -6,7 +6,6 @@ reached, float64 (num_layers,).
 from typing import Mapping
 
 import numpy as np
-import tensorflow as tf
 
 from purl_tf.errors import PurlError
 from purl_tf.pruning.controller import PruningController

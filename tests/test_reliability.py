@@ -1,0 +1,189 @@
+"""Crashes, signals, numerical faults and bad input lose nothing and explain themselves."""
+import glob
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import purl_tf  # noqa: F401
+import gin
+import tensorflow as tf
+
+from purl_tf import files, finetune, pruning, search, train
+from purl_tf.env import PruningEnv
+from purl_tf.errors import PurlError
+from purl_tf.training import MaskedTrainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(REPO, "gin", "quickstart.gin")
+
+
+def command(root, data_dir, *extra):
+  bindings = [f"load_splits.data_dir = '{data_dir}'", "pretrain.epochs = 1",
+              "search.num_episodes = 4", "search.eval_interval = 2",
+              "PruningEnv.retrain_steps = 2", "finetune.epochs = 0.5",
+              "export_tflite.max_test_examples = 50", "export_tflite.latency_repeats = 2",
+              "export_tflite.variants = ('float32_sparse',)",
+              "make_strategy.name = 'default'", "train_eval.deterministic = True", *extra]
+  return ([sys.executable, "-m", "purl_tf.train", f"--gin_file={QUICKSTART}",
+           f"--root_dir={root}"] + [f"--gin_bindings={b}" for b in bindings])
+
+
+def outcome(root):
+  """What a run decided: every episode's choices and scores, the best, the final model."""
+  results = json.load(open(os.path.join(root, files.RESULTS)))
+  episodes = json.load(open(os.path.join(root, files.EPISODES)))
+  return {
+      "episodes": [(e["episode"], e["policy"], e["levels"], e["rewards"], e["accuracy"])
+                   for e in episodes],
+      "best": json.load(open(os.path.join(root, files.BEST_ALLOCATION))),
+      "results": {k: results[k] for k in ("pruned_test_accuracy", "dense_test_accuracy",
+                                          "global_sparsity", "allocation", "comparison")},
+      "tflite": {k: v["bytes"] for k, v in results["tflite"].items()},
+  }
+
+
+# Where the kills land: a random moment after each marker line. After "Search over" the
+# first episode is retraining; after "[collect] episode    3" episode 4 runs and its
+# checkpoint is written; after "[finetune]" fine-tuning or the export runs.
+KILL_AFTER = ("Search over", "[collect] episode    3", "[finetune]")
+
+
+def test_runs_killed_at_random_moments_end_as_an_uninterrupted_run(data_dir, tmp_path):
+  reference = str(tmp_path / "uninterrupted")
+  subprocess.run(command(reference, data_dir), check=True, capture_output=True, cwd=REPO,
+                 timeout=600)
+
+  root = str(tmp_path / "killed")
+  rng = random.Random(7)
+  resumed_after = []
+  for attempt, marker in enumerate(KILL_AFTER + (None,)):
+    saved = files.read_json(os.path.join(root, files.EPISODES), [])
+    collected = sum(e["policy"] == search.COLLECT for e in saved)
+    process = subprocess.Popen(command(root, data_dir), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    lines = []
+    for line in process.stdout:
+      lines.append(line)
+      if line.startswith("Resuming the search after episode"):
+        resumed_after.append((collected, int(line.split("episode ")[1].split("/")[0])))
+      if marker and line.startswith(marker):
+        time.sleep(rng.uniform(0.0, 1.5))
+        process.kill()
+        break
+    process.wait(timeout=600)
+    if marker:
+      assert process.returncode == -signal.SIGKILL, "".join(lines)[-3000:]
+    else:
+      assert process.returncode == 0, "".join(lines)[-3000:]
+  # Each restart went on after the last episode saved before the kill (or the one after
+  # it, when the kill fell between the checkpoint and episodes.json).
+  assert resumed_after and all(n in (saved, saved + 1) for saved, n in resumed_after)
+  assert outcome(root) == outcome(reference)
+  assert not glob.glob(os.path.join(root, "**", "*.partial*"), recursive=True)
+
+
+def test_sigterm_stops_at_a_step_boundary_and_says_how_to_resume(data_dir, tmp_path):
+  root = str(tmp_path / "run")
+  process = subprocess.Popen(command(root, data_dir, "search.num_episodes = 50"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             cwd=REPO)
+  for line in process.stdout:
+    if line.startswith("[collect] episode    2/50"):
+      process.send_signal(signal.SIGTERM)
+      break
+  output = process.communicate(timeout=120)[0]
+  assert process.returncode == 128 + signal.SIGTERM, output[-2000:]
+  assert "rerun the same command to resume" in output
+  episodes = json.load(open(os.path.join(root, files.EPISODES)))
+  assert sum(e["policy"] == search.COLLECT for e in episodes) >= 2
+  assert glob.glob(os.path.join(root, files.SEARCH_CHECKPOINTS, "ckpt-*.index"))
+
+
+@pytest.fixture
+def lenet(pretrained_lenet):
+  wrapped = pruning.wrap(pretrained_lenet())
+  return pruning.PruningController(wrapped), pretrained_lenet.splits
+
+
+def test_a_non_finite_retrain_undoes_the_step_and_pays_the_worst_reward(lenet):
+  controller, splits = lenet
+  trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy(), learning_rate=1e30)
+  env = PruningEnv(controller, trainer, splits.train_stream, splits.reward, retrain_steps=3)
+  env.reset()
+  before = [v.numpy().copy() for v in controller.model.variables]
+  step = env.step(np.int64(6))
+  assert env.failed_steps == 1
+  assert float(step.reward) == env.reward_fn.worst()
+  assert np.isnan(env.episode[0].loss)
+  assert env.episode[0].layer_sparsity == 0.0 and controller.global_sparsity() == 0.0
+  for value, variable in zip(before, controller.model.variables):
+    np.testing.assert_array_equal(value, variable.numpy())
+  assert env.episode[0].accuracy == env.dense_accuracy
+
+
+def test_finetune_rolls_back_a_non_finite_epoch_and_gives_up_when_it_repeats(
+    lenet, tmp_path, monkeypatch):
+  controller, splits = lenet
+  allocation = {"conv1": 0.5, "conv2": 0.5, "fc1": 0.9, "predictions": 0.5}
+  real_train = MaskedTrainer.train
+  calls = []
+
+  def first_call_diverges(self, iterator, steps):
+    calls.append(steps)
+    return float("nan") if len(calls) == 1 else real_train(self, iterator, steps)
+
+  monkeypatch.setattr(MaskedTrainer, "train", first_call_diverges)
+  strategy = tf.distribute.get_strategy()
+  results = finetune.finetune(controller, strategy, splits, allocation, str(tmp_path / "a"),
+                              epochs=1.0)
+  assert results["finetune_restarts"] == 1
+  assert len(calls) == 2 and results["pruned_test_accuracy"] > 0.9
+
+  monkeypatch.setattr(MaskedTrainer, "train", lambda self, it, steps: float("nan"))
+  with pytest.raises(PurlError, match="diverged 3 times in a row"):
+    finetune.finetune(controller, strategy, splits, allocation, str(tmp_path / "b"),
+                      epochs=1.0, max_restarts=2)
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_one_before(lenet, tmp_path, capsys):
+  controller, splits = lenet
+  trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
+  env = PruningEnv(controller, trainer, splits.train_stream, splits.reward, retrain_steps=1)
+  root = str(tmp_path)
+  search.search(env, root, num_episodes=2, eval_interval=5, log_every=100)
+  newest = sorted(glob.glob(os.path.join(root, files.SEARCH_CHECKPOINTS, "ckpt-2.data*")))
+  for path in newest:
+    with open(path, "r+b") as handle:
+      handle.truncate(16)
+  capsys.readouterr()
+  result = search.search(env, root, num_episodes=3, eval_interval=5, log_every=100)
+  output = capsys.readouterr().out
+  assert "skipped unreadable checkpoint(s) ckpt-2" in output
+  assert "Resuming the search after episode 1/3" in output
+  assert sum(e.policy == search.COLLECT for e in result.episodes) == 3
+
+  for path in glob.glob(os.path.join(root, files.SEARCH_CHECKPOINTS, "ckpt-*.data*")):
+    with open(path, "r+b") as handle:
+      handle.truncate(16)
+  with pytest.raises(PurlError, match="no readable checkpoint"):
+    search.search(env, root, num_episodes=4, eval_interval=5)
+
+
+@pytest.mark.parametrize("gin_files, bindings, message", [
+    ([], ["search.num_episode = 3"], "doesn't have a parameter named 'num_episode'"),
+    ([], ["serch.num_episodes = 3"], "No configurable matching 'serch'"),
+    (["gin/missing.gin"], [], "gin file gin/missing.gin does not exist"),
+    ([], ["train_eval.model_builder = @lenet6"], "No configurable matching reference"),
+])
+def test_gin_mistakes_are_one_line_errors(gin_files, bindings, message):
+  with pytest.raises(PurlError) as error:
+    train._parse_gin(gin_files, bindings)  # pylint: disable=protected-access
+  assert message in str(error.value) and "\n" not in str(error.value)
+  gin.clear_config()
