@@ -22,6 +22,7 @@ the network's depth so that a learned policy transfers to other networks:
 )))
 import dataclasses
 import math
+import time
 from typing import List, Optional, Sequence
 
 import gin
@@ -52,6 +53,8 @@ class StepRecord:
   accuracy: float  # reward split, after the step's retrain
   reward: float
   loss: float  # mean retrain loss of the step; nan when the step failed and was undone
+  retrain_seconds: float  # wall time of the step's retrain
+  measure_seconds: float  # wall time of the step's accuracy measurement
 
 
 @gin.configurable(denylist=["controller", "trainer", "train_stream", "reward_data"])
@@ -176,9 +179,14 @@ class PruningEnv(py_environment.PyEnvironment):
     previous_sparsity = self.controller.global_sparsity()
     self.controller.save_step()
     layer_sparsity = self.controller.set_level(self._t, level, self.mode)
+    started = time.perf_counter()
     loss = self.trainer.train(self._train, self.retrain_steps) if self.retrain_steps else 0.0
+    retrain_seconds = time.perf_counter() - started
+    measure_seconds = 0.0
     if np.isfinite(loss):
+      started = time.perf_counter()
       accuracy = self.trainer.evaluate(self._reward_data)
+      measure_seconds = time.perf_counter() - started
       sparsity = self.controller.global_sparsity()
       outcome = rewards.Outcome(step=self._t, num_steps=self.num_layers, accuracy=accuracy,
                                 previous_accuracy=self._accuracy,
@@ -196,7 +204,8 @@ class PruningEnv(py_environment.PyEnvironment):
       layer_sparsity = self.controller.sparsity(self._t)
       reward = self.reward_fn.worst()
     self.episode.append(StepRecord(self.controller.names[self._t], action, level,
-                                   layer_sparsity, sparsity, accuracy, reward, loss))
+                                   layer_sparsity, sparsity, accuracy, reward, loss,
+                                   retrain_seconds, measure_seconds))
     self._accuracy = accuracy
     self._previous_level = level
     self._t += 1

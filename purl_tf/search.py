@@ -41,6 +41,8 @@ class Episode:
   allocation: dict  # layer name -> sparsity
   levels: list  # level chosen per layer
   rewards: list  # reward per step
+  retrain_seconds: float  # of the episode's steps, summed
+  measure_seconds: float
 
 
 def is_better(candidate: Episode, best: Optional[Episode], target: float,
@@ -102,6 +104,13 @@ class SearchResult:
   seconds: float  # wall time of the search, summed over resumed runs
   reached_target: bool
   failed_steps: int  # steps undone after a non-finite retrain loss
+
+  @property
+  def overhead_share(self) -> float:
+    """Share of the search's wall time spent outside retraining and measuring accuracy
+    (mask setting, observations, the agent, logging, checkpoints)."""
+    inside = sum(e.retrain_seconds + e.measure_seconds for e in self.episodes)
+    return max(0.0, 1.0 - inside / self.seconds) if self.seconds else 0.0
 
 
 @gin.configurable(denylist=["env", "root_dir", "seed"])
@@ -171,7 +180,9 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
         episode_return=float(sum(s.reward for s in steps)), accuracy=steps[-1].accuracy,
         sparsity=steps[-1].sparsity, epsilon=epsilon.value() if kind == COLLECT else 0.0,
         seconds=time.time() - start, allocation={s.layer: s.layer_sparsity for s in steps},
-        levels=[s.level for s in steps], rewards=[s.reward for s in steps])
+        levels=[s.level for s in steps], rewards=[s.reward for s in steps],
+        retrain_seconds=sum(s.retrain_seconds for s in steps),
+        measure_seconds=sum(s.measure_seconds for s in steps))
     q_first = q_values(first.observation[None])[0]
     return result, float(tf.reduce_max(q_first))
 
@@ -239,12 +250,14 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
       log(greedy, greedy_q_max, None)
     else:
       greedy = None
-    record.seconds += time.time() - started  # Counts all but the checkpoint below.
+    record.seconds += time.time() - started
     record.failed_steps = env.failed_steps
     record.store()
+    saving = time.time()
     manager.save(checkpoint_number=record.collected)
     files.write_json(os.path.join(root_dir, files.EPISODES),
                      [dataclasses.asdict(e) for e in record.episodes])
+    record.seconds += time.time() - saving  # stored with the next episode
     progress(result)
     if greedy:
       progress(greedy)

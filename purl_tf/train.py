@@ -118,6 +118,9 @@ def train_eval(root_dir: str, model_builder=models.lenet5, target_sparsity: floa
                  comparison=comparison, tflite=tflite,
                  target_sparsity=target_sparsity, reached_target=found.reached_target,
                  search_seconds=found.seconds, failed_steps=found.failed_steps,
+                 search_overhead_share=found.overhead_share,
+                 search_retrain_steps=sum(len(e.levels) for e in found.episodes)
+                 * parts.env.retrain_steps,
                  search_episodes=sum(e.policy == search.COLLECT for e in found.episodes),
                  best_episode=found.best.episode,
                  best_reward_accuracy_in_search=found.best.accuracy,
