@@ -11,15 +11,20 @@ __version__ = "0.1.0"
 
 
 def _select_legacy_keras():
-  """Sets TF_USE_LEGACY_KERAS=1, or fails if TensorFlow already chose Keras 3."""
-  if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
+  """Sets TF_USE_LEGACY_KERAS=1, or fails if TensorFlow already chose Keras 3.
+
+  TensorFlow resolves `tf.keras` on first use, so an imported but unused TensorFlow
+  still picks tf-keras; one that already resolved Keras 3 cannot change.
+  """
+  if os.environ.get("TF_USE_LEGACY_KERAS", "").lower() not in ("1", "true"):
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+  if "tensorflow" in sys.modules:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    if not tf.keras.__version__.startswith("2."):
+    if not tf.keras.Model.__module__.startswith("tf_keras"):
       raise ImportError(
           "purl_tf needs tf-keras (Keras 2), but TensorFlow was imported with Keras "
-          f"{tf.keras.__version__}: import purl_tf before tensorflow/keras, or set "
-          "TF_USE_LEGACY_KERAS=1 in the environment.")
-  os.environ["TF_USE_LEGACY_KERAS"] = "1"
+          f"{getattr(tf.keras, '__version__', '3')}: import purl_tf before tensorflow/keras, "
+          "or set TF_USE_LEGACY_KERAS=1 in the environment.")
   # TensorFlow's C++ info lines (oneDNN, CUDA probing) drown the progress display.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

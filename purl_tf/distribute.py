@@ -5,11 +5,15 @@ import tensorflow as tf
 from purl_tf.errors import PurlError
 
 STRATEGIES = ("mirrored", "default", "multi_worker")
+_MADE = {}  # name -> strategy: one per process, since two MirroredStrategies in one
+            # process share collective keys and abort each other's all-reduces.
 
 
 @gin.configurable
 def make_strategy(name: str = "mirrored", logical_cpus: int = 0) -> tf.distribute.Strategy:
-  """Returns the strategy; call it before any other TensorFlow work in the process.
+  """Returns the strategy (the same object on every call with the same name).
+
+  Call it before any other TensorFlow work in the process.
 
   Args:
     name: 'mirrored' (MirroredStrategy over the visible GPUs, else the CPU), 'default'
@@ -23,12 +27,16 @@ def make_strategy(name: str = "mirrored", logical_cpus: int = 0) -> tf.distribut
     split_cpu(logical_cpus)
   if name == "default":
     return tf.distribute.get_strategy()
-  if name == "multi_worker":
-    return tf.distribute.MultiWorkerMirroredStrategy()
-  cpus = tf.config.list_logical_devices("CPU")
-  if not tf.config.list_physical_devices("GPU") and len(cpus) > 1:
-    return tf.distribute.MirroredStrategy([device.name for device in cpus])
-  return tf.distribute.MirroredStrategy()
+  if name not in _MADE:
+    if name == "multi_worker":
+      _MADE[name] = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+      cpus = tf.config.list_logical_devices("CPU")
+      if not tf.config.list_physical_devices("GPU") and len(cpus) > 1:
+        _MADE[name] = tf.distribute.MirroredStrategy([device.name for device in cpus])
+      else:
+        _MADE[name] = tf.distribute.MirroredStrategy()
+  return _MADE[name]
 
 
 def split_cpu(count: int):

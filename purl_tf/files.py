@@ -16,6 +16,7 @@ SEARCH_CHECKPOINTS = os.path.join("search", "checkpoints")
 EPISODES = os.path.join("search", "episodes.json")
 FINETUNE_CHECKPOINTS = "finetune"
 PRUNED_MODEL = "pruned_model.keras"
+POLICY_DIR = "policy"  # the trained greedy policy (tf-agents PolicySaver SavedModel)
 TFLITE_DIR = "tflite"
 REPORT_DIR = "report"
 TENSORBOARD_DIRS = ("train", "eval")  # collect / greedy episodes

@@ -15,7 +15,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 from tf_agents.drivers import py_driver
-from tf_agents.policies import py_tf_eager_policy
+from tf_agents.policies import policy_saver, py_tf_eager_policy
 from tf_agents.utils import common, nest_utils
 
 from purl_tf import agent as agent_lib
@@ -117,7 +117,7 @@ class SearchResult:
 def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interval: int = 10,
            agent_updates_per_episode: Optional[int] = None, batch_size: int = 64,
            best_criterion: str = "accuracy_at_target", log_every: int = 1,
-           seed: int = 0) -> SearchResult:
+           initial_policy: Optional[str] = None, seed: int = 0) -> SearchResult:
   """Runs (or resumes) the search and returns the best allocation found.
 
   Args:
@@ -130,6 +130,9 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
     batch_size: transitions per DQN gradient step.
     best_criterion: 'accuracy_at_target' or 'return' (see is_better).
     log_every: print a progress line every this many episodes.
+    initial_policy: a policy saved by an earlier search (its root_dir/policy) whose
+      Q-network starts this one; it may come from another network, but needs the same
+      action grid size and Q-network layers. Its greedy policy runs once first.
     seed: every episode reseeds Python, NumPy and TensorFlow from (seed, episode), so a
       resumed search repeats what an uninterrupted one would have done.
   """
@@ -147,7 +150,8 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
                                    episodes=epsilon.episodes, record=record.variable)
   manager = tf.train.CheckpointManager(
       checkpoint, os.path.join(root_dir, files.SEARCH_CHECKPOINTS), max_to_keep=2)
-  files.restore_latest(checkpoint, manager, validate=record.load)
+  if not files.restore_latest(checkpoint, manager, validate=record.load) and initial_policy:
+    _load_policy(agent, initial_policy)
   env.failed_steps = record.failed_steps
   if record.collected:
     print(f"Resuming the search after episode {record.collected}/{num_episodes} "
@@ -229,6 +233,12 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
     if is_better(result, record.best, env.target, best_criterion):
       record.best = result
 
+  if initial_policy and not record.episodes:
+    transferred, q_max = run_episode(greedy_policy, GREEDY, [])
+    keep(transferred)
+    log(transferred, q_max, None)
+    progress(transferred)
+
   while record.collected < num_episodes:
     started = time.time()
     result, q_max = run_episode(collect_policy, COLLECT, [add_to_replay])
@@ -262,6 +272,8 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
     if greedy:
       progress(greedy)
 
+  policy_saver.PolicySaver(agent.policy, batch_size=None).save(
+      os.path.join(root_dir, files.POLICY_DIR))
   best = record.best
   reached = bool(best.sparsity >= env.target - _TARGET_TOLERANCE)
   files.write_json(os.path.join(root_dir, files.BEST_ALLOCATION), {
@@ -271,6 +283,25 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
       "criterion": best_criterion, "mode": env.mode})
   return SearchResult(best=best, episodes=record.episodes, seconds=record.seconds,
                       reached_target=reached, failed_steps=record.failed_steps)
+
+
+def _load_policy(agent, path: str):
+  """Starts the agent's Q-network (and its target) from a saved policy's weights."""
+  try:
+    saved = tf.saved_model.load(os.path.expanduser(path)).model_variables
+  except Exception as error:
+    raise PurlError(f"search.initial_policy={path!r} is not a policy saved by purl_tf "
+                    f"(its root_dir/{files.POLICY_DIR}): {type(error).__name__}.") from error
+  variables = agent.policy.variables()
+  shapes = [tuple(v.shape) for v in saved], [tuple(v.shape) for v in variables]
+  if shapes[0] != shapes[1]:
+    raise PurlError(f"the policy at {path} has Q-network weights {shapes[0]} but this search "
+                    f"needs {shapes[1]}: use the same make_agent.fc_layer_params and number "
+                    "of PruningEnv.levels.")
+  for source, target in zip(saved, variables):
+    target.assign(source)
+  agent.initialize()  # copies the Q-network into the target network
+  print(f"Q-network initialised from the policy at {path}.", flush=True)
 
 
 def _duration(seconds: float) -> str:

@@ -22,7 +22,6 @@ SHRINK = ["load_splits.image_size = 32", "load_splits.batch_size = 4",
 @pytest.mark.parametrize("config, builder, layers, bindings", [
     ("resnet50", "resnet50", 54, ["resnet50.weights = None"]),
     ("mobilenet_v2", "mobilenet_v2", 53, ["mobilenet_v2.weights = None"]),
-    ("cifar10", "cifar_resnet", 22, ["pretrain.epochs = 0"]),
 ])
 def test_config_takes_two_pruning_steps_on_mock_data(config, builder, layers, bindings,
                                                      tmp_path):
@@ -42,3 +41,12 @@ def test_config_takes_two_pruning_steps_on_mock_data(config, builder, layers, bi
   assert [r.level for r in env.episode] == [env.levels[3], env.levels[-1]]
   assert env.episode[1].layer_sparsity == pytest.approx(env.levels[-1], abs=1e-2)
   assert parts.splits.image_shape == (32, 32, 3)
+
+
+def test_cifar10_config_builds_its_network():
+  gin.parse_config_files_and_bindings([os.path.join(REPO, "gin", "cifar10.gin")], [])
+  builder = gin.query_parameter("train_eval.model_builder").scoped_configurable_fn
+  model = builder(input_shape=(32, 32, 3), num_classes=10)
+  assert model.name == "cifar_resnet20"
+  assert gin.query_parameter("load_splits.dataset") == "cifar10"
+  assert gin.query_parameter("load_splits.augment") == "flip_crop"

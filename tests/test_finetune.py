@@ -5,14 +5,14 @@ import pytest
 import purl_tf  # noqa: F401
 import tf_keras as keras
 
-from purl_tf import distribute, finetune, pruning
+from purl_tf import finetune, pruning
 
 ALLOCATION = {"conv1": 0.5, "conv2": 0.8, "fc1": 0.95, "predictions": 0.6}
 
 
 def test_mirrored_finetune_keeps_the_allocation_and_saves_a_plain_model(
-    pretrained_lenet, tmp_path, capsys):
-  strategy = distribute.make_strategy("mirrored")
+    pretrained_lenet, mirrored_strategy, tmp_path, capsys):
+  strategy = mirrored_strategy
   assert strategy.num_replicas_in_sync == 2  # conftest split the CPU in two
   with strategy.scope():
     controller = pruning.PruningController(pruning.wrap(pretrained_lenet()))

@@ -26,8 +26,8 @@ QUICKSTART = os.path.join(REPO, "gin", "quickstart.gin")
 
 def command(root, data_dir, *extra):
   bindings = [f"load_splits.data_dir = '{data_dir}'", "pretrain.epochs = 1",
-              "search.num_episodes = 4", "search.eval_interval = 2",
-              "PruningEnv.retrain_steps = 2", "finetune.epochs = 0.5",
+              "search.num_episodes = 3", "search.eval_interval = 2",
+              "PruningEnv.retrain_steps = 2", "finetune.epochs = 0.3",
               "export_tflite.max_test_examples = 50", "export_tflite.latency_repeats = 2",
               "export_tflite.variants = ('float32_sparse',)",
               "make_strategy.name = 'default'", "train_eval.deterministic = True", *extra]
@@ -50,9 +50,9 @@ def outcome(root):
 
 
 # Where the kills land: a random moment after each marker line. After "Search over" the
-# first episode is retraining; after "[collect] episode    3" episode 4 runs and its
+# first episode is retraining; after "[collect] episode    2" episode 3 runs and its
 # checkpoint is written; after "[finetune]" fine-tuning or the export runs.
-KILL_AFTER = ("Search over", "[collect] episode    3", "[finetune]")
+KILL_AFTER = ("Search over", "[collect] episode    2", "[finetune]")
 
 
 def test_runs_killed_at_random_moments_end_as_an_uninterrupted_run(data_dir, tmp_path):

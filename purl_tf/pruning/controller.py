@@ -95,6 +95,8 @@ class PruningController:
     self._vars = [wrapper.pruning_vars[0] for wrapper in self.wrappers]  # (weight, mask, thr)
     self._kept = self.sizes.copy()
     self._saved = [tf.Variable(v, trainable=False, name="dense_copy") for v in model.variables]
+    saved = {id(v): copy for v, copy in zip(model.variables, self._saved)}
+    self._saved_weights = [saved[id(weight)] for weight, _, _ in self._vars]
     self._kept_at_snapshot = self._kept.copy()
     self._step_copy = None  # variables of save_step(), made on first use
     self._kept_at_step = self._kept.copy()
@@ -131,8 +133,15 @@ class PruningController:
     self._kept = self._kept_at_snapshot.copy()
 
   def _values(self, layer: int) -> np.ndarray:
-    """A read-only view of the layer's weight values (no copy on the CPU)."""
-    return np.asarray(self._vars[layer][0].value())
+    """The layer's weights as if unpruned, as a read-only view (no copy on the CPU).
+
+    Weights pruned earlier take back their snapshot values first, so a new level is
+    chosen among all of the layer's weights whatever its previous level was.
+    """
+    weight, mask, _ = self._vars[layer]
+    if self._kept[layer] < self.sizes[layer]:
+      weight.assign(tf.where(mask > 0, weight, self._saved_weights[layer]))
+    return np.asarray(weight.value())
 
   def save_step(self):
     """Remembers the current variables, so that `undo_step()` can return to them."""
