@@ -1,4 +1,6 @@
 """Choosing the tf.distribute strategy that retraining, evaluation and fine-tuning run under."""
+import os
+
 import gin
 import tensorflow as tf
 
@@ -37,6 +39,28 @@ def make_strategy(name: str = "mirrored", logical_cpus: int = 0) -> tf.distribut
       else:
         _MADE[name] = tf.distribute.MirroredStrategy()
   return _MADE[name]
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes the run's files: always, except the non-chief workers of
+  a multi-worker strategy."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == "chief":
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def run_dir(root_dir: str, strategy: tf.distribute.Strategy) -> str:
+  """Where this process writes: root_dir for the chief; for another worker, its own folder
+  root_dir/workers/<type>_<index> (every worker runs the same program in lockstep and
+  must save its own checkpoints; only the chief's are the run's)."""
+  if is_chief(strategy):
+    return root_dir
+  resolver = strategy.cluster_resolver
+  return os.path.join(root_dir, "workers", f"{resolver.task_type}_{resolver.task_id}")
 
 
 def split_cpu(count: int):

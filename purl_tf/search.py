@@ -141,59 +141,121 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
                     f"{CRITERIA}.")
   if num_episodes < 1 or eval_interval < 1:
     raise PurlError("search.num_episodes and search.eval_interval must be at least 1.")
-  updates = agent_updates_per_episode or 4 * env.num_layers
-  agent, epsilon = agent_lib.make_agent(env.time_step_spec(), env.action_spec(),
-                                        num_episodes=num_episodes)
-  replay = agent_lib.make_replay_buffer(agent)
-  record = _Record()
-  checkpoint = tf.train.Checkpoint(agent=agent, replay_buffer=replay,
-                                   episodes=epsilon.episodes, record=record.variable)
-  manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(root_dir, files.SEARCH_CHECKPOINTS), max_to_keep=2)
-  if not files.restore_latest(checkpoint, manager, validate=record.load) and initial_policy:
-    _load_policy(agent, initial_policy)
-  env.failed_steps = record.failed_steps
-  if record.collected:
-    print(f"Resuming the search after episode {record.collected}/{num_episodes} "
-          f"from {root_dir}.", flush=True)
+  loop = _Search(env, root_dir, num_episodes, eval_interval,
+                 agent_updates_per_episode or 4 * env.num_layers, batch_size, best_criterion,
+                 log_every, seed)
+  record = loop.record
+  if not loop.restore() and initial_policy:
+    _load_policy(loop.agent, initial_policy)
+  if initial_policy and not record.episodes:
+    loop.evaluate_greedy()
+  while record.collected < num_episodes:
+    started = time.time()
+    result, q_max = loop.run_episode(COLLECT)
+    record.collected += 1
+    loop.epsilon.episodes.assign(record.collected)
+    loss = loop.train_agent()
+    loop.keep(result, q_max, loss)
+    greedy = None
+    if record.collected % eval_interval == 0 or record.collected == num_episodes:
+      greedy = loop.evaluate_greedy(report=False)
+    record.seconds += time.time() - started
+    loop.save()
+    loop.progress(result)
+    if greedy:
+      loop.progress(greedy)
+  return loop.finish()
 
-  train_fn = common.function(agent.train)
-  summaries = {kind: tf.summary.create_file_writer(os.path.join(root_dir, kind))
-               for kind in files.TENSORBOARD_DIRS}
-  # Eager, so that reseeding TensorFlow restarts its epsilon-greedy draws.
-  collect_policy = py_tf_eager_policy.PyTFEagerPolicy(agent.collect_policy,
-                                                      use_tf_function=False)
-  greedy_policy = py_tf_eager_policy.PyTFEagerPolicy(agent.policy, use_tf_function=True)
-  network = agent._q_network  # pylint: disable=protected-access
-  q_values = tf.function(lambda observation: network(observation)[0])
 
-  def add_to_replay(trajectory):
-    replay.add_batch(nest_utils.batch_nested_array(trajectory))
+class _Search:
+  """The agent, its replay buffer and checkpoint, and the episode bookkeeping of a search."""
 
-  def run_episode(policy, kind, observers):
+  def __init__(self, env, root_dir, num_episodes, eval_interval, updates, batch_size,
+               criterion, log_every, seed):
+    self.env, self.root_dir, self.num_episodes = env, root_dir, num_episodes
+    self.eval_interval, self.updates, self.batch_size = eval_interval, updates, batch_size
+    self.criterion, self.log_every, self.seed = criterion, log_every, seed
+    self.agent, self.epsilon = agent_lib.make_agent(env.time_step_spec(), env.action_spec(),
+                                                    num_episodes=num_episodes)
+    self.replay = agent_lib.make_replay_buffer(self.agent)
+    self.record = _Record()
+    self.checkpoint = tf.train.Checkpoint(agent=self.agent, replay_buffer=self.replay,
+                                          episodes=self.epsilon.episodes,
+                                          record=self.record.variable)
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, os.path.join(root_dir, files.SEARCH_CHECKPOINTS), max_to_keep=2)
+    self.train_fn = common.function(self.agent.train)
+    self.writers = {kind: tf.summary.create_file_writer(os.path.join(root_dir, kind))
+                    for kind in files.TENSORBOARD_DIRS}
+    self.policies = {
+        # Eager, so that reseeding TensorFlow restarts its epsilon-greedy draws.
+        COLLECT: py_tf_eager_policy.PyTFEagerPolicy(self.agent.collect_policy,
+                                                    use_tf_function=False),
+        GREEDY: py_tf_eager_policy.PyTFEagerPolicy(self.agent.policy, use_tf_function=True),
+    }
+    network = self.agent._q_network  # pylint: disable=protected-access
+    self.q_values = tf.function(lambda observation: network(observation)[0])
+
+  def restore(self) -> bool:
+    """Continues from the newest readable checkpoint; False when there is none."""
+    restored = files.restore_latest(self.checkpoint, self.manager, validate=self.record.load)
+    self.env.failed_steps = self.record.failed_steps
+    if self.record.collected:
+      print(f"Resuming the search after episode {self.record.collected}/{self.num_episodes} "
+            f"from {self.root_dir}.", flush=True)
+    return bool(restored)
+
+  def _add_to_replay(self, trajectory):
+    self.replay.add_batch(nest_utils.batch_nested_array(trajectory))
+
+  def run_episode(self, kind: str):
+    """One episode of the COLLECT or GREEDY policy: (Episode, max Q of its first state)."""
     start = time.time()
     interrupt.check()
-    tf.keras.utils.set_random_seed((seed * 1_000_003 + 2 * record.collected
+    tf.keras.utils.set_random_seed((self.seed * 1_000_003 + 2 * self.record.collected
                                     + (kind == GREEDY)) % 2**31)
-    first = env.reset()
-    py_driver.PyDriver(env, policy, observers, max_episodes=1,
+    first = self.env.reset()
+    observers = [self._add_to_replay] if kind == COLLECT else []
+    py_driver.PyDriver(self.env, self.policies[kind], observers, max_episodes=1,
                        end_episode_on_boundary=False).run(first)
-    steps = env.episode
+    steps = self.env.episode
     result = Episode(
-        episode=record.collected, policy=kind,
+        episode=self.record.collected, policy=kind,
         episode_return=float(sum(s.reward for s in steps)), accuracy=steps[-1].accuracy,
-        sparsity=steps[-1].sparsity, epsilon=epsilon.value() if kind == COLLECT else 0.0,
+        sparsity=steps[-1].sparsity,
+        epsilon=self.epsilon.value() if kind == COLLECT else 0.0,
         seconds=time.time() - start, allocation={s.layer: s.layer_sparsity for s in steps},
         levels=[s.level for s in steps], rewards=[s.reward for s in steps],
         retrain_seconds=sum(s.retrain_seconds for s in steps),
         measure_seconds=sum(s.measure_seconds for s in steps))
-    q_first = q_values(first.observation[None])[0]
-    return result, float(tf.reduce_max(q_first))
+    return result, float(tf.reduce_max(self.q_values(first.observation[None])[0]))
 
-  def log(result: Episode, q_max: float, loss: Optional[float]):
-    writer = summaries["train" if result.policy == COLLECT else "eval"]
-    step = result.episode
-    with writer.as_default(step=step):
+  def train_agent(self) -> Optional[float]:
+    """DQN updates on the replay buffer; their mean loss (None: too few transitions yet)."""
+    if self.replay.num_frames() < self.batch_size:
+      return None
+    # A new sampler every episode, made under the episode's seed: repeatable on resume.
+    experience = iter(self.replay.as_dataset(
+        sample_batch_size=self.batch_size, num_steps=self.agent.train_sequence_length,
+        num_parallel_calls=2).prefetch(2))
+    return float(np.mean([float(self.train_fn(next(experience)[0]).loss)
+                          for _ in range(self.updates)]))
+
+  def evaluate_greedy(self, report: bool = True) -> Episode:
+    result, q_max = self.run_episode(GREEDY)
+    self.keep(result, q_max, None)
+    if report:
+      self.progress(result)
+    return result
+
+  def keep(self, result: Episode, q_max: float, loss: Optional[float]):
+    """Records an episode, updates the best, and writes its TensorBoard summaries."""
+    record = self.record
+    record.episodes.append(result)
+    if is_better(result, record.best, self.env.target, self.criterion):
+      record.best = result
+    writer = self.writers["train" if result.policy == COLLECT else "eval"]
+    with writer.as_default(step=result.episode):
       tf.summary.scalar("episode/return", result.episode_return)
       tf.summary.scalar("episode/accuracy", result.accuracy)
       tf.summary.scalar("episode/sparsity", result.sparsity)
@@ -203,86 +265,58 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
         if loss is not None:
           tf.summary.scalar("agent/loss", loss)
       tf.summary.histogram("episode/layer_sparsity", list(result.allocation.values()))
-      if record.best is not None:
-        tf.summary.scalar("best/accuracy", record.best.accuracy)
-        tf.summary.scalar("best/sparsity", record.best.sparsity)
-        for name, value in record.best.allocation.items():
-          tf.summary.scalar(f"best_allocation/{name}", value)
+      tf.summary.scalar("best/accuracy", record.best.accuracy)
+      tf.summary.scalar("best/sparsity", record.best.sparsity)
+      for name, value in record.best.allocation.items():
+        tf.summary.scalar(f"best_allocation/{name}", value)
       if record.best is result:
         chart = plots.allocations({"best": result.allocation},
-                                  f"best allocation (episode {step}, {result.policy})")
+                                  f"best allocation (episode {result.episode}, "
+                                  f"{result.policy})")
         tf.summary.image("best/allocation", tf.image.decode_png(chart)[None])
     writer.flush()
 
-  def progress(result: Episode):
-    if result.episode % log_every and result.policy == COLLECT:
+  def save(self):
+    """Checkpoints everything after an episode, then rewrites episodes.json."""
+    record = self.record
+    record.failed_steps = self.env.failed_steps
+    record.store()
+    saving = time.time()
+    self.manager.save(checkpoint_number=record.collected)
+    files.write_json(os.path.join(self.root_dir, files.EPISODES),
+                     [dataclasses.asdict(e) for e in record.episodes])
+    record.seconds += time.time() - saving  # stored with the next episode
+
+  def progress(self, result: Episode):
+    """The progress line of an episode."""
+    if result.episode % self.log_every and result.policy == COLLECT:
       return
+    record = self.record
     done = record.collected
     per_episode = record.seconds / max(done, 1)
-    remaining = per_episode * (num_episodes - done) * (1 + 1 / eval_interval)
+    remaining = per_episode * (self.num_episodes - done) * (1 + 1 / self.eval_interval)
     best = record.best
     best_text = (f"best acc {best.accuracy:.4f} @ {best.sparsity:.3f}" if best else "best -")
-    print(f"[{result.policy:7s}] episode {done:4d}/{num_episodes}"
+    print(f"[{result.policy:7s}] episode {done:4d}/{self.num_episodes}"
           f"  return {result.episode_return:+.3f}"
           f"  acc {result.accuracy:.4f}  sparsity {result.sparsity:.3f}"
           f"  eps {result.epsilon:.2f}  {best_text}  {result.seconds:5.1f}s/ep"
           f"  ETA {_duration(remaining)}", flush=True)
 
-  def keep(result: Episode):
-    record.episodes.append(result)
-    if is_better(result, record.best, env.target, best_criterion):
-      record.best = result
-
-  if initial_policy and not record.episodes:
-    transferred, q_max = run_episode(greedy_policy, GREEDY, [])
-    keep(transferred)
-    log(transferred, q_max, None)
-    progress(transferred)
-
-  while record.collected < num_episodes:
-    started = time.time()
-    result, q_max = run_episode(collect_policy, COLLECT, [add_to_replay])
-    record.collected += 1
-    epsilon.episodes.assign(record.collected)
-    loss = None
-    if replay.num_frames() >= batch_size:
-      # A new sampler every episode, made under the episode's seed: repeatable on resume.
-      experience = iter(replay.as_dataset(
-          sample_batch_size=batch_size, num_steps=agent.train_sequence_length,
-          num_parallel_calls=2).prefetch(2))
-      losses = [float(train_fn(next(experience)[0]).loss) for _ in range(updates)]
-      loss = float(np.mean(losses))
-    keep(result)
-    log(result, q_max, loss)
-    if record.collected % eval_interval == 0 or record.collected == num_episodes:
-      greedy, greedy_q_max = run_episode(greedy_policy, GREEDY, [])
-      keep(greedy)
-      log(greedy, greedy_q_max, None)
-    else:
-      greedy = None
-    record.seconds += time.time() - started
-    record.failed_steps = env.failed_steps
-    record.store()
-    saving = time.time()
-    manager.save(checkpoint_number=record.collected)
-    files.write_json(os.path.join(root_dir, files.EPISODES),
-                     [dataclasses.asdict(e) for e in record.episodes])
-    record.seconds += time.time() - saving  # stored with the next episode
-    progress(result)
-    if greedy:
-      progress(greedy)
-
-  policy_saver.PolicySaver(agent.policy, batch_size=None).save(
-      os.path.join(root_dir, files.POLICY_DIR))
-  best = record.best
-  reached = bool(best.sparsity >= env.target - _TARGET_TOLERANCE)
-  files.write_json(os.path.join(root_dir, files.BEST_ALLOCATION), {
-      "allocation": best.allocation, "accuracy_reward_split": best.accuracy,
-      "global_sparsity": best.sparsity, "episode": best.episode, "policy": best.policy,
-      "target_sparsity": env.target, "reached_target": reached,
-      "criterion": best_criterion, "mode": env.mode})
-  return SearchResult(best=best, episodes=record.episodes, seconds=record.seconds,
-                      reached_target=reached, failed_steps=record.failed_steps)
+  def finish(self) -> SearchResult:
+    """Saves the greedy policy and best_allocation.json; the search's result."""
+    policy_saver.PolicySaver(self.agent.policy, batch_size=None).save(
+        os.path.join(self.root_dir, files.POLICY_DIR))
+    record, env = self.record, self.env
+    best = record.best
+    reached = bool(best.sparsity >= env.target - _TARGET_TOLERANCE)
+    files.write_json(os.path.join(self.root_dir, files.BEST_ALLOCATION), {
+        "allocation": best.allocation, "accuracy_reward_split": best.accuracy,
+        "global_sparsity": best.sparsity, "episode": best.episode, "policy": best.policy,
+        "target_sparsity": env.target, "reached_target": reached,
+        "criterion": self.criterion, "mode": env.mode})
+    return SearchResult(best=best, episodes=record.episodes, seconds=record.seconds,
+                        reached_target=reached, failed_steps=record.failed_steps)
 
 
 def _load_policy(agent, path: str):

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import sys
 import time
+from typing import Optional
 
 import purl_tf  # pylint: disable=unused-import  (selects tf-keras before TensorFlow loads)
 from absl import app, flags, logging
@@ -46,12 +47,14 @@ class Parts:
   env: PruningEnv
 
 
-def build(root_dir: str, model_builder, target_sparsity: float) -> Parts:
+def build(root_dir: str, model_builder, target_sparsity: float,
+          strategy: Optional[tf.distribute.Strategy] = None) -> Parts:
   """Data, the dense model (pre-trained or loaded from root_dir), its pruning and the MDP.
 
   Everything that can be checked without training is checked before pre-training.
+  `strategy` defaults to make_strategy()'s.
   """
-  strategy = distribute.make_strategy()
+  strategy = strategy or distribute.make_strategy()
   splits = data.load_splits(num_replicas=strategy.num_replicas_in_sync)
   print(f"Data: {splits.name} {splits.image_shape}, {splits.num_classes} classes, "
         f"examples {splits.num_examples}.", flush=True)
@@ -91,7 +94,9 @@ def train_eval(root_dir: str, model_builder=models.lenet5, target_sparsity: floa
   if not 0.0 < target_sparsity < 1.0:
     raise PurlError(f"train_eval.target_sparsity={target_sparsity} is outside (0, 1): bind "
                     "it to a fraction such as 0.9.")
-  root_dir = os.path.abspath(os.path.expanduser(root_dir))
+  strategy = distribute.make_strategy()  # first: multi-worker must start before other ops
+  chief = distribute.is_chief(strategy)
+  root_dir = distribute.run_dir(os.path.abspath(os.path.expanduser(root_dir)), strategy)
   _claim(root_dir, gin.config_str(), overwrite)
   results_path = os.path.join(root_dir, files.RESULTS)
   finished = files.read_json(results_path)
@@ -101,7 +106,7 @@ def train_eval(root_dir: str, model_builder=models.lenet5, target_sparsity: floa
   tf.keras.utils.set_random_seed(seed)
   if deterministic:
     tf.config.experimental.enable_op_determinism()
-  parts = build(root_dir, model_builder, target_sparsity)
+  parts = build(root_dir, model_builder, target_sparsity, strategy)
   found = search.search(parts.env, root_dir, seed=seed)
   if not found.reached_target:
     print(f"WARNING: no episode reached the target sparsity {target_sparsity}; fine-tuning "
@@ -112,7 +117,7 @@ def train_eval(root_dir: str, model_builder=models.lenet5, target_sparsity: floa
   tuned = finetune.finetune(parts.controller, parts.strategy, parts.splits,
                             found.best.allocation, root_dir, seed=seed)
   tflite = {}
-  if export_tflite:
+  if export_tflite and chief:
     tflite = export.export_run(root_dir, parts.splits, tuned["pruned_model"])
   results = dict(tuned, model=parts.model_name, dataset=parts.splits.name,
                  comparison=comparison, tflite=tflite,

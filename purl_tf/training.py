@@ -42,8 +42,15 @@ class MaskedTrainer:
     self.eval_function = tf.function(self._count_correct)
 
   def distribute(self, dataset: tf.data.Dataset):
-    """The dataset split across replicas (global batches in, per-replica batches out)."""
-    return self.strategy.experimental_distribute_dataset(dataset)
+    """The dataset split across replicas (global batches in, per-replica batches out).
+
+    Across workers it is sharded by element: the tfds sources may have fewer files than
+    workers.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
 
   def stream(self, dataset: tf.data.Dataset):
     """An endless distributed iterator over `dataset` for `train`."""
