@@ -119,6 +119,21 @@ def test_report_writes_markdown_and_plots(finished_run):
   assert "| float32_sparse |" in report and "| global_magnitude |" in report
 
 
+def test_export_tool_re_exports_a_finished_run(finished_run):
+  root, results = finished_run
+  tool = load_tool("export_tflite")
+  exported = tool.export_root(root, ["export_tflite.variants = ('float32_sparse',)",
+                                     "export_tflite.latency_repeats = 2"])
+  assert set(exported) == {export.DENSE, "float32_sparse"}
+  assert json.load(open(os.path.join(root, files.RESULTS)))["tflite"] == exported
+  assert exported["float32_sparse"]["bytes"] == results["tflite"]["float32_sparse"]["bytes"]
+
+
+def test_export_tool_on_a_folder_without_a_run_is_a_clear_error(tmp_path):
+  with pytest.raises(PurlError, match="holds no finished purl_tf run"):
+    load_tool("export_tflite").export_root(str(tmp_path))
+
+
 def test_report_on_a_folder_without_a_run_is_a_clear_error(tmp_path):
   with pytest.raises(PurlError, match="holds no purl_tf search"):
     load_tool("report").write_report(str(tmp_path))
