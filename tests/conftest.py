@@ -4,7 +4,10 @@
 split into two logical devices before any TensorFlow op runs, so that MirroredStrategy
 tests get two replicas on a one-CPU machine.
 """
+import json
 import os
+import subprocess
+import sys
 
 import purl_tf  # noqa: F401  (must come first: selects tf-keras before TensorFlow loads)
 from purl_tf import distribute
@@ -87,3 +90,36 @@ def pretrained_lenet(mnist5k_splits, tmp_path_factory):
   make_pretrained_lenet.reward_accuracy = reward_accuracy
   make_pretrained_lenet.splits = splits
   return make_pretrained_lenet
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(REPO, "gin", "quickstart.gin")
+
+
+def quick_bindings(data_dir):
+  """The quickstart shrunk to seconds, deterministic: 1 pre-training epoch, 3 episodes of
+  2-batch retrains, a third of an epoch of fine-tuning, a small export."""
+  return [f"load_splits.data_dir = '{data_dir}'", "pretrain.epochs = 1",
+          "search.num_episodes = 3", "search.eval_interval = 2",
+          "PruningEnv.retrain_steps = 2", "finetune.epochs = 0.3",
+          "export_tflite.variants = ('float32_sparse',)",
+          "export_tflite.max_test_examples = 50", "export_tflite.latency_repeats = 2",
+          "make_strategy.name = 'default'", "train_eval.deterministic = True"]
+
+
+def train_command(root, data_dir, *extra_bindings):
+  """`python -m purl_tf.train` of the quick quickstart (quick_bindings) into root."""
+  bindings = quick_bindings(data_dir) + list(extra_bindings)
+  return ([sys.executable, "-m", "purl_tf.train", f"--gin_file={QUICKSTART}",
+           f"--root_dir={root}"] + [f"--gin_bindings={b}" for b in bindings])
+
+
+@pytest.fixture(scope="session")
+def finished_run(data_dir, tmp_path_factory):
+  """(root_dir, results) of one uninterrupted train_command run in a fresh process."""
+  root = str(tmp_path_factory.mktemp("finished") / "run")
+  run = subprocess.run(train_command(root, data_dir), capture_output=True, text=True,
+                       cwd=REPO, timeout=600)
+  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+  with open(os.path.join(root, "results.json")) as handle:
+    return root, json.load(handle)

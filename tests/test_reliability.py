@@ -5,7 +5,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -20,19 +19,7 @@ from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 from purl_tf.training import MaskedTrainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICKSTART = os.path.join(REPO, "gin", "quickstart.gin")
-
-
-def command(root, data_dir, *extra):
-  bindings = [f"load_splits.data_dir = '{data_dir}'", "pretrain.epochs = 1",
-              "search.num_episodes = 3", "search.eval_interval = 2",
-              "PruningEnv.retrain_steps = 2", "finetune.epochs = 0.3",
-              "export_tflite.max_test_examples = 50", "export_tflite.latency_repeats = 2",
-              "export_tflite.variants = ('float32_sparse',)",
-              "make_strategy.name = 'default'", "train_eval.deterministic = True", *extra]
-  return ([sys.executable, "-m", "purl_tf.train", f"--gin_file={QUICKSTART}",
-           f"--root_dir={root}"] + [f"--gin_bindings={b}" for b in bindings])
+from conftest import REPO, train_command
 
 
 def outcome(root):
@@ -49,24 +36,24 @@ def outcome(root):
   }
 
 
-# Where the kills land: a random moment after each marker line. After "Search over" the
-# first episode is retraining; after "[collect] episode    2" episode 3 runs and its
-# checkpoint is written; after "[finetune]" fine-tuning or the export runs.
-KILL_AFTER = ("Search over", "[collect] episode    2", "[finetune]")
+# Where the run is stopped: a random moment after each marker line, by SIGKILL, SIGTERM,
+# SIGKILL. After "Search over" the first episode is retraining; after "[collect] episode
+# 1" the second episode runs or is being saved; after "[finetune]" fine-tuning or the
+# export runs.
+STOPS = (("Search over", signal.SIGKILL), ("[collect] episode    1", signal.SIGTERM),
+         ("[finetune]", signal.SIGKILL))
 
 
-def test_runs_killed_at_random_moments_end_as_an_uninterrupted_run(data_dir, tmp_path):
-  reference = str(tmp_path / "uninterrupted")
-  subprocess.run(command(reference, data_dir), check=True, capture_output=True, cwd=REPO,
-                 timeout=600)
-
-  root = str(tmp_path / "killed")
+def test_runs_stopped_at_random_moments_end_as_an_uninterrupted_run(finished_run, data_dir,
+                                                                     tmp_path):
+  reference, _ = finished_run  # the same command, never interrupted
+  root = str(tmp_path / "stopped")
   rng = random.Random(7)
   resumed_after = []
-  for attempt, marker in enumerate(KILL_AFTER + (None,)):
+  for marker, stop in STOPS + ((None, None),):
     saved = files.read_json(os.path.join(root, files.EPISODES), [])
     collected = sum(e["policy"] == search.COLLECT for e in saved)
-    process = subprocess.Popen(command(root, data_dir), stdout=subprocess.PIPE,
+    process = subprocess.Popen(train_command(root, data_dir), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, cwd=REPO)
     lines = []
     for line in process.stdout:
@@ -75,35 +62,21 @@ def test_runs_killed_at_random_moments_end_as_an_uninterrupted_run(data_dir, tmp
         resumed_after.append((collected, int(line.split("episode ")[1].split("/")[0])))
       if marker and line.startswith(marker):
         time.sleep(rng.uniform(0.0, 1.5))
-        process.kill()
+        process.send_signal(stop)
         break
-    process.wait(timeout=600)
-    if marker:
-      assert process.returncode == -signal.SIGKILL, "".join(lines)[-3000:]
+    output = "".join(lines) + process.communicate(timeout=600)[0]
+    if stop == signal.SIGTERM:  # stops at the next step boundary and says how to go on
+      assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+      assert "rerun the same command to resume" in output
+    elif stop == signal.SIGKILL:
+      assert process.returncode == -signal.SIGKILL, output[-3000:]
     else:
-      assert process.returncode == 0, "".join(lines)[-3000:]
-  # Each restart went on after the last episode saved before the kill (or the one after
-  # it, when the kill fell between the checkpoint and episodes.json).
+      assert process.returncode == 0, output[-3000:]
+  # Each restart went on after the last episode saved before the stop (or the one after
+  # it, when a kill fell between the checkpoint and episodes.json).
   assert resumed_after and all(n in (saved, saved + 1) for saved, n in resumed_after)
   assert outcome(root) == outcome(reference)
   assert not glob.glob(os.path.join(root, "**", "*.partial*"), recursive=True)
-
-
-def test_sigterm_stops_at_a_step_boundary_and_says_how_to_resume(data_dir, tmp_path):
-  root = str(tmp_path / "run")
-  process = subprocess.Popen(command(root, data_dir, "search.num_episodes = 50"),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             cwd=REPO)
-  for line in process.stdout:
-    if line.startswith("[collect] episode    2/50"):
-      process.send_signal(signal.SIGTERM)
-      break
-  output = process.communicate(timeout=120)[0]
-  assert process.returncode == 128 + signal.SIGTERM, output[-2000:]
-  assert "rerun the same command to resume" in output
-  episodes = json.load(open(os.path.join(root, files.EPISODES)))
-  assert sum(e["policy"] == search.COLLECT for e in episodes) >= 2
-  assert glob.glob(os.path.join(root, files.SEARCH_CHECKPOINTS, "ckpt-*.index"))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,18 +18,7 @@ import tf_keras as keras
 from purl_tf import export, files, search, train
 from purl_tf.errors import PurlError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICKSTART = os.path.join(REPO, "gin", "quickstart.gin")
-
-
-def small_bindings(data_dir, episodes):
-  """The quickstart, shrunk to seconds: 1 pre-training epoch, a few short episodes."""
-  return [f"load_splits.data_dir = '{data_dir}'", "pretrain.epochs = 1",
-          f"search.num_episodes = {episodes}", "search.eval_interval = 2",
-          "PruningEnv.retrain_steps = 2", "finetune.epochs = 0.3",
-          "export_tflite.max_test_examples = 100", "export_tflite.latency_repeats = 3",
-          "make_strategy.name = 'default'"]
-
+from conftest import QUICKSTART, REPO, quick_bindings, train_command
 
 def load_tool(name):
   """A script of tools/ as a module."""
@@ -40,30 +28,20 @@ def load_tool(name):
   return module
 
 
-@pytest.fixture(scope="module")
-def finished_run(data_dir, tmp_path_factory):
-  """(root_dir, results) of a 4-episode quickstart run."""
-  root = str(tmp_path_factory.mktemp("finished") / "run")
-  gin.parse_config_files_and_bindings([QUICKSTART], small_bindings(data_dir, 4))
-  results = train.train_eval(root)
-  gin.clear_config()
-  return root, results
-
-
 def test_train_eval_writes_every_artefact(finished_run):
   root, results = finished_run
   for name in (files.RESULTS, files.BEST_ALLOCATION, files.CONFIG, files.OPERATIVE_CONFIG,
                files.PRUNED_MODEL, files.DENSE_WEIGHTS, files.EPISODES):
     assert os.path.exists(os.path.join(root, name)), name
-  assert glob.glob(os.path.join(root, files.SEARCH_CHECKPOINTS, "ckpt-4*"))
+  assert glob.glob(os.path.join(root, files.SEARCH_CHECKPOINTS, "ckpt-3*"))
   for kind in files.TENSORBOARD_DIRS:
     assert glob.glob(os.path.join(root, kind, "events.out.tfevents.*")), kind
 
   episodes = json.load(open(os.path.join(root, files.EPISODES)))
   collect = [e for e in episodes if e["policy"] == search.COLLECT]
   greedy = [e for e in episodes if e["policy"] == search.GREEDY]
-  assert [e["episode"] for e in collect] == [0, 1, 2, 3]
-  assert [e["episode"] for e in greedy] == [2, 4]
+  assert [e["episode"] for e in collect] == [0, 1, 2]
+  assert [e["episode"] for e in greedy] == [2, 3]
   assert all(len(e["rewards"]) == 4 for e in episodes)  # LeNet-5: 4 prunable layers
 
   best = json.load(open(os.path.join(root, files.BEST_ALLOCATION)))
@@ -73,11 +51,11 @@ def test_train_eval_writes_every_artefact(finished_run):
               "params_remaining", "flops_remaining", "search_seconds", "finetune_seconds"):
     assert key in results, key
   assert 0.0 < results["pruned_test_accuracy"] <= 1.0
-  assert results["search_episodes"] == 4
+  assert results["search_episodes"] == 3
   assert set(results["comparison"]) == {"purl", "uniform", "global_magnitude"}
   for row in results["comparison"].values():
     assert row["global_sparsity"] == pytest.approx(best["global_sparsity"], abs=1e-3)
-  assert set(results["tflite"]) == {export.DENSE, *export.VARIANTS}
+  assert set(results["tflite"]) == {export.DENSE, "float32_sparse"}
   for row in results["tflite"].values():
     assert os.path.getsize(row["path"]) == row["bytes"]
     assert os.path.dirname(row["path"]) == os.path.join(root, files.TFLITE_DIR)
@@ -87,12 +65,13 @@ def test_train_eval_writes_every_artefact(finished_run):
   zeros = sum(np.count_nonzero(k == 0) for k in kernels)
   assert zeros / sum(k.size for k in kernels) == pytest.approx(results["global_sparsity"],
                                                                abs=1e-3)
-  assert "search.num_episodes = 4" in open(os.path.join(root, files.OPERATIVE_CONFIG)).read()
+  assert "search.num_episodes = 3" in open(os.path.join(root, files.OPERATIVE_CONFIG)).read()
+  assert os.path.exists(os.path.join(root, files.POLICY_DIR, "saved_model.pb"))
 
 
 def test_a_finished_run_is_not_redone(finished_run, data_dir, capsys):
   root, results = finished_run
-  gin.parse_config_files_and_bindings([QUICKSTART], small_bindings(data_dir, 4))
+  gin.parse_config_files_and_bindings([QUICKSTART], quick_bindings(data_dir))
   capsys.readouterr()
   assert train.train_eval(root) == json.load(open(os.path.join(root, files.RESULTS)))
   assert "holds a finished run" in capsys.readouterr().out
@@ -100,7 +79,8 @@ def test_a_finished_run_is_not_redone(finished_run, data_dir, capsys):
 
 def test_a_root_dir_with_another_config_is_refused_unless_overwritten(finished_run, data_dir):
   root, _ = finished_run
-  gin.parse_config_files_and_bindings([QUICKSTART], small_bindings(data_dir, 5))
+  gin.parse_config_files_and_bindings([QUICKSTART], quick_bindings(data_dir)
+                                      + ["search.num_episodes = 5"])
   before = {path: os.path.getmtime(path) for path in glob.glob(os.path.join(root, "*"))}
   with pytest.raises(PurlError, match="holds a run with another config"):
     train.train_eval(root)
@@ -122,8 +102,7 @@ def test_report_writes_markdown_and_plots(finished_run):
 def test_export_tool_re_exports_a_finished_run(finished_run):
   root, results = finished_run
   tool = load_tool("export_tflite")
-  exported = tool.export_root(root, ["export_tflite.variants = ('float32_sparse',)",
-                                     "export_tflite.latency_repeats = 2"])
+  exported = tool.export_root(root)
   assert set(exported) == {export.DENSE, "float32_sparse"}
   assert json.load(open(os.path.join(root, files.RESULTS)))["tflite"] == exported
   assert exported["float32_sparse"]["bytes"] == results["tflite"]["float32_sparse"]["bytes"]
@@ -139,16 +118,9 @@ def test_report_on_a_folder_without_a_run_is_a_clear_error(tmp_path):
     load_tool("report").write_report(str(tmp_path))
 
 
-def _train_command(root, data_dir, episodes):
-  command = [sys.executable, "-m", "purl_tf.train", f"--gin_file={QUICKSTART}",
-             f"--root_dir={root}"]
-  return command + [f"--gin_bindings={b}" for b in small_bindings(data_dir, episodes)]
-
-
 def test_bad_input_prints_one_line_and_exits_non_zero(data_dir, tmp_path):
   root = tmp_path / "run"
-  command = _train_command(str(root), data_dir, episodes=2)
-  command.append("--gin_bindings=train_eval.target_sparsity = 1.5")
+  command = train_command(str(root), data_dir, "train_eval.target_sparsity = 1.5")
   result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
   assert result.returncode == 1
   errors = [line for line in result.stderr.splitlines() if line.startswith("purl_tf: error:")]
