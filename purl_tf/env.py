@@ -7,19 +7,18 @@ reward (see rewards.py) follows at once. Reset restores the dense weights from m
 
 Observation: float32 (NUM_FEATURES,), each feature roughly in [0, 1], independent of
 the network's depth so that a learned policy transfers to other networks:
-""" + "\n".join(f"  {i:2d} {name}" for i, name in enumerate((
-    "position: t / (L - 1)",
-    "is_conv", "is_depthwise", "is_dense",
-    "kernel side / 7 (clipped)", "stride / 4 (clipped)",
-    "log2(input channels) / 12", "log2(output channels) / 12",
-    "log10(layer weights) / 8",
-    "layer's share of prunable weights", "layer's share of prunable FLOPs",
-    "share of prunable weights in layers already pruned",
-    "global sparsity so far", "target sparsity",
-    "sparsity the remaining layers must average to reach the target (clipped to 1)",
-    "accuracy / dense accuracy (clipped to 1.5)",
-    "previous level / largest level",
-)))
+   0 position: t / (L - 1)
+   1 is_conv   2 is_depthwise   3 is_dense
+   4 kernel side / 7 (clipped)   5 stride / 4 (clipped)
+   6 log2(input channels) / 12   7 log2(output channels) / 12
+   8 log10(layer weights) / 8
+   9 layer's share of prunable weights   10 layer's share of prunable FLOPs
+  11 share of prunable weights in layers already pruned
+  12 global sparsity so far   13 target sparsity
+  14 sparsity the remaining layers must average to reach the target (clipped to 1)
+  15 accuracy / dense accuracy (clipped to 1.5)
+  16 previous level / largest level
+"""
 import dataclasses
 import math
 import time
