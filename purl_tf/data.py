@@ -6,12 +6,14 @@
   test    the source's test split ('validation' for imagenet2012), or, for a source
           without one, `test_size` more held-out training examples: final reporting only.
 
-Sources are read through tfds with images still encoded, so that holding examples
-out (which needs only their position) decodes nothing. Images come out as float32
-(batch, height, width, channels), normalised for the model; labels as int64 (batch,).
+Sources are read through tfds (image folders: file by file) with images still encoded, so
+that holding examples out (which needs only their position) decodes nothing. Images come
+out as float32 (batch, height, width, channels), normalised for the model; labels as int64
+(batch,).
 """
 import dataclasses
 import difflib
+import glob
 import os
 from typing import Callable, Optional, Tuple
 
@@ -25,12 +27,16 @@ from purl_tf.errors import PurlError
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Names that are not tfds data sets but local sources, read from `folder`.
-IMAGE_FOLDER = "image_folder"  # folder/<split>/<class>/<image>
+IMAGE_FOLDER = "image_folder"  # folder/<class>/<image>, or folder/<split>/<class>/<image>
 TFDS_DIR = "tfds_dir"  # a data set folder written by tfds (dataset_info.json + TFRecords)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # what image_folder reads, any letter case
+_FOLDER_TEST_SPLITS = ("test", "validation", "val")  # image_folder split names used as test
+_FOLDER_ORDER_SEED = 0  # fixes the order of an image folder's examples (not class by class)
 
 # Per-model normalisation of 0..255 pixels, and the augmentation each expects.
 _NORMALISERS = {
     "scale": lambda x: x / 255.0,
+    "none": lambda x: x,  # 0..255, for models that rescale their own inputs
     "resnet50": lambda x: tf.keras.applications.resnet50.preprocess_input(x),
     "mobilenet_v2": lambda x: x / 127.5 - 1.0,
 }
@@ -79,18 +85,20 @@ def load_splits(dataset: str = "mnist5k",
 
   Args:
     dataset: a tfds name ('mnist5k', 'mnist', 'cifar10', 'cifar100', 'imagenet2012', ...),
-      'image_folder' (a folder of folder/<split>/<class>/<image>) or 'tfds_dir' (a data set
-      folder prepared by tfds); the last two read `folder`.
+      'image_folder' (folder/<class>/<image>, all training examples; or
+      folder/<split>/<class>/<image> with a 'train' split) or 'tfds_dir' (a data set folder
+      prepared by tfds, holding dataset_info.json); the last two read `folder`.
     folder: path for 'image_folder' and 'tfds_dir'.
     data_dir: tfds data dir (default: tfds' own, $TFDS_DATA_DIR or ~/tensorflow_datasets).
     manual_dir: folder holding manually downloaded archives (imagenet2012).
     download: let tfds download and prepare the data set when it is not prepared yet.
-    preprocessing: normalisation: 'scale' (0..1), 'resnet50' (caffe BGR mean), 'mobilenet_v2'
-      (-1..1). The last two also select ImageNet-style resize and crop.
+    preprocessing: normalisation: 'scale' (0..1), 'none' (0..255, for a model that rescales
+      its own inputs, e.g. with a Rescaling layer), 'resnet50' (caffe BGR mean),
+      'mobilenet_v2' (-1..1). The last two also select ImageNet-style resize and crop.
     image_size: side of the square model input in pixels; None keeps the source's size.
     channels: 1 or 3 to convert grey/colour; None keeps the source's channels.
-    resize: for 'scale' preprocessing, how images reach image_size: 'resize' or 'pad'
-      (pad or crop around the centre).
+    resize: for 'scale' and 'none' preprocessing, how images reach image_size: 'resize' or
+      'pad' (pad or crop around the centre).
     augment: 'none', 'flip_crop' (pad 4, random crop, flip) or 'inception' (random
       resized crop, flip); None picks 'inception' for ImageNet models, else 'none'.
     batch_size: train batch per replica (images).
@@ -115,7 +123,10 @@ def load_splits(dataset: str = "mnist5k",
   if reward_size < 1:
     raise PurlError(f"load_splits.reward_size={reward_size} must be at least 1.")
 
-  source = _Source(dataset, folder, data_dir, manual_dir, download)
+  if dataset == IMAGE_FOLDER:
+    source = _FolderSource(_existing_folder(dataset, folder), image_size, channels)
+  else:
+    source = _Source(dataset, folder, data_dir, manual_dir, download)
   shape = _output_shape(source.native_shape, image_size, channels, dataset)
   num_train = source.count(source.train_split)
   carve_test = source.test_split is None
@@ -182,6 +193,15 @@ def _output_shape(native, image_size, channels, dataset):
   return (int(side[0]), int(side[1]), int(depth))
 
 
+def _with_role(ds, roles, role):
+  """The elements of `ds` whose position has `role` in `roles` (int8 (N,)); None keeps all."""
+  if role is None:
+    return ds
+  table = tf.constant(roles)
+  ds = ds.enumerate().filter(lambda i, _: tf.equal(tf.gather(table, i), role))
+  return ds.map(lambda _, example: example)
+
+
 class _Source:
   """A tfds builder opened for reading, with images left encoded."""
 
@@ -189,13 +209,13 @@ class _Source:
     self.name = dataset
     self.builder = _open_builder(dataset, folder, data_dir, manual_dir, download)
     info = self.builder.info
-    if not info.supervised_keys:
-      raise PurlError(f"{dataset} declares no (image, label) supervised keys: it is not an "
-                      "image classification data set purl_tf can read.")
-    self.image_key, self.label_key = info.supervised_keys[:2]
+    self.image_key, self.label_key = _supervised_keys(info, dataset)
     image_feature = info.features[self.image_key]
     if not isinstance(image_feature, tfds.features.Image):
       raise PurlError(f"{dataset}'s input '{self.image_key}' is not an image.")
+    if not isinstance(info.features[self.label_key], tfds.features.ClassLabel):
+      raise PurlError(f"{dataset}'s label '{self.label_key}' is not a tfds ClassLabel: "
+                      "declare it as tfds.features.ClassLabel(num_classes=...).")
     self._image_feature = image_feature
     self.native_shape = tuple(image_feature.shape)
     self.num_classes = info.features[self.label_key].num_classes
@@ -228,11 +248,7 @@ class _Source:
 
   def examples(self, split, roles, role):
     """(encoded image, label) of a split, keeping only examples of `role` (None: all)."""
-    ds = self._read(split)
-    if role is not None:
-      table = tf.constant(roles)
-      ds = ds.enumerate().filter(lambda i, _: tf.equal(tf.gather(table, i), role))
-      ds = ds.map(lambda _, example: example)
+    ds = _with_role(self._read(split), roles, role)
     return ds.map(lambda ex: (ex[self.image_key], ex[self.label_key]))
 
   def decode(self, encoded, label):
@@ -240,19 +256,140 @@ class _Source:
     return self._image_feature.decode_example(encoded), tf.cast(label, tf.int64)
 
 
+def _supervised_keys(info, dataset):
+  """(image key, label key): the declared supervised keys, else the one Image and the one
+  ClassLabel feature (data sets written with tfds.dataset_builders declare none)."""
+  if info.supervised_keys:
+    return tuple(info.supervised_keys[:2])
+  features = dict(info.features.items()) if hasattr(info.features, "items") else {}
+  images = [key for key, f in features.items() if isinstance(f, tfds.features.Image)]
+  labels = [key for key, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
+  if len(images) != 1 or len(labels) != 1:
+    raise PurlError(f"{dataset} declares no supervised keys and has {len(images)} Image and "
+                    f"{len(labels)} ClassLabel features: declare supervised_keys=('image', "
+                    "'label') in its DatasetInfo.")
+  return images[0], labels[0]
+
+
+class _FolderSource:
+  """Image files in class subfolders, read by path; the same interface as _Source.
+
+  Two layouts, told apart by a 'train' subfolder that holds only folders:
+    folder/<class>/<image>          one 'train' split; the test split is carved from it
+    folder/<split>/<class>/<image>  splits 'train' and, as test, 'test', 'validation' or 'val'
+  Classes are numbered in sorted name order. Files are PNG or JPEG; their headers give the
+  native size and channels unless load_splits.image_size and channels are both bound.
+  """
+
+  def __init__(self, folder, image_size, channels):
+    self.name = IMAGE_FOLDER
+    by_split = _folder_examples(folder)
+    classes = sorted({name for examples in by_split.values() for _, name in examples})
+    if len(classes) < 2:
+      raise PurlError(f"image folder {folder} has one class ({classes[0]}): a classifier "
+                      "needs at least two class subfolders.")
+    self.num_classes = len(classes)
+    order = {name: label for label, name in enumerate(classes)}
+    self._splits = {}
+    for split, examples in by_split.items():
+      examples = [examples[i] for i in
+                  np.random.default_rng(_FOLDER_ORDER_SEED).permutation(len(examples))]
+      self._splits[split] = ([path for path, _ in examples],
+                             np.array([order[name] for _, name in examples], np.int64))
+    self.train_split = "train"
+    self.test_split = next((s for s in _FOLDER_TEST_SPLITS if s in self._splits), None)
+    if image_size is None or channels is None:
+      self.native_shape = _native_shape([p for paths, _ in self._splits.values() for p in paths])
+    else:
+      self.native_shape = (None, None, channels)
+    self._channels = channels or self.native_shape[2]
+
+  def count(self, split):
+    return len(self._splits[split][0])
+
+  def examples(self, split, roles, role):
+    """(image path, label) of a split, keeping only examples of `role` (None: all)."""
+    return _with_role(tf.data.Dataset.from_tensor_slices(self._splits[split]), roles, role)
+
+  def decode(self, path, label):
+    """Reads and decodes one image to uint8 (H, W, C), C the channels asked for or native."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=self._channels,
+                               expand_animations=False)
+    return tf.ensure_shape(image, (None, None, self._channels)), label
+
+
+def _existing_folder(dataset, folder):
+  """`folder` with ~ expanded; PurlError unless it is a folder."""
+  if not folder or not os.path.isdir(os.path.expanduser(folder)):
+    raise PurlError(f"dataset '{dataset}' reads load_splits.folder, and {folder!r} is not a "
+                    "folder: bind load_splits.folder to it.")
+  return os.path.expanduser(folder)
+
+
+def _visible(folder):
+  """Sorted entries of a folder, hidden ones (.ipynb_checkpoints, .DS_Store) left out."""
+  return sorted(name for name in os.listdir(folder) if not name.startswith("."))
+
+
+def _subfolders(folder):
+  return [name for name in _visible(folder) if os.path.isdir(os.path.join(folder, name))]
+
+
+def _images(folder):
+  """Paths of the image files directly in `folder`, sorted."""
+  return [os.path.join(folder, name) for name in _visible(folder)
+          if name.lower().endswith(IMAGE_EXTENSIONS)
+          and os.path.isfile(os.path.join(folder, name))]
+
+
+def _folder_examples(folder):
+  """{split: [(image path, class name), ...]} of an image folder in either layout."""
+  classes = _subfolders(folder)
+  if not classes:
+    what = "is empty" if not _visible(folder) else "has no class subfolders"
+    raise PurlError(f"image folder {folder} {what}: put the images in "
+                    f"{folder}/<class>/<image>, one subfolder per class.")
+  train = os.path.join(folder, "train")
+  if "train" in classes and _subfolders(train) and not _images(train):
+    roots = {split: os.path.join(folder, split) for split in classes}
+  else:
+    roots = {"train": folder}
+  by_split = {}
+  for split, root in roots.items():
+    by_split[split] = []
+    for name in _subfolders(root):
+      paths = _images(os.path.join(root, name))
+      if not paths:
+        raise PurlError(f"class folder {os.path.join(root, name)} holds no "
+                        f"{'/'.join(IMAGE_EXTENSIONS)} images: add its images or remove it.")
+      by_split[split].extend((path, name) for path in paths)
+    if not by_split[split]:
+      raise PurlError(f"split folder {root} has no class subfolders: put its images in "
+                      f"{root}/<class>/<image>, or remove it.")
+  return by_split
+
+
+def _native_shape(paths):
+  """(H, W, C) shared by the images at `paths`, read from their headers; H and W are None
+  when sizes differ, C is 1 when every image is grey, else 3."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  sizes, grey = set(), True
+  for path in paths:
+    try:
+      with Image.open(path) as image:
+        sizes.add(image.size)
+        grey = grey and image.mode in ("1", "L", "LA", "I", "I;16", "F")
+    except Exception as error:  # PIL raises several types for a file that is no image.
+      raise PurlError(f"cannot read {path} as an image ({_first_line(error)}): remove it "
+                      "from the folder.") from error
+  width, height = sizes.pop() if len(sizes) == 1 else (None, None)
+  return (height, width, 1 if grey else 3)
+
+
 def _open_builder(dataset, folder, data_dir, manual_dir, download):
   """The tfds builder of a source, prepared; every failure becomes a one-line PurlError."""
-  if dataset in (IMAGE_FOLDER, TFDS_DIR):
-    if not folder or not os.path.isdir(os.path.expanduser(folder)):
-      raise PurlError(f"dataset '{dataset}' reads load_splits.folder, and {folder!r} is not a "
-                      "folder: bind load_splits.folder to it.")
-    folder = os.path.expanduser(folder)
-    try:
-      if dataset == IMAGE_FOLDER:
-        return tfds.folder_dataset.ImageFolder(folder)
-      return tfds.builder_from_directory(folder)
-    except Exception as error:
-      raise PurlError(f"cannot open {folder} as '{dataset}': {_first_line(error)}") from error
+  if dataset == TFDS_DIR:
+    return _builder_from_directory(_existing_folder(dataset, folder))
   try:
     builder = tfds.builder(dataset, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as error:
@@ -280,6 +417,21 @@ def _open_builder(dataset, folder, data_dir, manual_dir, download):
                     f"({_first_line(error)}): prepare it on a machine with network access "
                     "and bind load_splits.data_dir, or use dataset='mnist5k' offline.") from error
   return builder
+
+
+def _builder_from_directory(folder):
+  """The tfds builder of a prepared data set folder (the one holding dataset_info.json)."""
+  if not os.path.isfile(os.path.join(folder, "dataset_info.json")):
+    found = sorted(glob.glob(os.path.join(folder, "*", "dataset_info.json"))
+                   + glob.glob(os.path.join(folder, "*", "*", "dataset_info.json")))
+    where = (f"bind load_splits.folder to {' or '.join(os.path.dirname(f) for f in found[:3])}"
+             if found else "point load_splits.folder at the version folder tfds wrote, "
+             "e.g. ~/tensorflow_datasets/my_dataset/1.0.0")
+    raise PurlError(f"{folder} holds no dataset_info.json: {where}.")
+  try:
+    return tfds.builder_from_directory(folder)
+  except Exception as error:
+    raise PurlError(f"cannot open {folder} as '{TFDS_DIR}': {_first_line(error)}") from error
 
 
 def _first_line(error):

@@ -111,29 +111,67 @@ def lenet5(input_shape: Sequence[int], num_classes: int):
 
 
 @gin.configurable
-def saved_model(input_shape: Sequence[int], num_classes: int, path: str = gin.REQUIRED):
+def saved_model(input_shape: Sequence[int], num_classes: int, path: str = gin.REQUIRED,
+                safe_mode: bool = True):
   """A user's model from a .keras / .h5 file or a SavedModel folder saved by tf-keras.
 
-  Its input and output must match the data; `check_compatible` says so otherwise.
+  Its input and output must match the data; `check_compatible` says so otherwise. A model
+  saved with inputs of unknown size, e.g. (None, None, 3), is given the data's size
+  `input_shape` (H, W, C) by calling it on a keras.Input of that size (it becomes nested).
+
+  Args:
+    input_shape: (H, W, C) of the data's images.
+    num_classes: of the data (checked by check_compatible, not here).
+    path: the .keras / .h5 file or SavedModel folder.
+    safe_mode: tf-keras' guard against loading Python code (Lambda layers) from a .keras
+      file; set False only for a file you trust.
   """
-  del input_shape, num_classes  # Checked against the data by check_compatible.
+  del num_classes  # Checked against the data by check_compatible.
   path = os.path.expanduser(path)
   if not os.path.exists(path):
     raise PurlError(f"saved_model.path={path!r} does not exist: point it at a .keras/.h5 "
                     "file or a SavedModel folder.")
   try:
-    return keras.models.load_model(path, compile=False)
+    model = keras.models.load_model(path, compile=False, safe_mode=safe_mode)
   except Exception as error:
+    message = (str(error).strip().splitlines() or [""])[0]
+    if "safe_mode" in str(error):
+      raise PurlError(f"{path} holds a Lambda layer with Python code, which tf-keras loads "
+                      "only from a trusted file: bind saved_model.safe_mode=False if you "
+                      "trust it.") from error
     raise PurlError(f"cannot load {path} as a tf-keras model ({type(error).__name__}: "
-                    f"{str(error).splitlines()[0][:200]}): save it with tf_keras "
-                    "model.save(...).") from error
+                    f"{message[:200]}): save it with tf_keras model.save(...), using "
+                    "built-in layers or registered custom ones.") from error
+  return _fix_input_size(model, input_shape)
+
+
+def _fix_input_size(model: keras.Model, input_shape: Sequence[int]) -> keras.Model:
+  """`model` called on a keras.Input of `input_shape` (H, W, C) when its own input size is
+  unknown and otherwise agrees; else `model` unchanged (check_compatible judges it)."""
+  if not model.inputs or len(model.inputs) != 1:
+    return model
+  own = tuple(model.inputs[0].shape[1:])
+  fits = len(own) == len(input_shape) and all(
+      o is None or o == i for o, i in zip(own, input_shape))
+  if not fits or None not in own:
+    return model
+  inputs = keras.Input(tuple(input_shape), dtype=model.inputs[0].dtype)
+  return keras.Model(inputs, model(inputs), name=model.name)
+
+
+def _output_layer(model: keras.Model) -> keras.layers.Layer:
+  """The layer making the model's first output, looked for inside wrappers and nested models."""
+  names = getattr(model, "output_names", None)
+  layer = model.get_layer(names[0]) if names else model.layers[-1]
+  if isinstance(layer, keras.layers.Wrapper):
+    layer = layer.layer
+  return _output_layer(layer) if isinstance(layer, keras.Model) else layer
 
 
 def outputs_probabilities(model: keras.Model) -> bool:
-  """Whether the model ends in a softmax (else its outputs are logits); sees through wrappers."""
-  last = model.layers[-1]
-  while isinstance(last, keras.layers.Wrapper):
-    last = last.layer
+  """Whether the model ends in a softmax (else its outputs are logits); sees through wrappers
+  and nested models."""
+  last = _output_layer(model)
   if isinstance(last, keras.layers.Softmax):
     return True
   activation = getattr(last, "activation", None)
@@ -143,6 +181,9 @@ def outputs_probabilities(model: keras.Model) -> bool:
 
 def check_compatible(model: keras.Model, image_shape: Sequence[int], num_classes: int):
   """Raises PurlError unless the model takes `image_shape` images and predicts `num_classes`."""
+  if not model.inputs:
+    raise PurlError(f"model {model.name} has no symbolic inputs (a subclassed keras.Model): "
+                    "build it with the functional API (keras.Model(inputs, outputs)).")
   if len(model.inputs) != 1 or len(model.outputs) != 1:
     raise PurlError(f"model {model.name} has {len(model.inputs)} inputs and "
                     f"{len(model.outputs)} outputs: purl_tf prunes single-input, single-output "

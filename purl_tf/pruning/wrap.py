@@ -4,6 +4,12 @@ tfmot's wrapper multiplies a layer's weight by a mask variable on every call. It
 schedule decides when tfmot itself recomputes the mask; here the schedule never fires
 (`FixedMasks`), so a mask changes only when the controller writes it and holds through
 any amount of training, under any tf.distribute strategy.
+
+What is pruned: the kernel of Conv2D (grouped or not) and Dense, the depthwise kernel of
+DepthwiseConv2D and the 1x1 pointwise kernel of SeparableConv2D (its depthwise kernel,
+k*k / c_out the size of the pointwise one, stays dense). Functional and Sequential models
+are copied layer by layer, nested models included; a nested model called on inputs of a
+known size is copied at that size, so that every layer's FLOPs can be counted.
 """
 import re
 from typing import List, Optional, Sequence
@@ -17,7 +23,8 @@ import tf_keras as keras
 from purl_tf.errors import PurlError
 
 PruneLowMagnitude = pruning_wrapper.PruneLowMagnitude
-DEFAULT_LAYER_TYPES = ("Conv2D", "DepthwiseConv2D", "Dense")
+SUPPORTED_LAYER_TYPES = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+DEFAULT_LAYER_TYPES = SUPPORTED_LAYER_TYPES
 
 
 class FixedMasks(tfmot.sparsity.keras.PruningSchedule):
@@ -66,6 +73,63 @@ def apply_masks(wrappers: Sequence[PruneLowMagnitude]):
       weight.assign(weight * mask)
 
 
+def _unwrapped(layer: keras.layers.Layer) -> keras.layers.Layer:
+  return layer.layer if isinstance(layer, PruneLowMagnitude) else layer
+
+
+def _check_copyable(model: keras.Model):
+  """Raises PurlError unless `model` and its nested models are functional or Sequential."""
+  if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+    raise PurlError(f"model {model.name} is a subclassed keras.Model, which cannot be copied "
+                    "layer by layer: build it with the functional API "
+                    "(keras.Model(inputs, outputs)) or keras.Sequential.")
+  for layer in model.layers:
+    if isinstance(layer, keras.Model):
+      _check_copyable(layer)
+
+
+def _check_selection(model: keras.Model, chosen: Sequence[keras.layers.Layer]):
+  """Raises PurlError for a selected layer purl_tf cannot prune or cannot name uniquely."""
+  names = set()
+  for layer in chosen:
+    kind = type(layer).__name__
+    if kind not in SUPPORTED_LAYER_TYPES:
+      raise PurlError(f"layer {layer.name} is a {kind}, which purl_tf does not prune: keep "
+                      f"wrap.layer_types within {list(SUPPORTED_LAYER_TYPES)}.")
+    if layer.name in names:
+      raise PurlError(f"model {model.name} has two prunable layers named {layer.name} (in "
+                      "different nested models): rename one, or leave it out with wrap.exclude.")
+    names.add(layer.name)
+
+
+def _static_input(nested: keras.Model):
+  """A keras.Input of the one fully known shape (B, H, W, C) `nested` is called on, when its
+  own input shape is less known (a keras.applications base built with input_shape=None);
+  else None (clone_model then keeps the nested model's own input).
+  """
+  if len(nested.inputs) != 1:
+    return None
+  own = tuple(nested.inputs[0].shape)
+  calls = {tuple(nested.get_input_shape_at(i)) for i in range(len(nested.inbound_nodes))}
+  if len(calls) != 1:
+    return None
+  shape = calls.pop()
+  if shape == own or None in shape[1:]:
+    return None
+  return keras.Input(batch_shape=shape, dtype=nested.inputs[0].dtype,
+                     name=nested.input_names[0])
+
+
+def _copy_weights(source: keras.Model, target: keras.Model):
+  """Copies every weight of `source` into its copy `target`, matching layers by name."""
+  by_name = {_unwrapped(layer).name: layer for layer in target.layers}
+  for layer in source.layers:
+    if isinstance(layer, keras.Model):
+      _copy_weights(layer, by_name[layer.name])
+    elif layer.weights:
+      _unwrapped(by_name[layer.name]).set_weights(layer.get_weights())
+
+
 @gin.configurable(denylist=["model"])
 def wrap(model: keras.Model,
          layer_types: Sequence[str] = DEFAULT_LAYER_TYPES,
@@ -75,13 +139,15 @@ def wrap(model: keras.Model,
   """Returns a copy of `model` whose selected layers are wrapped for pruning; masks all ones.
 
   Args:
-    model: a built tf-keras functional or sequential model (nested models are followed).
-    layer_types: class names of the layers to prune (exact: Conv2DTranspose is not Conv2D).
+    model: a built tf-keras functional or Sequential model; nested functional or Sequential
+      models are followed, and a layer called several times (shared) is pruned once.
+    layer_types: class names of the layers to prune, among SUPPORTED_LAYER_TYPES (exact:
+      a subclass of Conv2D is not Conv2D).
     include: regular expression; only layers whose name matches it (re.search) are pruned.
     exclude: regular expression; layers whose name matches it are left dense.
     check_only: only select, and return the selected layers' names (a cheap early check).
   Raises:
-    PurlError: when no layer is selected, or a selected type cannot be pruned.
+    PurlError: when no layer is selected, or a selected layer cannot be pruned.
   """
   include_re = re.compile(include) if include else None
   exclude_re = re.compile(exclude) if exclude else None
@@ -91,31 +157,33 @@ def wrap(model: keras.Model,
             and (include_re is None or include_re.search(layer.name))
             and not (exclude_re and exclude_re.search(layer.name)))
 
-  chosen = [layer.name for layer in leaf_layers(model) if selected(layer)]
+  chosen = [layer for layer in leaf_layers(model) if selected(layer)]
   if not chosen:
     raise PurlError(f"model {model.name} has no layer of types {list(layer_types)} "
                     f"(include={include!r}, exclude={exclude!r}): nothing to prune; bind "
                     "wrap.layer_types / wrap.include to select its layers.")
+  _check_selection(model, chosen)
+  _check_copyable(model)
   if check_only:
-    return chosen
+    return [layer.name for layer in chosen]
 
   def clone(layer):
     if isinstance(layer, keras.Model):
-      return keras.models.clone_model(layer, clone_function=clone)
-    copy = layer.__class__.from_config(layer.get_config())
+      return keras.models.clone_model(layer, input_tensors=_static_input(layer),
+                                      clone_function=clone)
+    try:
+      copy = layer.__class__.from_config(layer.get_config())
+    except Exception as error:  # A custom layer's get_config/from_config can raise anything.
+      raise PurlError(f"layer {layer.name} ({type(layer).__name__}) cannot be rebuilt from "
+                      f"its get_config() ({type(error).__name__}): give the class a complete "
+                      "get_config(), or use built-in Keras layers.") from error
     if not selected(layer):
       return copy
-    try:
-      return tfmot.sparsity.keras.prune_low_magnitude(_make_prunable(copy),
-                                                      pruning_schedule=FixedMasks())
-    except ValueError as error:
-      raise PurlError(f"layer {layer.name} ({type(layer).__name__}) cannot be pruned by "
-                      "tfmot: remove its type from wrap.layer_types or exclude it.") from error
+    return tfmot.sparsity.keras.prune_low_magnitude(_make_prunable(copy),
+                                                    pruning_schedule=FixedMasks())
 
   wrapped = keras.models.clone_model(model, clone_function=clone)
-  for source, target in zip(leaf_layers(model), leaf_layers(wrapped)):
-    inner = target.layer if isinstance(target, PruneLowMagnitude) else target
-    inner.set_weights(source.get_weights())
+  _copy_weights(model, wrapped)
   for wrapper in prunable_layers(wrapped):
     # The wrapper asserts the step counter of tfmot's callback is positive in training.
     wrapper.pruning_step.assign(1)
