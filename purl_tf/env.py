@@ -72,12 +72,17 @@ class PruningEnv(py_environment.PyEnvironment):
     levels: the action grid, ascending.
     retrain_steps: train batches after each pruning step (0: none).
     reward_fn: a rewards.DenseReward or rewards.EpisodicReward (default DenseReward()).
+    enforce_target: in sparsity mode, raise a chosen level to the lowest one that keeps the
+      target reachable when every later layer takes the largest level (AMC's constraint),
+      so that every episode ends at the target and the agent learns where to put the
+      sparsity. The agent's action is kept in the replay buffer; the level applied is
+      recorded in the episode.
   """
 
   def __init__(self, controller: PruningController, trainer: MaskedTrainer, train_stream,
                reward_data, target_sparsity: float = 0.9, mode: str = SPARSITY,
                levels: Optional[Sequence[float]] = None, retrain_steps: int = 10,
-               reward_fn=None):
+               reward_fn=None, enforce_target: bool = True):
     super().__init__(handle_auto_reset=True)
     if not 0.0 < target_sparsity < 1.0:
       raise PurlError(f"target sparsity {target_sparsity} is outside (0, 1): bind "
@@ -98,6 +103,7 @@ class PruningEnv(py_environment.PyEnvironment):
     self.levels = levels
     self.retrain_steps = int(retrain_steps)
     self.reward_fn = reward_fn or rewards.DenseReward()
+    self.enforce_target = bool(enforce_target) and mode == SPARSITY
     self.num_layers = controller.num_layers
     self._check_reachable()
     self._train_stream = train_stream
@@ -134,6 +140,20 @@ class PruningEnv(py_environment.PyEnvironment):
     if best < self.target:
       raise PurlError(f"the action grid reaches at most {best:.3f} global sparsity, below the "
                       f"target {self.target}: add larger PruningEnv.levels or lower the target.")
+
+  def _lowest_level(self) -> float:
+    """The smallest level layer t may take (0.0 when the target is not enforced)."""
+    if not self.enforce_target:
+      return 0.0
+    sizes = self.controller.sizes
+    t = self._t
+    pruned = int(round(float(np.sum(sizes[:t] * self.controller.sparsities()[:t]))))
+    later = sum(int(round(self.levels[-1] * size)) for size in sizes[t + 1:])
+    needed = int(np.ceil(self.target * np.sum(sizes) - 1e-9)) - pruned - later
+    for level in self.levels:
+      if int(round(level * sizes[t])) >= needed:
+        return level
+    return self.levels[-1]
 
   def _static_features(self, position, info):
     last = max(self.num_layers - 1, 1)
@@ -174,7 +194,7 @@ class PruningEnv(py_environment.PyEnvironment):
   def _step(self, action):
     interrupt.check()
     action = int(action)
-    level = self.levels[action]
+    level = max(self.levels[action], self._lowest_level())
     previous_sparsity = self.controller.global_sparsity()
     self.controller.save_step()
     layer_sparsity = self.controller.set_level(self._t, level, self.mode)

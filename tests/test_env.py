@@ -125,3 +125,24 @@ def test_bad_settings_raise_one_line_errors(lenet_parts, kwargs, message):
     make_env(lenet_parts, **kwargs)
   # gin appends the configurable's name on a line of its own; the error is the first.
   assert message in str(error.value).splitlines()[0]
+
+
+def test_enforced_target_raises_levels_just_enough_to_reach_it(lenet_parts):
+  controller = lenet_parts[0]
+  env = make_env(lenet_parts, target_sparsity=0.9)
+  run_episode(env, [0, 0, 0, 0])  # the agent asks for no pruning at all
+  assert env.episode[-1].sparsity >= 0.9
+  assert env.episode[0].level == 0.0  # early layers stay free while the target is reachable
+  levels = [r.level for r in env.episode]
+  # Lowering any raised level by one grid step would miss the target with the rest at max.
+  sizes = controller.sizes
+  for t, level in enumerate(levels):
+    if level > 0.0:
+      lower = env.levels[env.levels.index(level) - 1]
+      best_case = (sum(round(l * s) for l, s in zip(levels[:t], sizes[:t]))
+                   + round(lower * sizes[t])
+                   + sum(round(env.levels[-1] * s) for s in sizes[t + 1:]))
+      assert best_case < 0.9 * sizes.sum()
+  free = make_env(lenet_parts, target_sparsity=0.9, enforce_target=False)
+  run_episode(free, [0, 0, 0, 0])
+  assert free.episode[-1].sparsity == 0.0
