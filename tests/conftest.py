@@ -4,6 +4,7 @@
 split into two logical devices before any TensorFlow op runs, so that MirroredStrategy
 tests get two replicas on a one-CPU machine.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +26,21 @@ from purl_tf import data, models  # noqa: E402
 # over several seeds (~8 s on 2 cores), which leaves a margin over the 95 % the tests ask.
 PRETRAIN_EPOCHS = 6
 PRETRAIN_SEED = 0
+
+
+def load_tool(name):
+  """tools/<name>.py as a module, loaded once per session (some define absl flags)."""
+  key = f"tools_{name}"
+  if key not in sys.modules:
+    spec = importlib.util.spec_from_file_location(key, os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module  # before running it: dataclasses look their module up
+    try:
+      spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[key]
+      raise
+  return sys.modules[key]
 
 
 @pytest.fixture(autouse=True)

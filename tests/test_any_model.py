@@ -10,7 +10,6 @@ constructors at reduced depth (same blocks, fewer of them), since a MaskedTraine
 the whole network: DenseNet121, EfficientNetB0 and MobileNetV3Small at full depth (121, 82
 and 53 prunable layers) pass the same path in 45, 38 and 24 s on 2 CPUs, too slow here.
 """
-import importlib.util
 import os
 
 import purl_tf  # noqa: F401  (before tensorflow: selects tf-keras)
@@ -25,6 +24,8 @@ from purl_tf import models, pruning, train
 from purl_tf.errors import PurlError
 from purl_tf.pruning.wrap import SUPPORTED_LAYER_TYPES
 from purl_tf.training import MaskedTrainer
+
+from conftest import REPO, load_tool
 
 SIZE, CLASSES = 32, 4  # applications: the smallest input they take, few classes
 FORMATS = {"keras": "user.keras", "h5": "user.h5", "saved_model": "user_saved_model"}
@@ -349,20 +350,11 @@ def test_what_cannot_be_pruned_is_refused_in_one_line():
 
 # --- the worked example of docs/your_model.md -------------------------------------------------
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE_COMMANDS = [  # as docs/your_model.md (and README) show them, run from the repo root
     ".venv/bin/python tools/make_example.py --out=examples",
     ".venv/bin/python -m purl_tf.train --gin_file=gin/my_model_example.gin "
     "--root_dir=runs/my_model",
 ]
-
-
-def _load_tool(name):
-  """A script of tools/ as a module."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_worked_example_runs_as_written(tmp_path, monkeypatch):
@@ -372,7 +364,7 @@ def test_worked_example_runs_as_written(tmp_path, monkeypatch):
     doc = handle.read()
   assert all(command in doc for command in EXAMPLE_COMMANDS)
   monkeypatch.chdir(tmp_path)
-  make_example = _load_tool("make_example")
+  make_example = load_tool("make_example")
   folder = make_example.write_digits("examples", per_class=30)
   make_example.train_model(folder, os.path.join("examples", make_example.MODEL), epochs=1,
                            reward_size=50, test_size=50)

@@ -3,7 +3,6 @@
 Killing and resuming runs is tested in test_reliability.py.
 """
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,15 +17,7 @@ import tf_keras as keras
 from purl_tf import export, files, search, train
 from purl_tf.errors import PurlError
 
-from conftest import QUICKSTART, REPO, quick_bindings, train_command
-
-def load_tool(name):
-  """A script of tools/ as a module."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
+from conftest import QUICKSTART, REPO, load_tool, quick_bindings, train_command
 
 def test_train_eval_writes_every_artefact(finished_run):
   root, results = finished_run
