@@ -31,6 +31,9 @@ PRETRAIN_SEED = 0
 def load_tool(name):
   """tools/<name>.py as a module, loaded once per session (some define absl flags)."""
   key = f"tools_{name}"
+  tools = os.path.join(REPO, "tools")
+  if tools not in sys.path:  # as when run as a script: tools/bench is importable
+    sys.path.insert(0, tools)
   if key not in sys.modules:
     spec = importlib.util.spec_from_file_location(key, os.path.join(REPO, "tools", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)

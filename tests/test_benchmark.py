@@ -1,5 +1,6 @@
 """tools/benchmark.py: the comparison table, episodes-to-best, plans and the profiler (no runs)."""
 import statistics
+import types
 
 import pytest
 
@@ -12,8 +13,10 @@ from conftest import load_tool
 
 @pytest.fixture(scope="module")
 def benchmark():
-  """tools/benchmark.py as a module."""
-  return load_tool("benchmark")
+  """tools/benchmark.py's modules in tools/bench, loaded as the script loads them."""
+  load_tool("benchmark")
+  from bench import common, comparison, search_speed  # pylint: disable=import-outside-toplevel
+  return types.SimpleNamespace(common=common, comparison=comparison, search_speed=search_speed)
 
 
 def episode(accuracy, sparsity, index=0, policy="collect"):
@@ -31,13 +34,13 @@ def test_episodes_to_within_counts_evaluated_episodes_until_near_the_final_best(
               episode(0.946, 0.95),  # 0.4 points under 0.95: within 0.5 points
               episode(0.80, 0.97),
               episode(0.95, 0.93, policy="greedy")]  # the final best
-  assert benchmark.episodes_to_within(episodes, target) == 3
+  assert benchmark.comparison.episodes_to_within(episodes, target) == 3
   # Exactly 0.5 points under counts as within; the margin is a parameter.
-  assert benchmark.episodes_to_within(episodes[:2] + [episode(0.945, 0.95)] + episodes[3:],
+  assert benchmark.comparison.episodes_to_within(episodes[:2] + [episode(0.945, 0.95)] + episodes[3:],
                                       target) == 3
-  assert benchmark.episodes_to_within(episodes, target, margin=0.0) == 5
-  assert benchmark.episodes_to_within(episodes[:1], target) is None  # never at the target
-  assert benchmark.episodes_to_within([], target) is None
+  assert benchmark.comparison.episodes_to_within(episodes, target, margin=0.0) == 5
+  assert benchmark.comparison.episodes_to_within(episodes[:1], target) is None  # never at the target
+  assert benchmark.comparison.episodes_to_within([], target) is None
 
 
 def run(benchmark, method, seed, accuracy, target=0.95, sparsity=None, episodes=None,
@@ -46,7 +49,7 @@ def run(benchmark, method, seed, accuracy, target=0.95, sparsity=None, episodes=
              "dense_test_accuracy": 0.97, "search_seconds": seconds[0],
              "finetune_seconds": seconds[1], "search_retrain_steps": steps[0],
              "finetune_steps": steps[1]}
-  return benchmark.Run(method, target, seed, results, episodes)
+  return benchmark.comparison.Run(method, target, seed, results, episodes)
 
 
 def test_table_gives_mean_spread_time_steps_and_episodes_to_best(benchmark):
@@ -57,12 +60,12 @@ def test_table_gives_mean_spread_time_steps_and_episodes_to_best(benchmark):
           run(benchmark, "purl", 2, 0.95, episodes=near),
           run(benchmark, "global_magnitude", 0, 0.90, seconds=(0.1, 9.9), steps=(0, 162)),
           run(benchmark, "global_magnitude", 1, 0.92, seconds=(0.1, 9.9), steps=(0, 162))]
-  summary = benchmark.method_summary([r for r in runs if r.method == "purl"])
+  summary = benchmark.comparison.method_summary([r for r in runs if r.method == "purl"])
   assert summary["accuracy"].mean == pytest.approx(0.96)
   assert summary["accuracy"].std == pytest.approx(statistics.stdev([0.96, 0.97, 0.95]))
   assert (summary["accuracy"].low, summary["accuracy"].high) == (0.95, 0.97)
   assert summary["to_within"] == [2, 4, 2]
-  table = benchmark.comparison_table(runs, 0.95).splitlines()
+  table = benchmark.comparison.comparison_table(runs, 0.95).splitlines()
   assert len(table) == 4  # header, rule, purl, global magnitude
   purl_row = table[2].split(" | ")
   assert purl_row[0] == "| PuRL (dense reward)"
@@ -83,19 +86,19 @@ def test_goals_say_met_or_not_met_with_the_numbers(benchmark):
           run(benchmark, "episodic", 0, 0.96, episodes=slow),
           run(benchmark, "global_magnitude", 0, 0.97),
           run(benchmark, "uniform", 0, 0.90, sparsity=0.93)]
-  lines = benchmark.goals(runs, 0.95)
+  lines = benchmark.comparison.goals(runs, 0.95)
   assert "global magnitude: NOT MET (96.00 % vs 97.00 %" in lines[0]
   assert "uniform (tfmot ConstantSparsity): MET (96.00 % vs 90.00 %" in lines[1]
   assert "episodic reward: MET (1.0 vs 4.0 evaluated episodes" in lines[2]
   assert "Below the target sparsity: uniform (tfmot ConstantSparsity) seed 0 (0.930)" in lines[3]
   never = [episode(0.99, 0.5)]
-  lines = benchmark.goals([run(benchmark, "purl", 0, 0.9, episodes=never),
+  lines = benchmark.comparison.goals([run(benchmark, "purl", 0, 0.9, episodes=never),
                            run(benchmark, "episodic", 0, 0.9, episodes=slow)], 0.95)
   assert "not comparable" in lines[0]
 
 
 def test_plan_checks_its_flags_and_lays_out_the_runs(benchmark, tmp_path):
-  plan = benchmark.make_plan("mnist5k", str(tmp_path), ["0", "2"], 7, False, ["x = 1"])
+  plan = benchmark.comparison.make_plan("mnist5k", str(tmp_path), ["0", "2"], 7, False, ["x = 1"])
   assert plan.seeds == (0, 2) and plan.episodes == 7
   assert plan.run_dir(0.98, 2, "random") == str(tmp_path / "mnist5k" / "target0.98" / "seed2"
                                                 / "random")
@@ -103,17 +106,17 @@ def test_plan_checks_its_flags_and_lays_out_the_runs(benchmark, tmp_path):
   assert bindings[-4:] == ["train_eval.target_sparsity = 0.98", "train_eval.seed = 2",
                            "search.num_episodes = 7", "x = 1"]
   assert any(b.startswith("PruningEnv.levels = (0.0, 0.5") for b in bindings)
-  mock = benchmark.make_plan("imagenet_resnet50", str(tmp_path), ["0"], None, True)
+  mock = benchmark.comparison.make_plan("imagenet_resnet50", str(tmp_path), ["0"], None, True)
   assert mock.root_dir == str(tmp_path / "mock" / "imagenet_resnet50")
   assert "resnet50.weights = None" in mock.bindings(0.8, 0)
   for seeds, message in ((["a"], "must be integers"), (["1", "1"], "each once"),
                          ([], "at least one")):
     with pytest.raises(PurlError, match=message):
-      benchmark.make_plan("mnist5k", str(tmp_path), seeds, None, False)
+      benchmark.comparison.make_plan("mnist5k", str(tmp_path), seeds, None, False)
   with pytest.raises(PurlError, match="at least 1"):
-    benchmark.make_plan("mnist5k", str(tmp_path), ["0"], 0, False)
+    benchmark.comparison.make_plan("mnist5k", str(tmp_path), ["0"], 0, False)
   with pytest.raises(PurlError, match="--mock"):  # no GPU on the test machines
-    benchmark.make_plan("imagenet_resnet50", str(tmp_path), ["0"], None, False)
+    benchmark.comparison.make_plan("imagenet_resnet50", str(tmp_path), ["0"], None, False)
 
 
 def test_profiler_times_without_double_counting_and_restores(benchmark):
@@ -124,7 +127,7 @@ def test_profiler_times_without_double_counting_and_restores(benchmark):
     def outer(self):
       return self.inner() + 1
 
-  profiler = benchmark.Profiler()
+  profiler = benchmark.search_speed.Profiler()
   original = Work.__dict__["outer"]
   profiler.timed(Work, "outer", "a")
   profiler.timed(Work, "inner", "b")
@@ -136,9 +139,9 @@ def test_profiler_times_without_double_counting_and_restores(benchmark):
 
 def test_write_section_replaces_only_its_own_section(benchmark, tmp_path):
   path = str(tmp_path / "b.md")
-  benchmark.write_section(path, benchmark.Section("A", "one\n\n### sub\n\ntext"))
-  benchmark.write_section(path, benchmark.Section("B", "two"))
-  benchmark.write_section(path, benchmark.Section("A", "three"))
+  benchmark.common.write_section(path, benchmark.common.Section("A", "one\n\n### sub\n\ntext"))
+  benchmark.common.write_section(path, benchmark.common.Section("B", "two"))
+  benchmark.common.write_section(path, benchmark.common.Section("A", "three"))
   text = open(path).read()
   assert "one" not in text and "### sub" not in text
   assert text.index("## A") < text.index("three") < text.index("## B") < text.index("two")
@@ -146,5 +149,5 @@ def test_write_section_replaces_only_its_own_section(benchmark, tmp_path):
 
 def test_first_and_later_calls_of_each_episode(benchmark):
   calls = [0.5, 0.1, 0.1, 0.2, 0.7, 0.1, 0.3, 0.1]  # 2 episodes of 4 layers
-  assert benchmark._first_and_later(calls, 4) == (0.6, 0.1)
-  assert benchmark._first_and_later([], 4) == (None, None)
+  assert benchmark.search_speed._first_and_later(calls, 4) == (0.6, 0.1)
+  assert benchmark.search_speed._first_and_later([], 4) == (None, None)

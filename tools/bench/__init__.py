@@ -1,0 +1,1 @@
+"""The benchmarks of tools/benchmark.py, one module each."""
