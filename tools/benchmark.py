@@ -20,8 +20,8 @@ Benchmarks:
       setting every ResNet-50 layer's level against one forward pass.
 
 Each benchmark is a function of its module in tools/bench/ returning a `Section` (a level-2
-heading and its markdown body); `--output` replaces that heading's section in the file (or appends it), leaving
-the other sections as they are.
+heading and its markdown body); `--output` replaces that heading's section in the file (or
+appends it), leaving the other sections as they are.
 """
 import functools
 import sys

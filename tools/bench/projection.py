@@ -11,7 +11,8 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from bench.common import command_line, fmt_ms, machine, median_seconds, per_step_seconds, REPO, Section
+from bench.common import (command_line, fmt_ms, machine, median_seconds, per_step_seconds,
+                          REPO, Section)
 from purl_tf import models, pruning, train, training
 
 FLAGS = flags.FLAGS

@@ -34,7 +34,8 @@ COMPONENTS = (RETRAIN, MEASURE, "mask setting (set level, undo copy)",
               "replay buffer add", "checkpoint", "episodes.json", "TensorBoard and plots")
 OTHER = "other (driver, rewards, seeding, search record, progress lines)"
 # Once per search, not per step: reported apart from the per-step shares.
-SETUP, FINISH = "setup (agent, replay buffer, checkpoint)", "finish (policy export, best allocation)"
+SETUP = "setup (agent, replay buffer, checkpoint)"
+FINISH = "finish (policy export, best allocation)"
 _MISSING = object()
 
 
@@ -370,14 +371,15 @@ def search_speed() -> Section:
       f"evaluations: {len(found.episodes)} episodes, {steps} search steps of "
       f"{retrain_steps} retrain batches of {parts.splits.batch_size} and one measurement "
       f"of the {parts.splits.num_examples['reward']}-image reward split), every part of "
-      "a step timed by wrapping the functions that do it (tools/benchmark.py "
+      "a step timed by wrapping the functions that do it (tools/bench/search_speed.py "
       f"`Profiler`). Episode loop wall time {wall:.0f} s ({wall / steps * 1e3:,.0f} ms per "
       f"step); once per search besides: {SETUP} {seconds[SETUP]:.1f} s, {FINISH} "
       f"{seconds[FINISH]:.1f} s. The search's own search_overhead_share (results.json) "
       f"for this run: {100 * found.overhead_share:.1f} %. The last two columns profile the "
       "same search again in the same process (functions already traced) under a prototype "
-      "of two library changes (tools/benchmark.py `_prototype`, not in purl_tf): one train "
-      "stream for the whole search instead of a freshly shuffled one every episode, and "
+      "of two library changes (tools/bench/search_speed.py `_prototype`, not in purl_tf): "
+      "one train stream for the whole search instead of a freshly shuffled one every "
+      "episode, and "
       "per-episode reseeding of Python and NumPy only (tf.random.set_seed clears "
       "TensorFlow's kernel caches, so the first call of every function after it is slow). "
       "The prototype changes which batches and exploration draws an episode gets, not the "
