@@ -113,6 +113,12 @@ class SearchResult:
     return max(0.0, 1.0 - inside / self.seconds) if self.seconds else 0.0
 
 
+def evaluated_episodes(num_episodes: int, eval_interval: int) -> int:
+  """Episodes a search runs: its collect episodes plus a greedy one every `eval_interval`
+  collect episodes and after the last."""
+  return num_episodes + -(-num_episodes // eval_interval)
+
+
 @gin.configurable(denylist=["env", "root_dir", "seed"])
 def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interval: int = 10,
            agent_updates_per_episode: Optional[int] = None, batch_size: int = 64,

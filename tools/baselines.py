@@ -60,7 +60,6 @@ import tf_keras as keras
 from purl_tf import compare, finetune, files, interrupt, models, pruning, search, train
 from purl_tf.errors import PurlError
 from purl_tf.pruning import accounting
-from purl_tf.pruning.wrap import PruneLowMagnitude
 from purl_tf.training import MaskedTrainer
 
 FLAGS = flags.FLAGS
@@ -134,7 +133,7 @@ def planned_budget(num_layers: int, retrain_steps: int) -> SearchBudget:
   every search.eval_interval and after the last."""
   episodes = int(_bound("search.num_episodes", search.search, "num_episodes"))
   interval = int(_bound("search.eval_interval", search.search, "eval_interval"))
-  evaluated = episodes + -(-episodes // interval)
+  evaluated = search.evaluated_episodes(episodes, interval)
   return SearchBudget(evaluated, evaluated * num_layers * retrain_steps)
 
 
@@ -346,9 +345,7 @@ def tfmot_prune(dense: keras.Model, names: Sequence[str], schedule) -> keras.Mod
     return copy
 
   wrapped = keras.models.clone_model(dense, clone_function=clone)
-  for source, target in zip(pruning.leaf_layers(dense), pruning.leaf_layers(wrapped)):
-    inner = target.layer if isinstance(target, PruneLowMagnitude) else target
-    inner.set_weights(source.get_weights())
+  pruning.copy_weights(dense, wrapped)
   return wrapped
 
 

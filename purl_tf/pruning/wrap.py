@@ -120,12 +120,13 @@ def _static_input(nested: keras.Model):
                      name=nested.input_names[0])
 
 
-def _copy_weights(source: keras.Model, target: keras.Model):
-  """Copies every weight of `source` into its copy `target`, matching layers by name."""
+def copy_weights(source: keras.Model, target: keras.Model):
+  """Copies every weight of `source` into its copy `target` (layers possibly wrapped for
+  pruning, by purl_tf or tfmot), matching layers by name, nested models included."""
   by_name = {_unwrapped(layer).name: layer for layer in target.layers}
   for layer in source.layers:
     if isinstance(layer, keras.Model):
-      _copy_weights(layer, by_name[layer.name])
+      copy_weights(layer, by_name[layer.name])
     elif layer.weights:
       _unwrapped(by_name[layer.name]).set_weights(layer.get_weights())
 
@@ -183,7 +184,7 @@ def wrap(model: keras.Model,
                                                     pruning_schedule=FixedMasks())
 
   wrapped = keras.models.clone_model(model, clone_function=clone)
-  _copy_weights(model, wrapped)
+  copy_weights(model, wrapped)
   for wrapper in prunable_layers(wrapped):
     # The wrapper asserts the step counter of tfmot's callback is positive in training.
     wrapper.pruning_step.assign(1)

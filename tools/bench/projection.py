@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from bench.common import (command_line, fmt_ms, machine, median_seconds, per_step_seconds,
                           REPO, Section)
-from purl_tf import models, pruning, train, training
+from purl_tf import models, pruning, search, train, training
 
 FLAGS = flags.FLAGS
 
@@ -82,7 +82,7 @@ def imagenet_projection() -> Section:
     step = (retrain * batch * costs["train_image"] + reward * costs["eval_image"]
             + costs["set_all"] / layers)
     episode = layers * step + costs["reset"]
-    evaluated = episodes + -(-episodes // interval)
+    evaluated = search.evaluated_episodes(episodes, interval)
     rows.append(
         f"| `{gin_file}` ({title}, {size}x{size}) | {layers} | {layers * retrain * batch:,}, "
         f"{layers * reward:,} | {costs['train_image']:.3f}, {costs['eval_image']:.3f} | "
