@@ -197,31 +197,29 @@ class PruningEnv(py_environment.PyEnvironment):
     level = max(self.levels[action], self._lowest_level())
     previous_sparsity = self.controller.global_sparsity()
     self.controller.save_step()
-    layer_sparsity = self.controller.set_level(self._t, level, self.mode)
+    self.controller.set_level(self._t, level, self.mode)
     started = time.perf_counter()
     loss = self.trainer.train(self._train, self.retrain_steps) if self.retrain_steps else 0.0
     retrain_seconds = time.perf_counter() - started
-    measure_seconds = 0.0
-    if np.isfinite(loss):
-      started = time.perf_counter()
-      accuracy = self.trainer.evaluate(self._reward_data)
-      measure_seconds = time.perf_counter() - started
-      sparsity = self.controller.global_sparsity()
-      outcome = rewards.Outcome(step=self._t, num_steps=self.num_layers, accuracy=accuracy,
-                                previous_accuracy=self._accuracy,
-                                dense_accuracy=self.dense_accuracy, sparsity=sparsity,
-                                previous_sparsity=previous_sparsity, target=self.target)
-      reward = self.reward_fn(outcome)
-    else:  # Undo the step: weights and level as before it, the worst reward.
+    failed = not np.isfinite(loss)
+    if failed:  # Undo the step: weights as before it, the layer unpruned.
       self.controller.undo_step()
       self.trainer.reset_optimizer()
       self.failed_steps += 1
       print(f"WARNING: retrain loss {loss} after pruning {self.controller.names[self._t]} to "
             f"{level}: step undone (lower MaskedTrainer.learning_rate if this repeats).",
             flush=True)
-      accuracy, sparsity = self._accuracy, previous_sparsity
-      layer_sparsity = self.controller.sparsity(self._t)
-      reward = self.reward_fn.worst()
+      level = 0.0  # the level in force: what the observation and the episode record show
+    started = time.perf_counter()
+    accuracy = self._accuracy if failed else self.trainer.evaluate(self._reward_data)
+    measure_seconds = time.perf_counter() - started
+    sparsity = self.controller.global_sparsity()
+    layer_sparsity = self.controller.sparsity(self._t)
+    outcome = rewards.Outcome(step=self._t, num_steps=self.num_layers, accuracy=accuracy,
+                              previous_accuracy=self._accuracy,
+                              dense_accuracy=self.dense_accuracy, sparsity=sparsity,
+                              previous_sparsity=previous_sparsity, target=self.target)
+    reward = self.reward_fn.failed(outcome) if failed else self.reward_fn(outcome)
     self.episode.append(StepRecord(self.controller.names[self._t], action, level,
                                    layer_sparsity, sparsity, accuracy, reward, loss,
                                    retrain_seconds, measure_seconds))

@@ -14,7 +14,8 @@ so every step is credited with what its own action did:
           [- w_miss * max(0, T - s_L) / T at t = L]
 
 with s_{-1} = 0 and a_{-1} = a_dense. The episodic reward pays R at the last step and 0
-before. The paper does not publish its constants; these defaults are purl_tf's choice:
+before. A step whose retrain fails (non-finite loss) is undone and both pay worst() on top
+of what an unchanged step earns, so their returns stay equal. The paper does not publish its constants; these defaults are purl_tf's choice:
 reaching the target is worth 1, a 1 % relative accuracy loss costs 0.05, and missing
 the target by 10 % of it costs an extra 0.5.
 """
@@ -57,8 +58,16 @@ class DenseReward:
     return max(0.0, outcome.target - outcome.sparsity) / outcome.target
 
   def worst(self) -> float:
-    """The reward of a step that failed (a non-finite loss): below any the step can earn."""
+    """The penalty of a step that failed (a non-finite loss): below any a step can earn."""
     return -float(self.sparsity_weight + self.accuracy_weight + self.shortfall_weight)
+
+  def failed(self, outcome: Outcome) -> float:
+    """The reward of a failed, undone step: what an outcome that changed nothing earns,
+    plus `worst()`. So the dense and episodic returns stay equal with failed steps
+    (each failure costs both `worst()`), a failed last step included."""
+    unchanged = dataclasses.replace(outcome, accuracy=outcome.previous_accuracy,
+                                    sparsity=outcome.previous_sparsity)
+    return self(unchanged) + self.worst()
 
   def __call__(self, outcome: Outcome) -> float:
     progress = (self._progress(outcome.sparsity, outcome.target)
