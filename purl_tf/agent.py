@@ -1,9 +1,20 @@
-"""The DQN agent (tf-agents) that picks each layer's pruning level, and its replay buffer."""
+"""The DQN agent (tf-agents) that picks each layer's pruning level, its replay buffer,
+and the policies a search runs.
+
+Every random draw of a search outside the pruned network's own training comes from NumPy
+generators seeded per episode (epsilon-greedy exploration, random search, replay
+sampling): reseeding them is free, whereas resetting TensorFlow's global seed clears its
+function caches, and a resumed search draws exactly what the uninterrupted one drew.
+"""
+from typing import Callable, Iterator
+
 import gin
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from tf_agents.agents.dqn import dqn_agent
 from tf_agents.networks import q_network
+from tf_agents.policies import py_policy, random_py_policy
 from tf_agents.replay_buffers import tf_uniform_replay_buffer
 from tf_agents.specs import tensor_spec
 from tf_agents.utils import common
@@ -82,3 +93,59 @@ def make_replay_buffer(agent, capacity: int = 20_000):
   """A TFUniformReplayBuffer of single-environment trajectories (capacity in steps)."""
   return tf_uniform_replay_buffer.TFUniformReplayBuffer(
       data_spec=agent.collect_data_spec, batch_size=1, max_length=capacity)
+
+
+def random_policy(time_step_spec, action_spec, seed) -> random_py_policy.RandomPyPolicy:
+  """tf-agents' uniform random policy over the action grid; `seed` a NumPy seed sequence."""
+  state = int(np.random.default_rng(seed).integers(2**32))
+  return random_py_policy.RandomPyPolicy(time_step_spec, action_spec, seed=state)
+
+
+class EpsilonGreedyPyPolicy(py_policy.PyPolicy):
+  """With probability epsilon a uniform random level, else the (compiled) greedy policy's.
+
+  The same exploration as the DQN agent's collect policy; its draws come from NumPy, and
+  `reseed` starts an episode's draws (and fixes its epsilon).
+  """
+
+  def __init__(self, greedy: py_policy.PyPolicy, epsilon: Callable[[], float]):
+    super().__init__(greedy.time_step_spec, greedy.action_spec, greedy.policy_state_spec,
+                     greedy.info_spec)
+    self._greedy, self._epsilon = greedy, epsilon
+    self.reseed(0)
+
+  def reseed(self, seed):
+    """Starts an episode: its draws from `seed` (a NumPy seed sequence), epsilon as now."""
+    coin, levels = np.random.SeedSequence(seed).spawn(2)
+    self._coin = np.random.default_rng(coin)
+    self._random = random_policy(self.time_step_spec, self.action_spec, levels)
+    self.epsilon = float(self._epsilon())
+
+  def _action(self, time_step, policy_state):
+    policy = self._random if self._coin.random() < self.epsilon else self._greedy
+    return policy.action(time_step, policy_state)
+
+
+class ReplaySampler:
+  """Uniform (batch_size, num_steps) samples of a replay buffer's trajectories, drawn with a
+  NumPy generator (tf-agents' sampler draws from TensorFlow's global seed).
+
+  As tf-agents' uniform sampler: every window of `num_steps` consecutive frames is equally
+  likely, windows across an episode boundary included (DQN masks those out).
+  """
+
+  def __init__(self, replay: tf_uniform_replay_buffer.TFUniformReplayBuffer,
+               batch_size: int, num_steps: int):
+    self.replay, self.batch_size, self.num_steps = replay, batch_size, num_steps
+
+  def batches(self, seed, count: int) -> Iterator:
+    """`count` batches of trajectories (tensors shaped (batch_size, num_steps, ...))."""
+    frames = tf.nest.map_structure(lambda t: t.numpy()[0], self.replay.gather_all())
+    length = tf.nest.flatten(frames)[0].shape[0]
+    if length < self.num_steps:
+      return
+    rng = np.random.default_rng(seed)
+    window = np.arange(self.num_steps)
+    for _ in range(count):
+      rows = rng.integers(0, length - self.num_steps + 1, self.batch_size)[:, None] + window
+      yield tf.nest.map_structure(lambda a, r=rows: tf.constant(a[r]), frames)

@@ -51,7 +51,7 @@ _TRAIN, _REWARD, _TEST = 0, 1, 2
 class Splits:
   """Batched datasets of (image float32 (B, H, W, C), label int64 (B,))."""
   train: tf.data.Dataset  # one shuffled epoch, full batches only; reshuffled each pass
-  train_stream: Callable[[int], tf.data.Dataset]  # seed -> endless train batches
+  train_stream: Callable[..., tf.data.Dataset]  # (start batch, seed) -> endless batches
   reward: tf.data.Dataset  # fixed order, cached
   test: tf.data.Dataset  # fixed order, cached
   num_classes: int
@@ -138,20 +138,36 @@ def load_splits(dataset: str = "mnist5k",
 
   global_batch = batch_size * num_replicas
   global_eval_batch = (eval_batch_size or 2 * batch_size) * num_replicas
-  geometry = _Geometry(shape, preprocessing, resize, augment, seed=shuffle_seed)
+  geometry = _Geometry(shape, preprocessing, resize, augment)
 
   examples = source.examples(source.train_split, roles, _TRAIN)
   if cache_train:
     examples = examples.map(source.decode, num_parallel_calls=AUTOTUNE).cache()
 
-  def train_stream(seed: int, epochs: Optional[int] = None) -> tf.data.Dataset:
-    """Train batches, reshuffled every epoch; the same seed gives the same batches."""
-    ds = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat(epochs)
-    if not cache_train:  # Shuffle encoded images: decoded ones would fill memory.
-      ds = ds.map(source.decode, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(geometry.train, num_parallel_calls=AUTOTUNE)
-    return ds.batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
+  def augmented(ds):
+    """((example, (2,) int64 seed) -> augmented, normalised (image, label)."""
+    if not cache_train:  # Shuffled while encoded: decoded images would fill memory.
+      ds = ds.map(lambda x, s: (source.decode(*x), s), num_parallel_calls=AUTOTUNE)
+    return ds.map(lambda x, s: geometry.train(*x, seed=s), num_parallel_calls=AUTOTUNE)
+
+  def train_stream(start: int = 0, seed: Optional[int] = None) -> tf.data.Dataset:
+    """Endless train batches from batch `start` of the sequence that `seed` (default
+    shuffle_seed) fixes: reshuffled every pass, the i-th image of the sequence augmented
+    by the seed (seed, i), so a stream started at any position gives the batches an
+    earlier stream gave there (a resumed search retrains on what it would have)."""
+    seed = shuffle_seed if seed is None else int(seed)
+    first = int(start) * global_batch
+    ds = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.skip(first).enumerate(first)  # skipped before decoding: positions are cheap
+    ds = ds.map(lambda i, x: (x, tf.stack([tf.constant(seed, tf.int64), i])))
+    return augmented(ds).batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
+
+  def train_epochs() -> tf.data.Dataset:
+    """One shuffled pass, reshuffled and augmented anew on every iteration (Keras fit)."""
+    ds = tf.data.Dataset.zip((
+        examples.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True),
+        tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True).batch(2)))
+    return augmented(ds).batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
 
   def evaluation(split, role):
     ds = source.examples(split, roles, role).map(source.decode, num_parallel_calls=AUTOTUNE)
@@ -167,7 +183,7 @@ def load_splits(dataset: str = "mnist5k",
   if counts["train"] < global_batch:
     raise PurlError(f"{dataset} leaves {counts['train']} training examples, fewer than one "
                     f"batch of {global_batch}: lower load_splits.batch_size.")
-  return Splits(train=train_stream(shuffle_seed, epochs=1), train_stream=train_stream,
+  return Splits(train=train_epochs(), train_stream=train_stream,
                 reward=reward, test=test, num_classes=source.num_classes,
                 image_shape=shape, num_examples=counts, batch_size=global_batch,
                 name=dataset)
@@ -442,13 +458,12 @@ def _first_line(error):
 class _Geometry:
   """Resizing, cropping, augmentation and normalisation of decoded uint8 images."""
 
-  def __init__(self, shape, preprocessing, resize, augment, seed):
+  def __init__(self, shape, preprocessing, resize, augment):
     self.height, self.width, self.channels = shape
     self.preprocessing = preprocessing
     self.imagenet_style = preprocessing in _IMAGENET_STYLE
     self.resize = resize
     self.augment = augment
-    self.seed = seed
 
   def _channels(self, image):
     depth = image.shape[-1]
@@ -481,22 +496,25 @@ class _Geometry:
   def normalise(self, image, label):
     return _NORMALISERS[self.preprocessing](tf.cast(image, tf.float32)), label
 
-  def train(self, image, label):
+  def train(self, image, label, seed):
+    """Augmented geometry, stateless: the (2,) int64 `seed` fixes every random choice."""
     image = self._channels(image)
+    box_seed, crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3))
     if self.augment == "inception":
-      begin, size, _ = tf.image.sample_distorted_bounding_box(
-          tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4]), min_object_covered=0.1,
-          aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
-          use_image_if_no_bounding_boxes=True, seed=self.seed)
+      begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+          tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4]), seed=box_seed,
+          min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+          max_attempts=10, use_image_if_no_bounding_boxes=True)
       image = tf.slice(image, begin, size)
       image = tf.image.resize(tf.cast(image, tf.float32), (self.height, self.width))
-      image = tf.image.random_flip_left_right(image, seed=self.seed)
+      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     else:
       image = self._fit(image)
       if self.augment == "flip_crop":
         image = tf.image.resize_with_crop_or_pad(image, self.height + 8, self.width + 8)
-        image = tf.image.random_crop(image, (self.height, self.width, self.channels),
-                                     seed=self.seed)
-        image = tf.image.random_flip_left_right(image, seed=self.seed)
+        image = tf.image.stateless_random_crop(image, (self.height, self.width, self.channels),
+                                               crop_seed)
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     image = tf.ensure_shape(image, (self.height, self.width, self.channels))
     return self.normalise(image, label)

@@ -63,8 +63,9 @@ class PruningEnv(py_environment.PyEnvironment):
   Args:
     controller: PruningController of the wrapped model (its snapshot is the dense state).
     trainer: MaskedTrainer of the same model.
-    train_stream: seed -> endless train batches (data.Splits.train_stream); each episode
-      draws its seed from NumPy's global generator, so seeding that makes runs repeat.
+    train_stream: start batch -> endless train batches (data.Splits.train_stream). One
+      stream serves the whole search; `train_position` counts the batches drawn from it,
+      and `seek()` starts it again there (a resumed search retrains on what it would have).
     reward_data: batched reward split (every accuracy the agent sees).
     target_sparsity: target global sparsity of the prunable weights, in (0, 1).
     mode: 'sparsity' (levels are fractions) or 'threshold' (levels are alpha, pruning
@@ -107,7 +108,8 @@ class PruningEnv(py_environment.PyEnvironment):
     self.num_layers = controller.num_layers
     self._check_reachable()
     self._train_stream = train_stream
-    self._train = None
+    self._train = None  # the distributed iterator, opened at the first step
+    self.train_position = 0
     self.failed_steps = 0  # steps undone because the retrain loss was not finite
     self._reward_data = trainer.distribute(reward_data)
     self.dense_accuracy = trainer.evaluate(self._reward_data)
@@ -181,10 +183,23 @@ class PruningEnv(py_environment.PyEnvironment):
     return np.concatenate([self._static[layer], np.asarray(dynamic, np.float32)]).astype(
         np.float32)
 
+  def seek(self, position: int):
+    """Continues the train stream at batch `position` (e.g. from a checkpoint)."""
+    self._train = None
+    self.train_position = int(position)
+
+  def _retrain(self) -> float:
+    """The step's retrain on the next `retrain_steps` batches; its mean loss."""
+    if not self.retrain_steps:
+      return 0.0
+    if self._train is None:
+      self._train = self.trainer.stream(self._train_stream(self.train_position))
+    self.train_position += self.retrain_steps
+    return self.trainer.train(self._train, self.retrain_steps)
+
   def _reset(self):
     self.controller.reset()
     self.trainer.reset_optimizer()
-    self._train = self.trainer.stream(self._train_stream(int(np.random.randint(2**31 - 1))))
     self._t = 0
     self._accuracy = self.dense_accuracy
     self._previous_level = 0.0
@@ -196,10 +211,10 @@ class PruningEnv(py_environment.PyEnvironment):
     action = int(action)
     level = max(self.levels[action], self._lowest_level())
     previous_sparsity = self.controller.global_sparsity()
-    self.controller.save_step()
+    self.controller.save_step(self._t)
     self.controller.set_level(self._t, level, self.mode)
     started = time.perf_counter()
-    loss = self.trainer.train(self._train, self.retrain_steps) if self.retrain_steps else 0.0
+    loss = self._retrain()
     retrain_seconds = time.perf_counter() - started
     failed = not np.isfinite(loss)
     if failed:  # Undo the step: weights as before it, the layer unpruned.

@@ -2,8 +2,9 @@
 
 The allocation is applied to the dense weights, the network is trained for a gin-set
 budget under the run's tf.distribute strategy (cosine-decayed SGD), and the pruned model
-is saved without wrappers. Progress is checkpointed after every epoch in
-root_dir/finetune, so a rerun continues from the last finished epoch.
+is saved without wrappers. Progress (weights, optimizer, steps done and restarts) is
+checkpointed after every epoch in root_dir/finetune, so a rerun continues from the last
+finished epoch on the batches an uninterrupted run would have seen.
 """
 import math
 import os
@@ -18,6 +19,11 @@ from purl_tf import files, interrupt, pruning
 from purl_tf.data import Splits
 from purl_tf.errors import PurlError
 from purl_tf.training import MaskedTrainer
+
+
+def steps(splits: Splits, epochs: float) -> int:
+  """Train steps of `epochs` passes over the train split (full batches)."""
+  return int(math.ceil(epochs * max(splits.num_examples["train"] // splits.batch_size, 1)))
 
 
 @gin.configurable(denylist=["controller", "strategy", "splits", "allocation", "root_dir",
@@ -39,7 +45,8 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
     momentum: SGD momentum.
     max_restarts: after a non-finite loss the last checkpoint is restored and the epoch
       retried on reshuffled data; this many failures in a row stop with an error.
-    seed: seeds each epoch's data order (epoch e always sees the same batches).
+    seed: seeds the data order: one stream of batches per restart count, continued at
+      the step reached (step s always sees the same batch).
   Returns:
     dict with dense_test_accuracy, pruned_test_accuracy, pruned_reward_accuracy,
     finetune_steps, finetune_restarts, finetune_seconds, pruned_model (path) and the
@@ -49,12 +56,13 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
     raise PurlError(f"finetune.epochs={epochs} must not be negative.")
   start = time.time()
   steps_per_epoch = max(splits.num_examples["train"] // splits.batch_size, 1)
-  total_steps = int(math.ceil(epochs * steps_per_epoch))
+  total_steps = steps(splits, epochs)
   with strategy.scope():
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(total_steps, 1))
     trainer = MaskedTrainer(controller.model, strategy, learning_rate=schedule,
                             momentum=momentum)
   done = tf.Variable(0, dtype=tf.int64, trainable=False, name="finetune_steps")
+  restarts = tf.Variable(0, dtype=tf.int64, trainable=False, name="finetune_restarts")
   test = trainer.distribute(splits.test)
   reward = trainer.distribute(splits.reward)
 
@@ -62,28 +70,33 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
   dense_test = trainer.evaluate(test)
   pruning.explicit(controller, allocation)
   checkpoint = tf.train.Checkpoint(model=controller.model, optimizer=trainer.optimizer,
-                                   steps=done)
+                                   steps=done, restarts=restarts)
   manager = tf.train.CheckpointManager(
       checkpoint, os.path.join(root_dir, files.FINETUNE_CHECKPOINTS), max_to_keep=2)
   if files.restore_latest(checkpoint, manager):
     print(f"Resuming fine-tuning after step {int(done)}/{total_steps}.", flush=True)
   else:
     manager.save(checkpoint_number=0)  # the pruned start: what a first-epoch failure undoes
-  restarts = failures = 0
+  failures = 0
+  stream = None
   while int(done) < total_steps:
     interrupt.check()
     chunk = min(steps_per_epoch, total_steps - int(done))
-    epoch = int(done) // steps_per_epoch
-    stream = trainer.stream(splits.train_stream(seed * 7919 + epoch + 100_003 * restarts))
+    if stream is None:
+      stream = trainer.stream(splits.train_stream(int(done), seed=seed * 7919
+                                                  + 100_003 * int(restarts)))
     loss = trainer.train(stream, chunk)
     if not np.isfinite(loss):
-      restarts, failures = restarts + 1, failures + 1
+      failures += 1
+      stream = None
       if failures > max_restarts:
         raise PurlError(f"fine-tuning diverged {failures} times in a row at step "
                         f"{int(done)}: lower finetune.learning_rate.")
       print(f"WARNING: fine-tuning loss {loss} at step {int(done)}: back to the last "
             "checkpoint, retrying on reshuffled data.", flush=True)
+      count = int(restarts) + 1
       files.restore_latest(checkpoint, manager)
+      restarts.assign(count)  # after the restore, which rolls it back too
       continue
     failures = 0
     done.assign_add(chunk)
@@ -99,7 +112,7 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
       "pruned_test_accuracy": trainer.evaluate(test),
       "pruned_reward_accuracy": trainer.evaluate(reward),
       "finetune_steps": total_steps,
-      "finetune_restarts": restarts,
+      "finetune_restarts": int(restarts),
       "finetune_seconds": time.time() - start,
       "pruned_model": path,
       "allocation": controller.allocation(),

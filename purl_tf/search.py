@@ -1,9 +1,22 @@
-"""The PuRL search: collect episodes, train the DQN, evaluate its greedy policy, keep the best.
+"""The search runner: one episode loop for every searched method (after Dopamine's Runner).
 
-After every episode the agent, its replay buffer, the counters and the search record
-(every episode's allocation and scores, the best so far) are checkpointed together in
-root_dir/search/checkpoints; a rerun with the same root_dir resumes after the last
-finished episode, and a finished search is not redone.
+A `SearchRunner` owns the loop over episodes of the PruningEnv, its checkpoints and
+resume, the collect and greedy phases, the TensorBoard summaries and the progress lines.
+Its `learner` says what chooses the levels:
+
+  'dqn'     PuRL: a DQN agent collects with epsilon-greedy exploration, trains after every
+            collect episode, and its greedy policy is evaluated every `eval_interval`
+            collect episodes and after the last. The reward (dense or episodic) is the
+            environment's.
+  'random'  random search: tf-agents' RandomPyPolicy, not trained, for as many evaluated
+            episodes as the DQN search would run (collect plus greedy).
+
+After every episode the search record (every episode's allocation and scores, the best so
+far, the position in the train stream) is checkpointed with the agent and its replay
+buffer in root_dir/search/checkpoints; a rerun with the same root_dir resumes after the
+last finished episode and repeats what an uninterrupted search would have done: every
+random draw of an episode is seeded by (seed, episode), and the train stream continues at
+its checkpointed position. A finished search is not redone.
 """
 import dataclasses
 import json
@@ -22,24 +35,26 @@ from purl_tf import agent as agent_lib
 from purl_tf import files, interrupt, plots
 from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
+from purl_tf.results import reached_target
 
-COLLECT, GREEDY = "collect", "greedy"
+COLLECT, GREEDY, RANDOM = "collect", "greedy", "random"  # an episode's policy
+DQN = "dqn"
+LEARNERS = (DQN, RANDOM)
 CRITERIA = ("accuracy_at_target", "return")
-_TARGET_TOLERANCE = 1e-6
 
 
 @dataclasses.dataclass
 class Episode:
   """One evaluated allocation. Accuracies and sparsities are fractions."""
-  episode: int  # collect episodes finished before it (greedy runs share the number)
-  policy: str  # COLLECT or GREEDY
+  episode: int  # collect (or random) episodes finished before it; greedy runs share it
+  policy: str  # COLLECT, GREEDY or RANDOM
   episode_return: float
   accuracy: float  # reward split, after the last step's retrain
   sparsity: float  # global, over prunable weights
   epsilon: float
   seconds: float
   allocation: dict  # layer name -> sparsity
-  levels: list  # level chosen per layer
+  levels: list  # level in force per layer (0.0 where a failed step was undone)
   rewards: list  # reward per step
   retrain_seconds: float  # of the episode's steps, summed
   measure_seconds: float
@@ -49,17 +64,17 @@ def is_better(candidate: Episode, best: Optional[Episode], target: float,
               criterion: str) -> bool:
   """Whether `candidate` should replace `best` under `criterion`.
 
-  'accuracy_at_target': among episodes at or above the target sparsity, the highest
-  reward-split accuracy (ties: higher sparsity); an episode at the target always beats
-  one below it, and below the target the higher sparsity wins. 'return': the highest
-  episode return.
+  'accuracy_at_target': among episodes that reach the target sparsity (results.
+  reached_target), the highest reward-split accuracy (ties: higher sparsity); an episode
+  at the target always beats one below it, and below the target the higher sparsity
+  wins. 'return': the highest episode return.
   """
   if best is None:
     return True
   if criterion == "return":
     return candidate.episode_return > best.episode_return
-  reached = candidate.sparsity >= target - _TARGET_TOLERANCE
-  best_reached = best.sparsity >= target - _TARGET_TOLERANCE
+  reached = reached_target(candidate.sparsity, target)
+  best_reached = reached_target(best.sparsity, target)
   if reached != best_reached:
     return reached
   if not reached:
@@ -67,43 +82,13 @@ def is_better(candidate: Episode, best: Optional[Episode], target: float,
   return (candidate.accuracy, candidate.sparsity) > (best.accuracy, best.sparsity)
 
 
-class _Record:
-  """The search's progress, checkpointed with the agent as a JSON string variable."""
-
-  def __init__(self):
-    self.variable = tf.Variable("", dtype=tf.string, trainable=False, name="search_record")
-    self.episodes: List[Episode] = []
-    self.best: Optional[Episode] = None
-    self.collected = 0
-    self.seconds = 0.0
-    self.failed_steps = 0
-
-  def store(self):
-    self.variable.assign(json.dumps({
-        "episodes": [dataclasses.asdict(e) for e in self.episodes],
-        "best": dataclasses.asdict(self.best) if self.best else None,
-        "collected": self.collected, "seconds": self.seconds,
-        "failed_steps": self.failed_steps}))
-
-  def load(self):
-    text = self.variable.numpy().decode()
-    if not text:
-      return
-    state = json.loads(text)
-    self.episodes = [Episode(**e) for e in state["episodes"]]
-    self.best = Episode(**state["best"]) if state["best"] else None
-    self.collected = state["collected"]
-    self.seconds = state["seconds"]
-    self.failed_steps = state["failed_steps"]
-
-
 @dataclasses.dataclass
 class SearchResult:
   best: Episode
   episodes: List[Episode]
   seconds: float  # wall time of the search, summed over resumed runs
-  reached_target: bool
   failed_steps: int  # steps undone after a non-finite retrain loss
+  retrain_steps: int  # train batches of all steps of all episodes
 
   @property
   def overhead_share(self) -> float:
@@ -113,23 +98,52 @@ class SearchResult:
     return max(0.0, 1.0 - inside / self.seconds) if self.seconds else 0.0
 
 
+class _Record:
+  """The search's progress, checkpointed as a JSON string variable."""
+
+  def __init__(self):
+    self.variable = tf.Variable("", dtype=tf.string, trainable=False, name="search_record")
+    self.episodes: List[Episode] = []
+    self.best: Optional[Episode] = None
+    self.collected = 0  # collect (or random) episodes finished
+    self.seconds = 0.0
+    self.failed_steps = 0
+    self.train_position = 0  # batches drawn from the env's train stream
+
+  def store(self):
+    self.variable.assign(json.dumps({
+        "episodes": [dataclasses.asdict(e) for e in self.episodes],
+        "best": dataclasses.asdict(self.best) if self.best else None,
+        "collected": self.collected, "seconds": self.seconds,
+        "failed_steps": self.failed_steps, "train_position": self.train_position}))
+
+  def load(self):
+    text = self.variable.numpy().decode()
+    if not text:
+      return
+    state = json.loads(text)
+    self.episodes = [Episode(**e) for e in state["episodes"]]
+    self.best = Episode(**state["best"]) if state["best"] else None
+    for name in ("collected", "seconds", "failed_steps", "train_position"):
+      setattr(self, name, state[name])
+
+
 def evaluated_episodes(num_episodes: int, eval_interval: int) -> int:
-  """Episodes a search runs: its collect episodes plus a greedy one every `eval_interval`
-  collect episodes and after the last."""
+  """Episodes a DQN search evaluates: its collect episodes plus a greedy one every
+  `eval_interval` collect episodes and after the last."""
   return num_episodes + -(-num_episodes // eval_interval)
 
 
-@gin.configurable(denylist=["env", "root_dir", "seed"])
-def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interval: int = 10,
-           agent_updates_per_episode: Optional[int] = None, batch_size: int = 64,
-           best_criterion: str = "accuracy_at_target", log_every: int = 1,
-           initial_policy: Optional[str] = None, seed: int = 0) -> SearchResult:
-  """Runs (or resumes) the search and returns the best allocation found.
+@gin.configurable(denylist=["env", "root_dir", "learner", "seed"])
+class SearchRunner:
+  """Runs (or resumes) the search of one run folder; `run()` returns its SearchResult.
 
   Args:
     env: the PruningEnv.
     root_dir: run folder; the search writes root_dir/search and root_dir/train|eval.
-    num_episodes: collect episodes (greedy evaluations come on top).
+    learner: 'dqn' (PuRL) or 'random' (random search), see the module docstring.
+    num_episodes: collect episodes of the DQN (greedy evaluations come on top); random
+      search runs evaluated_episodes(num_episodes, eval_interval) episodes.
     eval_interval: run the greedy policy every this many collect episodes (and last).
     agent_updates_per_episode: DQN gradient steps after each collect episode
       (default: 4 per layer).
@@ -139,133 +153,158 @@ def search(env: PruningEnv, root_dir: str, num_episodes: int = 100, eval_interva
     initial_policy: a policy saved by an earlier search (its root_dir/policy) whose
       Q-network starts this one; it may come from another network, but needs the same
       action grid size and Q-network layers. Its greedy policy runs once first.
-    seed: every episode reseeds Python, NumPy and TensorFlow from (seed, episode), so a
-      resumed search repeats what an uninterrupted one would have done.
+    seed: seeds every random draw of an episode with (seed, episode).
   """
-  if best_criterion not in CRITERIA:
-    raise PurlError(f"search.best_criterion={best_criterion!r} is unknown: use one of "
-                    f"{CRITERIA}.")
-  if num_episodes < 1 or eval_interval < 1:
-    raise PurlError("search.num_episodes and search.eval_interval must be at least 1.")
-  loop = _Search(env, root_dir, num_episodes, eval_interval,
-                 agent_updates_per_episode or 4 * env.num_layers, batch_size, best_criterion,
-                 log_every, seed)
-  record = loop.record
-  if not loop.restore() and initial_policy:
-    _load_policy(loop.agent, initial_policy)
-  if initial_policy and not record.episodes:
-    loop.evaluate_greedy()
-  while record.collected < num_episodes:
-    started = time.time()
-    result, q_max = loop.run_episode(COLLECT)
-    record.collected += 1
-    loop.epsilon.episodes.assign(record.collected)
-    loss = loop.train_agent()
-    loop.keep(result, q_max, loss)
-    greedy = None
-    if record.collected % eval_interval == 0 or record.collected == num_episodes:
-      greedy = loop.evaluate_greedy(report=False)
-    record.seconds += time.time() - started
-    loop.save()
-    loop.progress(result)
-    if greedy:
-      loop.progress(greedy)
-  return loop.finish()
 
+  def __init__(self, env: PruningEnv, root_dir: str, learner: str = DQN,
+               num_episodes: int = 100, eval_interval: int = 10,
+               agent_updates_per_episode: Optional[int] = None, batch_size: int = 64,
+               best_criterion: str = "accuracy_at_target", log_every: int = 1,
+               initial_policy: Optional[str] = None, seed: int = 0):
+    if learner not in LEARNERS:
+      raise PurlError(f"search learner {learner!r} is unknown: use one of {LEARNERS}.")
+    if best_criterion not in CRITERIA:
+      raise PurlError(f"SearchRunner.best_criterion={best_criterion!r} is unknown: use one "
+                      f"of {CRITERIA}.")
+    if num_episodes < 1 or eval_interval < 1:
+      raise PurlError("SearchRunner.num_episodes and SearchRunner.eval_interval must be at "
+                      "least 1.")
+    if initial_policy and learner != DQN:
+      raise PurlError("SearchRunner.initial_policy needs the DQN learner (method 'purl' or "
+                      "'episodic').")
+    self.env, self.root_dir, self.learner, self.seed = env, root_dir, learner, seed
+    self.num_episodes, self.eval_interval = num_episodes, eval_interval
+    self.updates = agent_updates_per_episode or 4 * env.num_layers
+    self.batch_size, self.criterion, self.log_every = batch_size, best_criterion, log_every
+    self.initial_policy = initial_policy
+    # Episodes of the collecting (or random) policy, and all episodes evaluated.
+    evaluated = evaluated_episodes(num_episodes, eval_interval)
+    self.planned = num_episodes if learner == DQN else evaluated
+    self.planned_evaluated = evaluated + (1 if initial_policy else 0)
 
-class _Search:
-  """The agent, its replay buffer and checkpoint, and the episode bookkeeping of a search."""
+  @property
+  def planned_retrain_steps(self) -> int:
+    """Train batches the whole search spends retraining (every step of every episode)."""
+    return self.planned_evaluated * self.env.num_layers * self.env.retrain_steps
 
-  def __init__(self, env, root_dir, num_episodes, eval_interval, updates, batch_size,
-               criterion, log_every, seed):
-    self.env, self.root_dir, self.num_episodes = env, root_dir, num_episodes
-    self.eval_interval, self.updates, self.batch_size = eval_interval, updates, batch_size
-    self.criterion, self.log_every, self.seed = criterion, log_every, seed
-    self.agent, self.epsilon = agent_lib.make_agent(env.time_step_spec(), env.action_spec(),
-                                                    num_episodes=num_episodes)
-    self.replay = agent_lib.make_replay_buffer(self.agent)
+  def run(self) -> SearchResult:
+    """Runs the search to its end, resuming from root_dir's newest checkpoint."""
+    self._setup()
+    record = self.record
+    if not self._restore() and self.initial_policy:
+      _load_policy(self.agent, self.initial_policy)
+    if self.initial_policy and not record.episodes:
+      self._keep(self._episode(GREEDY))
+    while record.collected < self.planned:
+      started = time.time()
+      result = self._episode(COLLECT if self.learner == DQN else RANDOM)
+      record.collected += 1
+      loss = self._train_agent() if self.learner == DQN else None
+      self._keep(result, loss)
+      greedy = None
+      if self.learner == DQN and (record.collected % self.eval_interval == 0
+                                  or record.collected == self.planned):
+        greedy = self._episode(GREEDY)
+        self._keep(greedy)
+      record.seconds += time.time() - started
+      self._save()
+      self._progress(result)
+      if greedy:
+        self._progress(greedy)
+    return self._finish()
+
+  def _setup(self):
+    """The agent (DQN), its replay buffer, policies and checkpoint, and the writers."""
+    env = self.env
     self.record = _Record()
-    self.checkpoint = tf.train.Checkpoint(agent=self.agent, replay_buffer=self.replay,
-                                          episodes=self.epsilon.episodes,
-                                          record=self.record.variable)
+    tracked = {"record": self.record.variable}
+    if self.learner == DQN:
+      self.agent, self.epsilon = agent_lib.make_agent(
+          env.time_step_spec(), env.action_spec(), num_episodes=self.num_episodes)
+      self.replay = agent_lib.make_replay_buffer(self.agent)
+      self.sampler = agent_lib.ReplaySampler(self.replay, self.batch_size,
+                                             self.agent.train_sequence_length)
+      self.train_fn = common.function(self.agent.train)
+      greedy = py_tf_eager_policy.PyTFEagerPolicy(self.agent.policy, use_tf_function=True)
+      self.policies = {GREEDY: greedy,
+                       COLLECT: agent_lib.EpsilonGreedyPyPolicy(greedy, self.epsilon.value)}
+      network = self.agent._q_network  # pylint: disable=protected-access
+      self.q_values = tf.function(lambda observation: network(observation)[0])
+      tracked.update(agent=self.agent, replay_buffer=self.replay,
+                     episodes=self.epsilon.episodes)
+    self.checkpoint = tf.train.Checkpoint(**tracked)
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(root_dir, files.SEARCH_CHECKPOINTS), max_to_keep=2)
-    self.train_fn = common.function(self.agent.train)
-    self.writers = {kind: tf.summary.create_file_writer(os.path.join(root_dir, kind))
+        self.checkpoint, os.path.join(self.root_dir, files.SEARCH_CHECKPOINTS), max_to_keep=2)
+    self.writers = {kind: tf.summary.create_file_writer(os.path.join(self.root_dir, kind))
                     for kind in files.TENSORBOARD_DIRS}
-    self.policies = {
-        # Eager, so that reseeding TensorFlow restarts its epsilon-greedy draws.
-        COLLECT: py_tf_eager_policy.PyTFEagerPolicy(self.agent.collect_policy,
-                                                    use_tf_function=False),
-        GREEDY: py_tf_eager_policy.PyTFEagerPolicy(self.agent.policy, use_tf_function=True),
-    }
-    network = self.agent._q_network  # pylint: disable=protected-access
-    self.q_values = tf.function(lambda observation: network(observation)[0])
 
-  def restore(self) -> bool:
+  def _restore(self) -> bool:
     """Continues from the newest readable checkpoint; False when there is none."""
     restored = files.restore_latest(self.checkpoint, self.manager, validate=self.record.load)
     self.env.failed_steps = self.record.failed_steps
+    self.env.seek(self.record.train_position)
     if self.record.collected:
-      print(f"Resuming the search after episode {self.record.collected}/{self.num_episodes} "
+      print(f"Resuming the search after episode {self.record.collected}/{self.planned} "
             f"from {self.root_dir}.", flush=True)
     return bool(restored)
+
+  def _policy(self, kind: str):
+    """The episode's policy, its random draws seeded by (seed, episode, kind)."""
+    seed = (self.seed, self.record.collected, LEARNERS.index(self.learner),
+            (COLLECT, GREEDY, RANDOM).index(kind))
+    if kind == RANDOM:
+      return agent_lib.random_policy(self.env.time_step_spec(), self.env.action_spec(), seed)
+    if kind == COLLECT:
+      self.policies[COLLECT].reseed(seed)
+    return self.policies[kind]
 
   def _add_to_replay(self, trajectory):
     self.replay.add_batch(nest_utils.batch_nested_array(trajectory))
 
-  def run_episode(self, kind: str):
-    """One episode of the COLLECT or GREEDY policy: (Episode, max Q of its first state)."""
+  def _episode(self, kind: str) -> Episode:
+    """One episode of the COLLECT, GREEDY or RANDOM policy."""
     start = time.time()
     interrupt.check()
-    tf.keras.utils.set_random_seed((self.seed * 1_000_003 + 2 * self.record.collected
-                                    + (kind == GREEDY)) % 2**31)
     first = self.env.reset()
     observers = [self._add_to_replay] if kind == COLLECT else []
-    py_driver.PyDriver(self.env, self.policies[kind], observers, max_episodes=1,
+    py_driver.PyDriver(self.env, self._policy(kind), observers, max_episodes=1,
                        end_episode_on_boundary=False).run(first)
     steps = self.env.episode
-    result = Episode(
+    self._first_observation = first.observation
+    return Episode(
         episode=self.record.collected, policy=kind,
         episode_return=float(sum(s.reward for s in steps)), accuracy=steps[-1].accuracy,
         sparsity=steps[-1].sparsity,
-        epsilon=self.epsilon.value() if kind == COLLECT else 0.0,
+        epsilon=self.policies[COLLECT].epsilon if kind == COLLECT else float(kind == RANDOM),
         seconds=time.time() - start, allocation={s.layer: s.layer_sparsity for s in steps},
         levels=[s.level for s in steps], rewards=[s.reward for s in steps],
         retrain_seconds=sum(s.retrain_seconds for s in steps),
         measure_seconds=sum(s.measure_seconds for s in steps))
-    return result, float(tf.reduce_max(self.q_values(first.observation[None])[0]))
 
-  def train_agent(self) -> Optional[float]:
+  def _train_agent(self) -> Optional[float]:
     """DQN updates on the replay buffer; their mean loss (None: too few transitions yet)."""
+    self.epsilon.episodes.assign(self.record.collected)
     if self.replay.num_frames() < self.batch_size:
       return None
-    # A new sampler every episode, made under the episode's seed: repeatable on resume.
-    experience = iter(self.replay.as_dataset(
-        sample_batch_size=self.batch_size, num_steps=self.agent.train_sequence_length,
-        num_parallel_calls=2).prefetch(2))
-    return float(np.mean([float(self.train_fn(next(experience)[0]).loss)
-                          for _ in range(self.updates)]))
+    seed = (self.seed, self.record.collected, 7)
+    losses = [float(self.train_fn(batch).loss)
+              for batch in self.sampler.batches(seed, self.updates)]
+    return float(np.mean(losses)) if losses else None
 
-  def evaluate_greedy(self, report: bool = True) -> Episode:
-    result, q_max = self.run_episode(GREEDY)
-    self.keep(result, q_max, None)
-    if report:
-      self.progress(result)
-    return result
-
-  def keep(self, result: Episode, q_max: float, loss: Optional[float]):
+  def _keep(self, result: Episode, loss: Optional[float] = None):
     """Records an episode, updates the best, and writes its TensorBoard summaries."""
     record = self.record
     record.episodes.append(result)
     if is_better(result, record.best, self.env.target, self.criterion):
       record.best = result
-    writer = self.writers["train" if result.policy == COLLECT else "eval"]
+    writer = self.writers["eval" if result.policy == GREEDY else "train"]
     with writer.as_default(step=result.episode):
       tf.summary.scalar("episode/return", result.episode_return)
       tf.summary.scalar("episode/accuracy", result.accuracy)
       tf.summary.scalar("episode/sparsity", result.sparsity)
-      tf.summary.scalar("agent/q_max_first_state", q_max)
+      if self.learner == DQN:
+        q_max = tf.reduce_max(self.q_values(self._first_observation[None])[0])
+        tf.summary.scalar("agent/q_max_first_state", q_max)
       if result.policy == COLLECT:
         tf.summary.scalar("agent/epsilon", result.epsilon)
         if loss is not None:
@@ -282,10 +321,11 @@ class _Search:
         tf.summary.image("best/allocation", tf.image.decode_png(chart)[None])
     writer.flush()
 
-  def save(self):
+  def _save(self):
     """Checkpoints everything after an episode, then rewrites episodes.json."""
     record = self.record
     record.failed_steps = self.env.failed_steps
+    record.train_position = self.env.train_position
     record.store()
     saving = time.time()
     self.manager.save(checkpoint_number=record.collected)
@@ -293,36 +333,31 @@ class _Search:
                      [dataclasses.asdict(e) for e in record.episodes])
     record.seconds += time.time() - saving  # stored with the next episode
 
-  def progress(self, result: Episode):
+  def _progress(self, result: Episode):
     """The progress line of an episode."""
-    if result.episode % self.log_every and result.policy == COLLECT:
+    if result.episode % self.log_every and result.policy != GREEDY:
       return
     record = self.record
-    done = record.collected
+    done = len(record.episodes)
     per_episode = record.seconds / max(done, 1)
-    remaining = per_episode * (self.num_episodes - done) * (1 + 1 / self.eval_interval)
+    remaining = per_episode * (self.planned_evaluated - done)
     best = record.best
-    best_text = (f"best acc {best.accuracy:.4f} @ {best.sparsity:.3f}" if best else "best -")
-    print(f"[{result.policy:7s}] episode {done:4d}/{self.num_episodes}"
+    print(f"[{result.policy:7s}] episode {record.collected:4d}/{self.planned}"
           f"  return {result.episode_return:+.3f}"
           f"  acc {result.accuracy:.4f}  sparsity {result.sparsity:.3f}"
-          f"  eps {result.epsilon:.2f}  {best_text}  {result.seconds:5.1f}s/ep"
-          f"  ETA {_duration(remaining)}", flush=True)
+          f"  eps {result.epsilon:.2f}  best acc {best.accuracy:.4f} @ {best.sparsity:.3f}"
+          f"  {result.seconds:5.1f}s/ep  ETA {_duration(remaining)}", flush=True)
 
-  def finish(self) -> SearchResult:
-    """Saves the greedy policy and best_allocation.json; the search's result."""
-    policy_saver.PolicySaver(self.agent.policy, batch_size=None).save(
-        os.path.join(self.root_dir, files.POLICY_DIR))
-    record, env = self.record, self.env
-    best = record.best
-    reached = bool(best.sparsity >= env.target - _TARGET_TOLERANCE)
-    files.write_json(os.path.join(self.root_dir, files.BEST_ALLOCATION), {
-        "allocation": best.allocation, "accuracy_reward_split": best.accuracy,
-        "global_sparsity": best.sparsity, "episode": best.episode, "policy": best.policy,
-        "target_sparsity": env.target, "reached_target": reached,
-        "criterion": self.criterion, "mode": env.mode})
-    return SearchResult(best=best, episodes=record.episodes, seconds=record.seconds,
-                        reached_target=reached, failed_steps=record.failed_steps)
+  def _finish(self) -> SearchResult:
+    """Saves the greedy policy (DQN); the search's result."""
+    if self.learner == DQN:
+      policy_saver.PolicySaver(self.agent.policy, batch_size=None).save(
+          os.path.join(self.root_dir, files.POLICY_DIR))
+    record = self.record
+    return SearchResult(best=record.best, episodes=record.episodes, seconds=record.seconds,
+                        failed_steps=record.failed_steps,
+                        retrain_steps=sum(len(e.levels) for e in record.episodes)
+                        * self.env.retrain_steps)
 
 
 def _load_policy(agent, path: str):
@@ -330,7 +365,7 @@ def _load_policy(agent, path: str):
   try:
     saved = tf.saved_model.load(os.path.expanduser(path)).model_variables
   except Exception as error:
-    raise PurlError(f"search.initial_policy={path!r} is not a policy saved by purl_tf "
+    raise PurlError(f"SearchRunner.initial_policy={path!r} is not a policy saved by purl_tf "
                     f"(its root_dir/{files.POLICY_DIR}): {type(error).__name__}.") from error
   variables = agent.policy.variables()
   shapes = [tuple(v.shape) for v in saved], [tuple(v.shape) for v in variables]

@@ -4,7 +4,8 @@ Masks are variables: writing one changes what every compiled train/eval function
 computes on its next call, with no rebuild and no retrace. Levels are either a sparsity
 fraction of the layer's weights (exact: the smallest magnitudes go, ties by position) or
 a magnitude threshold of alpha * std of the layer's weights (Han et al.). A layer always
-keeps at least one weight.
+keeps at least one weight. Masks are chosen and written on the device holding the weights
+(pruning/selection.py); only the count of weights kept comes back to the host.
 """
 from typing import List, Sequence
 
@@ -13,7 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from purl_tf.errors import PurlError
-from purl_tf.pruning import accounting
+from purl_tf.pruning import accounting, selection
 from purl_tf.pruning.wrap import prunable_layers
 
 SPARSITY = "sparsity"  # level = fraction of the layer's weights set to zero, in [0, 1)
@@ -21,65 +22,14 @@ THRESHOLD = "threshold"  # level = alpha: weights with |w| <= alpha * std(w) go,
 MODES = (SPARSITY, THRESHOLD)
 
 
-def kth_smallest(values: np.ndarray, k: int) -> float:
-  """The k-th smallest (0-based) of a flat array, exactly, in a few linear passes.
-
-  A sorted sample brackets the answer (by 4 standard deviations of the sample rank);
-  only the values strictly inside the bracket are partitioned, so the many equal zeros
-  of an already pruned layer cost one count. Falls back to a full partition when the
-  bracket misses.
-  """
-  size = values.size
-  if size > 1 << 17:
-    sample = np.sort(values[::size // 16384])
-    quantile = k / size
-    position = quantile * sample.size
-    margin = 4.0 * np.sqrt(sample.size * quantile * (1.0 - quantile)) + 16.0
-    low = sample[int(position - margin)] if position - margin >= 0 else -np.inf
-    high = sample[int(position + margin)] if position + margin < sample.size else np.inf
-    up_to_low = np.count_nonzero(values <= low)
-    if k < up_to_low:
-      if np.count_nonzero(values < low) <= k:
-        return low
-    else:
-      inside = values[(values > low) & (values < high)]
-      if k < up_to_low + inside.size:
-        return np.partition(inside, k - up_to_low)[k - up_to_low]
-  return np.partition(values, k)[k]
-
-
-def keep_largest(weight: np.ndarray, keep: int):
-  """(bool mask of weight's shape, threshold): the `keep` largest |weight| kept.
-
-  Ties at the threshold go to lower positions, so exactly `keep` weights remain.
-  """
-  magnitude = np.abs(weight).ravel()
-  if keep >= magnitude.size:
-    return np.ones(weight.shape, bool), 0.0
-  threshold = kth_smallest(magnitude, magnitude.size - keep)
-  mask = magnitude > threshold
-  missing = keep - np.count_nonzero(mask)
-  if missing > 0:
-    mask[np.flatnonzero(magnitude == threshold)[:missing]] = True
-  return mask.reshape(weight.shape), float(threshold)
-
-
-def above_threshold(weight: np.ndarray, alpha: float):
-  """(bool mask, threshold): |weight| > alpha * std(weight); the largest one always kept."""
-  magnitude = np.abs(weight)
-  threshold = alpha * float(np.std(weight, dtype=np.float64))
-  mask = magnitude > threshold
-  if not mask.any():
-    mask.flat[np.argmax(magnitude)] = True
-  return mask, threshold
-
-
 class PruningController:
   """Sets and reads the pruning level of each prunable layer of a wrapped model.
 
   Build it inside the strategy scope of the model. It keeps an in-memory copy of every
   model variable (weights, batch-norm statistics, masks) taken at construction or by
-  `snapshot()`; `reset()` restores it.
+  `snapshot()`; `reset()` restores it. `save_step(layer)` / `undo_step()` keep and
+  restore only what one step can change: the variables training moves, and that layer's
+  mask and threshold.
   """
 
   def __init__(self, model: keras.Model):
@@ -98,7 +48,11 @@ class PruningController:
     saved = {id(v): copy for v, copy in zip(model.variables, self._saved)}
     self._saved_weights = [saved[id(weight)] for weight, _, _ in self._vars]
     self._kept_at_snapshot = self._kept.copy()
-    self._step_copy = None  # variables of save_step(), made on first use
+    pruning_vars = {id(v) for wrapper in self.wrappers for v in wrapper.pruning_vars[0]}
+    pruning_vars |= {id(wrapper.pruning_step) for wrapper in self.wrappers}
+    self._trained = [v for v in model.variables if id(v) not in pruning_vars]
+    self._step_copy = None  # save_step()'s copy of self._trained, made on first use
+    self._step_mask = self._step_threshold = self._step_layer = None
     self._kept_at_step = self._kept.copy()
 
   @property
@@ -132,38 +86,55 @@ class PruningController:
     self._copy(self._saved, self.model.variables)
     self._kept = self._kept_at_snapshot.copy()
 
-  def _values(self, layer: int) -> np.ndarray:
-    """The layer's weights as if unpruned, as a read-only view (no copy on the CPU).
-
-    Weights pruned earlier take back their snapshot values first, so a new level is
-    chosen among all of the layer's weights whatever its previous level was.
-    """
-    weight, mask, _ = self._vars[layer]
-    if self._kept[layer] < self.sizes[layer]:
-      weight.assign(tf.where(mask > 0, weight, self._saved_weights[layer]))
-    return np.asarray(weight.value())
-
-  def save_step(self):
-    """Remembers the current variables, so that `undo_step()` can return to them."""
+  def save_step(self, layer: int):
+    """Remembers what a step on `layer` can change, so that `undo_step()` can return to it."""
+    _, mask, threshold = self._vars[layer]
     if self._step_copy is None:
       self._step_copy = [tf.Variable(v, trainable=False, name="step_copy")
-                         for v in self.model.variables]
+                         for v in self._trained]
+      self._step_mask = tf.Variable(mask, trainable=False, shape=tf.TensorShape(None),
+                                    name="step_mask")
+      self._step_threshold = tf.Variable(threshold, trainable=False, name="step_threshold")
     else:
-      self._copy(self.model.variables, self._step_copy)
+      self._copy(self._trained, self._step_copy)
+      self._step_mask.assign(mask)
+      self._step_threshold.assign(threshold)
+    self._step_layer = layer
     self._kept_at_step = self._kept.copy()
 
   def undo_step(self):
     """Restores the variables and levels of the last `save_step()`."""
-    self._copy(self._step_copy, self.model.variables)
+    _, mask, threshold = self._vars[self._step_layer]
+    self._copy(self._step_copy, self._trained)
+    mask.assign(self._step_mask)
+    threshold.assign(self._step_threshold)
     self._kept = self._kept_at_step.copy()
 
-  def _write(self, layer: int, mask: np.ndarray, threshold: float) -> float:
-    """Stores a bool mask (1 byte per weight crosses to TF) and zeroes the pruned weights."""
-    weight, mask_var, threshold_var = self._vars[layer]
-    mask_var.assign(tf.cast(mask, mask_var.dtype))
-    weight.assign(weight * mask_var)
-    threshold_var.assign(threshold)
-    self._kept[layer] = int(np.count_nonzero(mask))
+  @staticmethod
+  @tf.function(reduce_retracing=True)
+  def _choose(weight, mask, saved, mode, level):
+    """(masked weight, mask, threshold, weights kept) of `level` (a keep count, or alpha),
+    chosen among all of the layer's weights: the pruned ones take back their snapshot
+    values first."""
+    values = tf.where(mask > 0, weight, saved)
+    flat = tf.reshape(values, [-1])
+    if mode == SPARSITY:
+      chosen, threshold = selection.keep_largest(flat, tf.cast(level, tf.int64))
+    else:
+      chosen, threshold = selection.above_threshold(flat, tf.cast(level, tf.float32))
+    chosen = tf.reshape(chosen, tf.shape(values))
+    return values * chosen, chosen, threshold, tf.reduce_sum(tf.cast(chosen, tf.int64))
+
+  def _set(self, layer: int, mode: str, level: float) -> float:
+    """Writes layer's mask for `level` and zeroes its pruned weights, on their device."""
+    weight, mask, threshold = self._vars[layer]
+    masked, chosen, value, kept = self._choose(weight.value(), mask.value(),
+                                               self._saved_weights[layer].value(), mode,
+                                               tf.constant(level, tf.float64))
+    mask.assign(tf.cast(chosen, mask.dtype))
+    weight.assign(masked)
+    threshold.assign(tf.cast(value, threshold.dtype))
+    self._kept[layer] = int(kept)
     return self.sparsity(layer)
 
   def set_sparsity(self, layer: int, fraction: float) -> float:
@@ -171,14 +142,13 @@ class PruningController:
     if not 0.0 <= fraction < 1.0:
       raise PurlError(f"sparsity {fraction} of layer {self.names[layer]} is outside [0, 1).")
     size = int(self.sizes[layer])
-    keep = max(1, size - int(round(fraction * size)))
-    return self._write(layer, *keep_largest(self._values(layer), keep))
+    return self._set(layer, SPARSITY, max(1, size - int(round(fraction * size))))
 
   def set_threshold(self, layer: int, alpha: float) -> float:
     """Prunes weights with |w| <= alpha * std(w) of the layer; returns sparsity reached."""
     if alpha < 0:
       raise PurlError(f"threshold alpha {alpha} of layer {self.names[layer]} is negative.")
-    return self._write(layer, *above_threshold(self._values(layer), alpha))
+    return self._set(layer, THRESHOLD, alpha)
 
   def set_level(self, layer: int, level: float, mode: str = SPARSITY) -> float:
     """set_sparsity or set_threshold by `mode`; returns the sparsity reached."""

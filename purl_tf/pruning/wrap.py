@@ -1,9 +1,12 @@
 """Wrapping a model's prunable layers in tfmot pruning wrappers whose masks purl_tf writes.
 
-tfmot's wrapper multiplies a layer's weight by a mask variable on every call. Its
-schedule decides when tfmot itself recomputes the mask; here the schedule never fires
-(`FixedMasks`), so a mask changes only when the controller writes it and holds through
-any amount of training, under any tf.distribute strategy.
+The wrapper is tfmot's PruneLowMagnitude (its mask, threshold and weight variables, its
+strip_pruning) with a schedule that never fires (`FixedMasks`), so a mask changes only
+when the controller writes it. tfmot's own call writes weight * mask back into the weight
+on every call (under tf.distribute also a merge_call and an all-reduce per pruned kernel,
+in evaluation too); `MaskedPruning` calls the layer as it is instead. The weights stay
+exactly sparse because whoever changes them re-applies the masks: the controller when it
+writes one, the trainer after every optimizer step (`apply_masks`).
 
 What is pruned: the kernel of Conv2D (grouped or not) and Dense, the depthwise kernel of
 DepthwiseConv2D and the 1x1 pointwise kernel of SeparableConv2D (its depthwise kernel,
@@ -11,6 +14,7 @@ k*k / c_out the size of the pointwise one, stays dense). Functional and Sequenti
 are copied layer by layer, nested models included; a nested model called on inputs of a
 known size is copied at that size, so that every layer's FLOPs can be counted.
 """
+import inspect
 import re
 from typing import List, Optional, Sequence
 
@@ -36,6 +40,17 @@ class FixedMasks(tfmot.sparsity.keras.PruningSchedule):
 
   def get_config(self):
     return {"class_name": type(self).__name__, "config": {}}
+
+
+class MaskedPruning(PruneLowMagnitude):
+  """tfmot's pruning wrapper without its per-call writes: weight * mask is not assigned
+  on every call (the weights are kept masked by `apply_masks`), and no step counter is
+  incremented."""
+
+  def call(self, inputs, training=None, **kwargs):
+    if "training" in inspect.getfullargspec(self.layer.call).args:
+      kwargs["training"] = training
+    return self.layer.call(inputs, **kwargs)
 
 
 def _make_prunable(layer):
@@ -180,12 +195,8 @@ def wrap(model: keras.Model,
                       "get_config(), or use built-in Keras layers.") from error
     if not selected(layer):
       return copy
-    return tfmot.sparsity.keras.prune_low_magnitude(_make_prunable(copy),
-                                                    pruning_schedule=FixedMasks())
+    return MaskedPruning(_make_prunable(copy), pruning_schedule=FixedMasks())
 
   wrapped = keras.models.clone_model(model, clone_function=clone)
   copy_weights(model, wrapped)
-  for wrapper in prunable_layers(wrapped):
-    # The wrapper asserts the step counter of tfmot's callback is positive in training.
-    wrapper.pruning_step.assign(1)
   return wrapped

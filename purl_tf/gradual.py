@@ -1,0 +1,156 @@
+"""Gradual magnitude pruning (Zhu & Gupta) with tfmot's own schedule and wrapper.
+
+The baseline that prunes while it trains: tfmot's PolynomialDecay raises every prunable
+layer's sparsity from 0 to the target along a cubic ramp over `prune_steps` train steps
+(masks recomputed from magnitudes), then training goes on at the target for the fine-tune
+budget. The optimizer is the fine-tune's: SGD with momentum and a cosine decay of the
+learning rate over all steps. tfmot cannot prune DepthwiseConv2D: those layers stay dense.
+"""
+import dataclasses
+import os
+import time
+from typing import Dict, Sequence
+
+import gin
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+
+from purl_tf import files, interrupt, models, pruning
+from purl_tf.errors import PurlError
+from purl_tf.training import MaskedTrainer
+
+TFMOT_SKIPS = ("DepthwiseConv2D",)  # layer types tfmot's registry cannot prune
+
+
+def schedule(target: float, prune_steps: int, frequency: int = 100):
+  """tfmot PolynomialDecay: Zhu & Gupta's cubic ramp from 0 to `target` over `prune_steps`.
+
+  Masks are recomputed every f = min(frequency, prune_steps // 10) steps (at least 1), so
+  there are at least 10 updates, the last of them at the end of the ramp (a multiple of f).
+  """
+  every = max(1, min(frequency, prune_steps // 10))
+  end = max(every, every * (prune_steps // every))
+  return tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=target,
+                                              begin_step=0, end_step=end, frequency=every)
+
+
+def tfmot_prune(dense: keras.Model, names: Sequence[str], pruning_schedule) -> keras.Model:
+  """A copy of `dense` whose layers named in `names` are wrapped by tfmot under the
+  schedule; layer types tfmot cannot prune (TFMOT_SKIPS) stay dense."""
+  chosen = set(names)
+
+  def clone(layer):
+    if isinstance(layer, keras.Model):
+      return keras.models.clone_model(layer, clone_function=clone)
+    copy = layer.__class__.from_config(layer.get_config())
+    if layer.name in chosen and type(layer).__name__ not in TFMOT_SKIPS:
+      return tfmot.sparsity.keras.prune_low_magnitude(copy, pruning_schedule=pruning_schedule)
+    return copy
+
+  wrapped = keras.models.clone_model(dense, clone_function=clone)
+  pruning.copy_weights(dense, wrapped)
+  return wrapped
+
+
+def mask_sparsities(model: keras.Model, names: Sequence[str]) -> Dict[str, float]:
+  """{layer: share of its weights masked out} of a tfmot-wrapped model; 0 where unwrapped."""
+  wrappers = {w.layer.name: w for w in pruning.prunable_layers(model)}
+  out = {}
+  for name in names:
+    masks = [mask.numpy() for _, mask, _ in wrappers[name].pruning_vars] if (
+        name in wrappers) else []
+    out[name] = float(1.0 - sum(m.sum() for m in masks) / sum(m.size for m in masks)) if (
+        masks) else 0.0
+  return out
+
+
+class _LastLoss(keras.callbacks.Callback):
+  """Keeps the training loss Keras reports at the end of a fit call."""
+
+  def __init__(self):
+    super().__init__()
+    self.loss = float("nan")
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.loss = float((logs or {}).get("loss", float("nan")))
+
+
+@dataclasses.dataclass
+class _Progress:
+  """Counts a tfmot model's train steps across fit calls."""
+  total: int
+  done: int = 0
+  chunks: int = 0
+
+
+@gin.configurable(denylist=["dense", "controller", "strategy", "splits", "root_dir",
+                            "target", "prune_steps", "tune_steps", "learning_rate",
+                            "momentum", "seed"])
+def gradual(dense: keras.Model, controller: pruning.PruningController,
+            strategy: tf.distribute.Strategy, splits, root_dir: str, target: float,
+            prune_steps: int, tune_steps: int, learning_rate: float, momentum: float,
+            seed: int, frequency: int = 100) -> dict:
+  """Prunes a copy of `dense` gradually for prune_steps, trains tune_steps more at the
+  target, strips and saves it; returns finetune()'s fields (costs included).
+
+  Args:
+    dense: the dense model (built in `strategy`'s scope, holding the dense weights).
+    controller: the run's PruningController (names and costs of the prunable layers).
+    strategy, splits, root_dir: the run's.
+    target: target sparsity of every prunable layer.
+    prune_steps: train steps of the ramp (the search budget of PuRL).
+    tune_steps, learning_rate, momentum: the fine-tune budget and optimizer.
+    seed: seeds the data order of each chunk of training.
+    frequency: train steps between tfmot's mask updates (at most).
+  """
+  names = controller.names
+  total = prune_steps + tune_steps
+  with strategy.scope():
+    model = tfmot_prune(dense, names, schedule(target, max(prune_steps, 1), frequency))
+    decay = keras.optimizers.schedules.CosineDecay(learning_rate, max(total, 1))
+    model.compile(optimizer=keras.optimizers.SGD(decay, momentum=momentum),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=not models.outputs_probabilities(model)))
+  progress = _Progress(total)
+  sizes = controller.sizes.astype(np.float64)
+  started = time.time()
+  for steps in (prune_steps, tune_steps):
+    _train(model, splits, seed, steps, progress, names, sizes)
+  allocation = mask_sparsities(model, names)
+  path = pruning.save(model, os.path.join(root_dir, files.PRUNED_MODEL))
+  with strategy.scope():
+    pruned = MaskedTrainer(pruning.strip(model), strategy)
+    dense_trainer = MaskedTrainer(dense, strategy)
+  test = pruned.distribute(splits.test)
+  tuned = {"dense_test_accuracy": dense_trainer.evaluate(test),
+           "pruned_test_accuracy": pruned.evaluate(test),
+           "pruned_reward_accuracy": pruned.evaluate(pruned.distribute(splits.reward)),
+           "finetune_steps": tune_steps, "finetune_restarts": 0,
+           "finetune_seconds": time.time() - started, "pruned_model": path,
+           "allocation": allocation}
+  tuned.update(pruning.costs(controller.infos, [allocation[n] for n in names],
+                             controller.total_params))
+  return tuned
+
+
+def _train(model, splits, seed, steps, progress, names, sizes):
+  """Trains `steps` batches in chunks of at most one pass over the train split, each on
+  its own stream seeded by (seed, chunk); tfmot's UpdatePruningStep drives the masks."""
+  per_epoch = max(splits.num_examples["train"] // splits.batch_size, 1)
+  while steps > 0:
+    interrupt.check()
+    chunk = min(per_epoch, steps)
+    last = _LastLoss()
+    model.fit(splits.train_stream(seed=seed * 7919 + progress.chunks), steps_per_epoch=chunk,
+              epochs=1, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), last])
+    if not np.isfinite(last.loss):
+      raise PurlError(f"gradual pruning: training loss {last.loss} at step {progress.done}: "
+                      "lower finetune.learning_rate.")
+    steps -= chunk
+    progress.done += chunk
+    progress.chunks += 1
+    shares = np.array(list(mask_sparsities(model, names).values()))
+    print(f"[gradual] step {progress.done:6d}/{progress.total}  loss {last.loss:.4f}  "
+          f"sparsity {float(np.dot(shares, sizes) / sizes.sum()):.3f}", flush=True)

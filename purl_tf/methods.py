@@ -1,0 +1,77 @@
+"""The ways a run chooses its allocation, each picked by name (`train_eval.method`).
+
+  purl              PuRL: the SearchRunner's DQN with the environment's dense reward.
+  episodic          the same agent and MDP with the episodic (AMC-style) reward.
+  random            random search on the SearchRunner (tf-agents' RandomPyPolicy), as
+                    many evaluated allocations as the PuRL search of the same config.
+  global_magnitude  one magnitude threshold over all prunable weights at the target.
+  uniform           every prunable layer at the target.
+  gradual           tfmot's PolynomialDecay over the retrain steps of the PuRL search,
+                    then the fine-tune budget (it prunes while it trains; gradual.py).
+
+Every method but gradual hands its allocation to the same fine-tune from the same dense
+weights; every one writes the same results.json (results.RunResult).
+"""
+import dataclasses
+import time
+from typing import Optional
+
+from purl_tf import pruning, rewards, search
+from purl_tf.env import PruningEnv
+from purl_tf.errors import PurlError
+
+SEARCHED = {"purl": search.DQN, "episodic": search.DQN, "random": search.RANDOM}
+ONE_SHOT = {"global_magnitude": pruning.global_magnitude, "uniform": pruning.uniform}
+GRADUAL = "gradual"
+METHODS = (*SEARCHED, *ONE_SHOT, GRADUAL)
+
+
+def check(method: str):
+  """Raises a one-line PurlError for a method name that is not one of METHODS."""
+  if method not in METHODS:
+    raise PurlError(f"train_eval.method={method!r} is unknown: use one of {list(METHODS)}.")
+
+
+def reward_fn(method: str):
+  """The reward the method's environment pays: None for the environment's own (dense
+  unless bound otherwise), the episodic reward for 'episodic'."""
+  return rewards.EpisodicReward() if method == "episodic" else None
+
+
+@dataclasses.dataclass
+class Choice:
+  """How a method chose its allocation: what it cost and what it measured."""
+  allocation: Optional[dict]  # layer -> sparsity (None: gradual chooses while it trains)
+  seconds: float = 0.0
+  episodes: int = 0  # allocations evaluated on the reward split
+  retrain_steps: int = 0  # train batches spent choosing (gradual: its ramp)
+  overhead_share: float = 0.0  # of `seconds`, outside retraining and measuring
+  failed_steps: int = 0
+  best_episode: int = -1
+  best_accuracy: Optional[float] = None  # reward split, as the search measured it
+
+
+def choose(method: str, env: PruningEnv, root_dir: str, seed: int) -> Choice:
+  """Runs (or resumes) `method`'s choice of an allocation at the environment's target.
+
+  Leaves the controller reset to the dense state.
+  """
+  check(method)
+  controller = env.controller
+  if method in ONE_SHOT:
+    started = time.time()
+    controller.reset()
+    ONE_SHOT[method](controller, env.target)
+    allocation = controller.allocation()
+    controller.reset()
+    return Choice(allocation, seconds=time.time() - started)
+  runner = search.SearchRunner(env, root_dir, learner=SEARCHED.get(method, search.DQN),
+                               seed=seed)
+  if method == GRADUAL:
+    return Choice(None, retrain_steps=runner.planned_retrain_steps)
+  found = runner.run()
+  controller.reset()
+  return Choice(found.best.allocation, seconds=found.seconds, episodes=len(found.episodes),
+                retrain_steps=found.retrain_steps, overhead_share=found.overhead_share,
+                failed_steps=found.failed_steps, best_episode=found.best.episode,
+                best_accuracy=found.best.accuracy)

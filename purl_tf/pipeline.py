@@ -1,0 +1,205 @@
+"""One run end to end: dense model -> a method's allocation -> fine-tune -> export -> results.
+
+`train_eval` is the library entry point (purl_tf.train is its command line); every knob
+is a gin parameter: train_eval's arguments below, and those of load_splits, the model
+builders, pretrain, wrap, MaskedTrainer, PruningEnv, the rewards, make_agent,
+make_replay_buffer, SearchRunner, finetune, gradual and make_strategy. Rerunning with the
+same root_dir resumes an interrupted run; a finished stage is not redone.
+"""
+import dataclasses
+import functools
+import inspect
+import os
+from typing import Optional, Sequence
+
+import gin
+import tensorflow as tf
+
+from purl_tf import (compare, data, distribute, export, files, finetune, gradual, methods,
+                     models, pruning)
+from purl_tf.env import PruningEnv
+from purl_tf.errors import PurlError
+from purl_tf.results import RunResult, reached_target
+from purl_tf.training import MaskedTrainer
+
+
+@dataclasses.dataclass
+class Parts:
+  """Everything a run is made of, built and ready to choose an allocation."""
+  strategy: tf.distribute.Strategy
+  splits: data.Splits
+  model_name: str
+  dense_reward_accuracy: float
+  controller: pruning.PruningController
+  env: PruningEnv
+
+
+def build(root_dir: str, model_builder, target_sparsity: float, seed: int = 0,
+          strategy: Optional[tf.distribute.Strategy] = None, reward_fn=None) -> Parts:
+  """Data, the dense model (pre-trained or loaded from root_dir), its pruning and the MDP.
+
+  Everything that can be checked without training is checked before pre-training. The
+  environment's train stream is seeded by `seed`; `strategy` defaults to make_strategy()'s;
+  `reward_fn` (None: the environment's default or binding) is the environment's reward.
+  """
+  strategy = strategy or distribute.make_strategy()
+  splits = data.load_splits(num_replicas=strategy.num_replicas_in_sync)
+  print(f"Data: {splits.name} {splits.image_shape}, {splits.num_classes} classes, "
+        f"examples {splits.num_examples}.", flush=True)
+  with strategy.scope():
+    model = model_builder(input_shape=splits.image_shape, num_classes=splits.num_classes)
+    models.check_compatible(model, splits.image_shape, splits.num_classes)
+    pruning.wrap(model, check_only=True)
+    dense_accuracy = models.pretrain(model, splits, root_dir)
+    print(f"Dense {model.name}: reward-split accuracy {dense_accuracy:.4f}.", flush=True)
+    wrapped = pruning.wrap(model)
+    controller = pruning.PruningController(wrapped)
+    trainer = MaskedTrainer(wrapped, strategy)
+  options = {"reward_fn": reward_fn} if reward_fn else {}
+  env = PruningEnv(controller, trainer, functools.partial(splits.train_stream, seed=seed),
+                   splits.reward, target_sparsity=target_sparsity, **options)
+  print(f"Search over {env.num_layers} prunable layers, {len(env.levels)} levels "
+        f"({env.mode}), target sparsity {target_sparsity}.", flush=True)
+  return Parts(strategy, splits, model.name, dense_accuracy, controller, env)
+
+
+@gin.configurable(denylist=["root_dir", "overwrite"])
+def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
+               target_sparsity: float = 0.9, seed: int = 0, deterministic: bool = False,
+               export_tflite: bool = True, overwrite: bool = False) -> RunResult:
+  """Prunes the model `model_builder` builds to `target_sparsity` by `method`.
+
+  Args:
+    root_dir: run folder.
+    method: how the allocation is chosen, one of methods.METHODS ('purl', 'episodic',
+      'random', 'global_magnitude', 'uniform', 'gradual').
+    model_builder: gin-configurable builder taking (input_shape, num_classes), e.g.
+      @resnet50, @mobilenet_v2, @cifar_resnet, @lenet5 or @saved_model.
+    target_sparsity: target global sparsity of the prunable weights, in (0, 1).
+    seed: seeds TensorFlow once, the search's train stream and episodes, and the
+      fine-tune's data order.
+    deterministic: also make TensorFlow's ops deterministic (slower), so that a run
+      resumed after a crash ends exactly as an uninterrupted one.
+    export_tflite: write and measure the TFLite flatbuffers (see export.py).
+    overwrite: delete a run with another config found in root_dir instead of refusing.
+  Returns:
+    the RunResult written to root_dir/results.json.
+  """
+  methods.check(method)
+  if not 0.0 < target_sparsity < 1.0:
+    raise PurlError(f"train_eval.target_sparsity={target_sparsity} is outside (0, 1): bind "
+                    "it to a fraction such as 0.9.")
+  strategy = distribute.make_strategy()  # first: multi-worker must start before other ops
+  root_dir = distribute.run_dir(os.path.abspath(os.path.expanduser(root_dir)), strategy)
+  claim(root_dir, gin.config_str(), overwrite)
+  results_path = os.path.join(root_dir, files.RESULTS)
+  finished = files.read_json(results_path)
+  if finished:
+    print(f"{root_dir} holds a finished run: results in {results_path}.", flush=True)
+    return RunResult(**finished)
+  tf.keras.utils.set_random_seed(seed)
+  if deterministic:
+    tf.config.experimental.enable_op_determinism()
+  parts = build(root_dir, model_builder, target_sparsity, seed, strategy,
+                methods.reward_fn(method))
+  choice = methods.choose(method, parts.env, root_dir, seed)
+  if choice.allocation is None:  # gradual: prunes while it trains
+    tuned = _gradual(parts, model_builder, root_dir, target_sparsity, choice, seed)
+  else:
+    _write_best_allocation(root_dir, method, parts.env, choice)
+    tuned = finetune.finetune(parts.controller, parts.strategy, parts.splits,
+                              choice.allocation, root_dir, seed=seed)
+  comparison = compare.one_shot(parts.controller, parts.env.trainer, parts.splits.test,
+                                tuned["allocation"])
+  tflite = {}
+  if export_tflite and distribute.is_chief(strategy):
+    tflite = export.export_run(root_dir, parts.splits, tuned["pruned_model"])
+  result = RunResult(
+      **tuned, method=method, model=parts.model_name, dataset=parts.splits.name,
+      target_sparsity=target_sparsity,
+      reached_target=reached_target(tuned["global_sparsity"], target_sparsity),
+      search_seconds=choice.seconds, search_episodes=choice.episodes,
+      search_retrain_steps=choice.retrain_steps, search_overhead_share=choice.overhead_share,
+      failed_steps=choice.failed_steps, best_episode=choice.best_episode,
+      best_reward_accuracy_in_search=choice.best_accuracy,
+      dense_reward_accuracy=parts.dense_reward_accuracy,
+      comparison=comparison, tflite=tflite, replicas=strategy.num_replicas_in_sync)
+  operative = gin.operative_config_str()
+  with tf.io.gfile.GFile(os.path.join(root_dir, files.OPERATIVE_CONFIG), "w") as handle:
+    handle.write(operative)
+  with tf.summary.create_file_writer(os.path.join(root_dir, "eval")).as_default(step=0):
+    tf.summary.text("config/operative", f"```\n{operative}\n```")
+  files.write_json(results_path, result.to_json())
+  return result
+
+
+def _write_best_allocation(root_dir: str, method: str, env: PruningEnv,
+                           choice: methods.Choice):
+  """root_dir/best_allocation.json: the allocation chosen and how it scored."""
+  controller = env.controller
+  sparsities = [choice.allocation[name] for name in controller.names]
+  sparsity = pruning.costs(controller.infos, sparsities, controller.total_params)[
+      "global_sparsity"]
+  if not reached_target(sparsity, env.target):
+    print(f"WARNING: the chosen allocation reaches {sparsity:.3f}, below the target "
+          f"{env.target}; fine-tuning it. Search longer or widen PruningEnv.levels.",
+          flush=True)
+  files.write_json(os.path.join(root_dir, files.BEST_ALLOCATION), {
+      "allocation": choice.allocation, "accuracy_reward_split": choice.best_accuracy,
+      "global_sparsity": sparsity, "episode": choice.best_episode, "method": method,
+      "target_sparsity": env.target, "reached_target": reached_target(sparsity, env.target),
+      "mode": env.mode})
+
+
+def _gradual(parts: Parts, model_builder, root_dir, target, choice, seed) -> dict:
+  """gradual.gradual from the dense weights, with finetune()'s budget and optimizer."""
+  budget = {name: bound(finetune.finetune, name)
+            for name in ("epochs", "learning_rate", "momentum")}
+  with parts.strategy.scope():
+    dense = model_builder(input_shape=parts.splits.image_shape,
+                          num_classes=parts.splits.num_classes)
+    dense.load_weights(os.path.join(root_dir, files.DENSE_WEIGHTS))
+  return gradual.gradual(dense, parts.controller, parts.strategy, parts.splits, root_dir,
+                         target, choice.retrain_steps,
+                         finetune.steps(parts.splits, budget["epochs"]),
+                         budget["learning_rate"], budget["momentum"], seed)
+
+
+def bound(function, parameter: str):
+  """The value gin binds to `function`'s parameter, else the parameter's default."""
+  try:
+    return gin.query_parameter(f"{function.__name__}.{parameter}")
+  except ValueError:
+    return inspect.signature(function).parameters[parameter].default
+
+
+def claim(root_dir: str, config: str, overwrite: bool):
+  """Records `config` as root_dir's; refuses a root_dir holding a run of another config."""
+  path = os.path.join(root_dir, files.CONFIG)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as handle:
+      if handle.read() != config:
+        if not overwrite:
+          raise PurlError(f"{root_dir} holds a run with another config ({path}): use another "
+                          "--root_dir, or --overwrite to delete that run.")
+        print(f"--overwrite: deleting the run in {root_dir}.", flush=True)
+        tf.io.gfile.rmtree(root_dir)
+  tf.io.gfile.makedirs(root_dir)
+  if not tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path + ".partial", "w") as handle:
+      handle.write(config)
+    tf.io.gfile.rename(path + ".partial", path, overwrite=True)
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str]):
+  """gin.parse_config_files_and_bindings, with gin's errors made one-line PurlErrors."""
+  for path in gin_files:
+    if not tf.io.gfile.exists(path):
+      raise PurlError(f"gin file {path} does not exist: check --gin_file.")
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+  except (ValueError, KeyError, SyntaxError, ImportError) as error:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    where = next((line for line in lines[1:] if line.startswith("In ")), "")
+    raise PurlError(f"gin: {lines[0].strip(chr(34))} {where}".strip()
+                    + " (see README for the parameters).") from error
