@@ -15,6 +15,7 @@ import time
 
 import purl_tf  # pylint: disable=unused-import  (selects tf-keras before TensorFlow loads)
 from absl import app, flags, logging
+import tensorflow_datasets as tfds
 
 from purl_tf import export, files, interrupt, pipeline
 from purl_tf.errors import PurlError
@@ -25,6 +26,8 @@ flags.DEFINE_string("root_dir", None, "Run folder: results, checkpoints, TensorB
 flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. "
                           "\"SearchRunner.num_episodes=50\".")
+flags.DEFINE_integer("mock_examples", 0, "Check a config end to end without its data: run on "
+                     "tfds.testing.mock_data with this many random examples per split.")
 flags.DEFINE_bool("overwrite", False, "Start over in a root_dir that holds a run with another "
                   "config (its files are deleted).")
 
@@ -59,7 +62,11 @@ def main(argv):
   interrupt.install()
   try:
     pipeline.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
-    result = pipeline.train_eval(FLAGS.root_dir, overwrite=FLAGS.overwrite)
+    if FLAGS.mock_examples:
+      with tfds.testing.mock_data(num_examples=FLAGS.mock_examples):
+        result = pipeline.train_eval(FLAGS.root_dir, overwrite=FLAGS.overwrite)
+    else:
+      result = pipeline.train_eval(FLAGS.root_dir, overwrite=FLAGS.overwrite)
   except PurlError as error:
     # gin appends "In call to configurable ..." lines; the first line is the message.
     print(f"purl_tf: error: {str(error).splitlines()[0]}", file=sys.stderr)

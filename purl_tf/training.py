@@ -36,8 +36,10 @@ class MaskedTrainer:
     self._wrappers = prunable_layers(model)
     self.optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum)
     self.optimizer.build(model.trainable_variables)
-    self._train_step = tf.function(self._replica_train_step, jit_compile=jit_compile)
-    self._eval_step = tf.function(self._replica_eval_step, jit_compile=jit_compile)
+    self._train_step = tf.function(self._replica_train_step, jit_compile=jit_compile,
+                                   autograph=False)
+    self._eval_step = tf.function(self._replica_eval_step, jit_compile=jit_compile,
+                                  autograph=False)
     self.train_function = tf.function(self._train_steps)
     self.eval_function = tf.function(self._count_correct)
 
@@ -103,6 +105,7 @@ class MaskedTrainer:
     correct, count = self.eval_function(distributed)
     return float(correct) / max(int(count), 1)
 
+  @tf.function(autograph=False)
   def reset_optimizer(self):
     """Zeroes the optimizer's state (momentum, step count) for a fresh retrain."""
     for variable in self.optimizer.variables:

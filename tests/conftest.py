@@ -119,7 +119,7 @@ def quick_bindings(data_dir):
   """The quickstart shrunk to seconds, deterministic: 1 pre-training epoch, 3 episodes of
   2-batch retrains, a third of an epoch of fine-tuning, a small export."""
   return [f"load_splits.data_dir = '{data_dir}'", "pretrain.epochs = 1",
-          "search.num_episodes = 3", "search.eval_interval = 2",
+          "SearchRunner.num_episodes = 3", "SearchRunner.eval_interval = 2",
           "PruningEnv.retrain_steps = 2", "finetune.epochs = 0.3",
           "export_tflite.variants = ('float32_sparse',)",
           "export_tflite.max_test_examples = 50", "export_tflite.latency_repeats = 2",

@@ -20,7 +20,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tf_keras.src.applications import densenet, efficientnet, mobilenet_v3
 
-from purl_tf import models, pruning, train
+from purl_tf import models, pipeline, pruning
 from purl_tf.errors import PurlError
 from purl_tf.pruning.wrap import SUPPORTED_LAYER_TYPES
 from purl_tf.training import MaskedTrainer
@@ -209,7 +209,7 @@ def test_user_model_through_gin_alone(user_model, data_dir, tmp_path):
       "PruningEnv.retrain_steps = 1",
   ])
   builder = gin.query_parameter("train_eval.model_builder").scoped_configurable_fn
-  parts = train.build(str(tmp_path), builder, 0.7)
+  parts = pipeline.build(str(tmp_path), builder, 0.7)
   assert parts.model_name == "user_model"
   assert parts.controller.names == ["stem", "grouped", "branch_1x1", "branch_depthwise",
                                     "separable", "fc", "predictions"]
@@ -373,7 +373,7 @@ def test_worked_example_runs_as_written(tmp_path, monkeypatch):
       ["load_splits.reward_size = 50", "load_splits.test_size = 50",
        "make_strategy.name = 'default'", "PruningEnv.retrain_steps = 1"])
   builder = gin.query_parameter("train_eval.model_builder").scoped_configurable_fn
-  parts = train.build("runs/my_model", builder, gin.query_parameter("train_eval.target_sparsity"))
+  parts = pipeline.build("runs/my_model", builder, gin.query_parameter("train_eval.target_sparsity"))
   assert (parts.splits.name, parts.splits.image_shape, parts.splits.num_classes) == (
       "image_folder", (28, 28, 1), 10)
   assert parts.splits.num_examples == {"train": 200, "reward": 50, "test": 50}

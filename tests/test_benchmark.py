@@ -104,7 +104,7 @@ def test_plan_checks_its_flags_and_lays_out_the_runs(benchmark, tmp_path):
                                                 / "random")
   bindings = plan.bindings(0.98, 2)
   assert bindings[-4:] == ["train_eval.target_sparsity = 0.98", "train_eval.seed = 2",
-                           "search.num_episodes = 7", "x = 1"]
+                           "SearchRunner.num_episodes = 7", "x = 1"]
   assert any(b.startswith("PruningEnv.levels = (0.0, 0.5") for b in bindings)
   mock = benchmark.comparison.make_plan("imagenet_resnet50", str(tmp_path), ["0"], None, True)
   assert mock.root_dir == str(tmp_path / "mock" / "imagenet_resnet50")

@@ -8,7 +8,7 @@ import purl_tf  # noqa: F401
 import gin
 import tensorflow_datasets as tfds
 
-from purl_tf import train
+from purl_tf import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def test_config_takes_two_pruning_steps_on_mock_data(config, builder, layers, bi
   model_builder = gin.query_parameter("train_eval.model_builder").scoped_configurable_fn
   target = gin.query_parameter("train_eval.target_sparsity")
   with tfds.testing.mock_data(num_examples=24):
-    parts = train.build(str(tmp_path), model_builder, target)
+    parts = pipeline.build(str(tmp_path), model_builder, target)
     env = parts.env
     assert model_builder.__name__ == builder
     assert env.num_layers == layers

@@ -1,4 +1,4 @@
-"""A learned pruning policy moves to another network (search.initial_policy)."""
+"""A learned pruning policy moves to another network (SearchRunner.initial_policy)."""
 import os
 
 import pytest

@@ -14,7 +14,7 @@ import purl_tf  # noqa: F401
 import gin
 import tensorflow as tf
 
-from purl_tf import files, finetune, pruning, search, train
+from purl_tf import files, finetune, pipeline, pruning, search
 from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 from purl_tf.training import MaskedTrainer
@@ -130,13 +130,14 @@ def test_a_corrupt_checkpoint_falls_back_to_the_one_before(lenet, tmp_path, caps
   trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
   env = PruningEnv(controller, trainer, splits.train_stream, splits.reward, retrain_steps=1)
   root = str(tmp_path)
-  search.search(env, root, num_episodes=2, eval_interval=5, log_every=100)
+  search.SearchRunner(env, root, num_episodes=2, eval_interval=5, log_every=100).run()
   newest = sorted(glob.glob(os.path.join(root, files.SEARCH_CHECKPOINTS, "ckpt-2.data*")))
   for path in newest:
     with open(path, "r+b") as handle:
       handle.truncate(16)
   capsys.readouterr()
-  result = search.search(env, root, num_episodes=3, eval_interval=5, log_every=100)
+  result = search.SearchRunner(env, root, num_episodes=3, eval_interval=5,
+                               log_every=100).run()
   output = capsys.readouterr().out
   assert "skipped unreadable checkpoint(s) ckpt-2" in output
   assert "Resuming the search after episode 1/3" in output
@@ -146,7 +147,7 @@ def test_a_corrupt_checkpoint_falls_back_to_the_one_before(lenet, tmp_path, caps
     with open(path, "r+b") as handle:
       handle.truncate(16)
   with pytest.raises(PurlError, match="no readable checkpoint"):
-    search.search(env, root, num_episodes=4, eval_interval=5)
+    search.SearchRunner(env, root, num_episodes=4, eval_interval=5).run()
 
 
 @pytest.mark.parametrize("gin_files, bindings, message", [
@@ -157,6 +158,6 @@ def test_a_corrupt_checkpoint_falls_back_to_the_one_before(lenet, tmp_path, caps
 ])
 def test_gin_mistakes_are_one_line_errors(gin_files, bindings, message):
   with pytest.raises(PurlError) as error:
-    train._parse_gin(gin_files, bindings)  # pylint: disable=protected-access
+    pipeline.parse_gin(gin_files, bindings)
   assert message in str(error.value) and "\n" not in str(error.value)
   gin.clear_config()

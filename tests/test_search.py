@@ -14,7 +14,7 @@ import purl_tf  # noqa: F401
 import gin
 import tf_keras as keras
 
-from purl_tf import export, files, search, train
+from purl_tf import export, files, pipeline, search
 from purl_tf.errors import PurlError
 
 from conftest import QUICKSTART, REPO, load_tool, quick_bindings, train_command
@@ -56,7 +56,7 @@ def test_train_eval_writes_every_artefact(finished_run):
   zeros = sum(np.count_nonzero(k == 0) for k in kernels)
   assert zeros / sum(k.size for k in kernels) == pytest.approx(results["global_sparsity"],
                                                                abs=1e-3)
-  assert "search.num_episodes = 3" in open(os.path.join(root, files.OPERATIVE_CONFIG)).read()
+  assert "SearchRunner.num_episodes = 3" in open(os.path.join(root, files.OPERATIVE_CONFIG)).read()
   assert os.path.exists(os.path.join(root, files.POLICY_DIR, "saved_model.pb"))
 
 
@@ -64,17 +64,17 @@ def test_a_finished_run_is_not_redone(finished_run, data_dir, capsys):
   root, results = finished_run
   gin.parse_config_files_and_bindings([QUICKSTART], quick_bindings(data_dir))
   capsys.readouterr()
-  assert train.train_eval(root) == json.load(open(os.path.join(root, files.RESULTS)))
+  assert pipeline.train_eval(root).to_json() == json.load(open(os.path.join(root, files.RESULTS)))
   assert "holds a finished run" in capsys.readouterr().out
 
 
 def test_a_root_dir_with_another_config_is_refused_unless_overwritten(finished_run, data_dir):
   root, _ = finished_run
   gin.parse_config_files_and_bindings([QUICKSTART], quick_bindings(data_dir)
-                                      + ["search.num_episodes = 5"])
+                                      + ["SearchRunner.num_episodes = 5"])
   before = {path: os.path.getmtime(path) for path in glob.glob(os.path.join(root, "*"))}
   with pytest.raises(PurlError, match="holds a run with another config"):
-    train.train_eval(root)
+    pipeline.train_eval(root)
   assert before == {path: os.path.getmtime(path) for path in glob.glob(os.path.join(root, "*"))}
 
 

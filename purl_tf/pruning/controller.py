@@ -71,7 +71,7 @@ class PruningController:
     """The prunable weight variable of a layer (kernel or depthwise kernel)."""
     return self._vars[layer][0]
 
-  @tf.function
+  @tf.function(autograph=False)
   def _copy(self, sources, targets):
     for source, target in zip(sources, targets):
       target.assign(source)
@@ -111,7 +111,7 @@ class PruningController:
     self._kept = self._kept_at_step.copy()
 
   @staticmethod
-  @tf.function(reduce_retracing=True)
+  @tf.function(reduce_retracing=True, autograph=False)
   def _choose(weight, mask, saved, mode, level):
     """(masked weight, mask, threshold, weights kept) of `level` (a keep count, or alpha),
     chosen among all of the layer's weights: the pruned ones take back their snapshot

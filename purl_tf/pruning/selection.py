@@ -17,7 +17,7 @@ def _count(condition):
   return tf.cast(tf.reduce_sum(tf.cast(condition, tf.int32)), tf.int64)
 
 
-@tf.function(input_signature=[_VECTOR, _COUNT])
+@tf.function(input_signature=[_VECTOR, _COUNT], autograph=False)
 def kth_smallest(values, k):
   """The k-th smallest (0-based) of `values`, exactly, in a few linear passes.
 
@@ -57,7 +57,7 @@ def kth_smallest(values, k):
   return tf.cond(size > _BRACKET_ABOVE, bracketed, full_sort)
 
 
-@tf.function(input_signature=[_VECTOR, _COUNT])
+@tf.function(input_signature=[_VECTOR, _COUNT], autograph=False)
 def keep_largest(values, keep):
   """(float32 mask of values' shape, threshold): the `keep` largest |values| kept.
 
@@ -82,7 +82,7 @@ def keep_largest(values, keep):
   return tf.cond(keep >= size, lambda: (tf.ones_like(values), tf.constant(0.0)), select)
 
 
-@tf.function(input_signature=[_VECTOR, tf.TensorSpec([], tf.float32)])
+@tf.function(input_signature=[_VECTOR, tf.TensorSpec([], tf.float32)], autograph=False)
 def above_threshold(values, alpha):
   """(float32 mask, threshold): |values| > alpha * std(values); the largest always kept."""
   magnitude = tf.abs(tf.cast(values, tf.float64))

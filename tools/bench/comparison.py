@@ -1,7 +1,9 @@
-"""PuRL against its baselines (tools/baselines.py) over seeds: the runs and the tables."""
+"""PuRL against its baselines over seeds: the runs (purl_tf.train, one method each) and the
+tables."""
 import dataclasses
 import datetime
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import tensorflow as tf
 from bench.common import command_line, machine, REPO, Section
 from purl_tf import files, search
 from purl_tf.errors import PurlError
+from purl_tf.results import reached_target
 
 FLAGS = flags.FLAGS
 
@@ -26,18 +29,16 @@ flags.DEFINE_integer("episodes", None, "Collect episodes of every search (defaul
 flags.DEFINE_bool("mock", False, "Comparison benchmarks: run on tfds mock data with tiny "
                   "budgets (checks a GPU benchmark's definition on any machine).")
 
-BASELINES = os.path.join(REPO, "tools", "baselines.py")
-# In the order they run: random and gradual spend the budget of the seed's PuRL run.
+# In the order they run: the seed's first PuRL run pre-trains the dense model they share.
 METHOD_ORDER = ("purl", "episodic", "random", "global_magnitude", "uniform", "gradual")
 METHOD_NAMES = {
     "purl": "PuRL (dense reward)",
     "episodic": "PuRL agent, episodic reward",
     "random": "random search",
     "global_magnitude": "global magnitude",
-    "uniform": "uniform (tfmot ConstantSparsity)",
+    "uniform": "uniform",
     "gradual": "gradual (tfmot PolynomialDecay)",
 }
-NEEDS_REFERENCE = ("random", "gradual")
 SEARCHES = ("purl", "episodic", "random")  # methods that leave search/episodes.json
 RL_SEARCHES = ("purl", "episodic")
 WITHIN = 0.005  # "within 0.5 points": reward-split accuracy, as a fraction
@@ -47,7 +48,7 @@ WIDE_LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 MOCK_BINDINGS = ("load_splits.image_size = 32", "load_splits.batch_size = 4",
                  "load_splits.eval_batch_size = 8", "load_splits.reward_size = 8",
                  "load_splits.shuffle_buffer = 16", "PruningEnv.retrain_steps = 1",
-                 "make_strategy.name = 'default'", "search.eval_interval = 1",
+                 "make_strategy.name = 'default'", "SearchRunner.eval_interval = 1",
                  "finetune.epochs = 0.5", "pretrain.epochs = 0")
 MOCK_EXAMPLES = 24  # per split
 # Beside each run folder: wall seconds of its whole process (start-up, data, pre-training).
@@ -61,7 +62,7 @@ class Suite:
   title: str
   gin_file: str  # relative to the repository
   targets: Tuple[float, ...]
-  episodes: int  # search.num_episodes of every search
+  episodes: int  # SearchRunner.num_episodes of every search
   bindings: Tuple[str, ...] = ()
   mock_bindings: Tuple[str, ...] = ()  # further bindings of --mock runs
   runs_here: bool = False  # measurable on a 2-core CPU machine
@@ -72,7 +73,7 @@ SUITES = {
         "mnist5k", "mnist5k: LeNet-5 at 0.95 and 0.98", "gin/quickstart.gin", (0.95, 0.98),
         episodes=50,
         bindings=("train_eval.export_tflite = False", f"PruningEnv.levels = {WIDE_LEVELS}",
-                  "search.eval_interval = 10"),
+                  "SearchRunner.eval_interval = 10"),
         runs_here=True),
     "cifar10": Suite(
         "cifar10", "CIFAR-10: ResNet-20 at 0.8", "gin/cifar10.gin", (0.8,), episodes=150,
@@ -102,13 +103,14 @@ class Plan:
     return os.path.join(self.root_dir, f"target{target}", f"seed{seed}", method)
 
   def dense_dir(self, seed: int) -> str:
-    return os.path.join(self.root_dir, f"seed{seed}", "dense")
+    """The run whose pre-trained dense model every method of the seed starts from."""
+    return self.run_dir(self.suite.targets[0], seed, METHOD_ORDER[0])
 
   def bindings(self, target: float, seed: int) -> List[str]:
     """The gin bindings of every method's run at (target, seed), in order."""
     mock = (*MOCK_BINDINGS, *self.suite.mock_bindings) if self.mock else ()
     return [*self.suite.bindings, *mock, f"train_eval.target_sparsity = {target}",
-            f"train_eval.seed = {seed}", f"search.num_episodes = {self.episodes}",
+            f"train_eval.seed = {seed}", f"SearchRunner.num_episodes = {self.episodes}",
             *self.extra_bindings]
 
 
@@ -134,18 +136,20 @@ def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
 
 
 def run_method(plan: Plan, method: str, target: float, seed: int) -> str:
-  """Runs one method of one (target, seed) in a subprocess of tools/baselines.py, unless
+  """Runs one method of one (target, seed) in a `python -m purl_tf.train` subprocess, unless
   it finished before. Returns its run folder; raises PurlError naming the log on failure."""
-  folder = plan.dense_dir(seed) if method == "dense" else plan.run_dir(target, seed, method)
+  folder = plan.run_dir(target, seed, method)
   if os.path.exists(os.path.join(folder, files.RESULTS)):
     return folder
-  command = [sys.executable, BASELINES, f"--method={method}", f"--root_dir={folder}",
+  dense = os.path.join(plan.dense_dir(seed), files.DENSE_WEIGHTS)
+  if folder != plan.dense_dir(seed) and not os.path.exists(
+      os.path.join(folder, files.DENSE_WEIGHTS)):
+    os.makedirs(os.path.join(folder, os.path.dirname(files.DENSE_WEIGHTS)), exist_ok=True)
+    shutil.copyfile(dense, os.path.join(folder, files.DENSE_WEIGHTS))
+  command = [sys.executable, "-m", "purl_tf.train", f"--root_dir={folder}",
              f"--gin_file={os.path.join(REPO, plan.suite.gin_file)}"]
   command += [f"--gin_bindings={b}" for b in plan.bindings(target, seed)]
-  if method != "dense":
-    command.append(f"--dense_from={plan.dense_dir(seed)}")
-  if method in NEEDS_REFERENCE:
-    command.append(f"--reference={plan.run_dir(target, seed, 'purl')}")
+  command.append(f"--gin_bindings=train_eval.method = '{method}'")
   if plan.mock:
     command.append(f"--mock_examples={MOCK_EXAMPLES}")
   log = folder.rstrip(os.sep) + ".log"
@@ -155,7 +159,7 @@ def run_method(plan: Plan, method: str, target: float, seed: int) -> str:
     handle.write(f"$ {' '.join(command)}\n")
     handle.flush()
     code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1")).returncode
+                          cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1")).returncode
   if not code:
     files.write_json(folder.rstrip(os.sep) + ELAPSED, {"seconds": time.time() - started})
   if code:
@@ -171,8 +175,6 @@ def run_plan(plan: Plan):
   jobs = [(seed, target, method) for seed in plan.seeds for target in plan.suite.targets
           for method in METHOD_ORDER]
   started = time.time()
-  for seed in plan.seeds:
-    run_method(plan, "dense", plan.suite.targets[0], seed)
   for number, (seed, target, method) in enumerate(jobs, 1):
     folder = plan.run_dir(target, seed, method)
     reused = os.path.exists(os.path.join(folder, files.RESULTS))
@@ -228,10 +230,10 @@ def episodes_to_within(episodes: Sequence[dict], target: float,
     if search.is_better(episode, best, target, "accuracy_at_target"):
       best = episode
     history.append(best)
-  if best is None or best.sparsity < target - 1e-6:
+  if best is None or not reached_target(best.sparsity, target):
     return None
   for count, leader in enumerate(history, 1):
-    if leader.sparsity >= target - 1e-6 and leader.accuracy >= best.accuracy - margin:
+    if reached_target(leader.sparsity, target) and leader.accuracy >= best.accuracy - margin:
       return count
   return None  # unreachable: the final best qualifies
 
@@ -347,7 +349,7 @@ def goals(runs: Sequence[Run], target: float) -> List[str]:
                  "target).")
   missed = [f"{METHOD_NAMES[r.method]} seed {r.seed} ({r.results['global_sparsity']:.3f})"
             for r in runs if r.target == target
-            and r.results["global_sparsity"] < target - 1e-3]
+            and not reached_target(r.results["global_sparsity"], target)]
   if missed:
     out.append(f"- Below the target sparsity: {', '.join(missed)}.")
   return out
@@ -356,8 +358,7 @@ def goals(runs: Sequence[Run], target: float) -> List[str]:
 def elapsed_minutes(plan: Plan) -> Tuple[float, int, int]:
   """(wall minutes, processes counted, processes in the plan) of the run processes whose
   elapsed time was recorded (dense runs included)."""
-  folders = [plan.dense_dir(seed) for seed in plan.seeds]
-  folders += [plan.run_dir(t, seed, m) for seed in plan.seeds for t in plan.suite.targets
+  folders = [plan.run_dir(t, seed, m) for seed in plan.seeds for t in plan.suite.targets
               for m in METHOD_ORDER]
   records = [files.read_json(folder.rstrip(os.sep) + ELAPSED) for folder in folders]
   seconds = [r["seconds"] for r in records if r is not None]
@@ -389,12 +390,6 @@ def comparison_body(plan: Plan, runs: Sequence[Run]) -> str:
                   or [r.results["dense_test_accuracy"] for r in chosen])
     verdicts = (["- Goals are not evaluated on mock data."] if plan.mock
                 else goals(chosen, target))
-    skipped = sorted({len(r.results.get("tfmot_skipped_layers", [])) for r in chosen
-                      if r.results.get("tfmot_skipped_layers")})
-    if skipped:
-      verdicts.append(f"- tfmot cannot prune DepthwiseConv2D: uniform and gradual leave "
-                      f"{skipped[0]} depthwise layers dense, so their global sparsity over "
-                      "the layers PuRL prunes stays below the target.")
     parts += [f"### Target sparsity {target}", "",
               f"Dense test accuracy {_pct(dense.mean)} ± {_pct(dense.std)} %.", "",
               comparison_table(chosen, target), "", *verdicts, ""]
@@ -412,9 +407,9 @@ def comparison_body(plan: Plan, runs: Sequence[Run]) -> str:
          f"{elapsed:.0f} min." if counted else "."),
       f"- Config: `{plan.suite.gin_file}` plus, for every method, "
       + ", ".join(f"`{b}`" for b in bindings),
-      "- Each method: `.venv/bin/python tools/baselines.py --method=<method> "
-      "--root_dir=<run> --gin_file=... --gin_bindings=... --dense_from=<seed's dense run> "
-      "[--reference=<seed's purl run>]` (see its docstring).",
+      "- Each method: `.venv/bin/python -m purl_tf.train --root_dir=<run> --gin_file=... "
+      "--gin_bindings=... --gin_bindings=\"train_eval.method = '<method>'\"`, started with "
+      "the dense weights of the seed's first PuRL run (purl_tf/methods.py describes each).",
       f"- Machine: {machine()}",
       f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
   ]

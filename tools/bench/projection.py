@@ -28,7 +28,7 @@ def _config_value(name: str):
   try:
     return gin.query_parameter(name)
   except ValueError:
-    defaults = {"load_splits.eval_batch_size": None, "search.eval_interval": 10}
+    defaults = {"load_splits.eval_batch_size": None, "SearchRunner.eval_interval": 10}
     return defaults[name]
 
 
@@ -73,8 +73,8 @@ def imagenet_projection() -> Section:
     batch = int(_config_value("load_splits.batch_size"))
     reward = int(_config_value("load_splits.reward_size"))
     retrain = int(_config_value("PruningEnv.retrain_steps"))
-    episodes = int(_config_value("search.num_episodes"))
-    interval = int(_config_value("search.eval_interval"))
+    episodes = int(_config_value("SearchRunner.num_episodes"))
+    interval = int(_config_value("SearchRunner.eval_interval"))
     print(f"{title}: measuring train and eval steps at {size}x{size}, batch "
           f"{FLAGS.projection_batch} ...", flush=True)
     costs = _step_costs(builder, size, FLAGS.projection_batch, FLAGS.repeats)

@@ -275,8 +275,8 @@ def search_speed() -> Section:
   """The share of a search's wall time outside retraining and measuring, by component, in
   one run; and the retrain/measure steps against plain compiled Keras."""
   episodes = FLAGS.episodes or SUITES["mnist5k"].episodes
-  bindings = ["train_eval.export_tflite = False", f"search.num_episodes = {episodes}",
-              "search.eval_interval = 10", f"PruningEnv.levels = {WIDE_LEVELS}",
+  bindings = ["train_eval.export_tflite = False", f"SearchRunner.num_episodes = {episodes}",
+              "SearchRunner.eval_interval = 10", f"PruningEnv.levels = {WIDE_LEVELS}",
               "train_eval.target_sparsity = 0.95", *FLAGS.gin_bindings]
   train._parse_gin([os.path.join(REPO, FLAGS.speed_gin_file)], bindings)  # pylint: disable=protected-access
   base = os.path.abspath(os.path.expanduser(FLAGS.root_dir or os.path.join("runs", "benchmark")))

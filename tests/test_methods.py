@@ -1,0 +1,113 @@
+"""Every method of train_eval.method end to end on LeNet-5 with tiny budgets: the same
+RunResult, the target reached in the saved model, the budgets the methods share."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import purl_tf  # noqa: F401
+import gin
+import tf_keras as keras
+
+from purl_tf import files, gradual, pipeline, search
+from purl_tf.env import SPARSITY_LEVELS
+from purl_tf.errors import PurlError
+from purl_tf.results import RunResult
+
+from conftest import QUICKSTART
+
+LAYERS = ("conv1", "conv2", "fc1", "predictions")
+
+
+def tiny(data_dir, method, target=0.9):
+  """The quickstart shrunk to seconds: 2 collect + 2 greedy episodes of 1 retrain step per
+  layer, a fine-tune of 6 steps (0.1 epoch of 3,500 examples in batches of 64)."""
+  return [f"load_splits.data_dir = '{data_dir}'", "make_strategy.name = 'default'",
+          "train_eval.export_tflite = False", f"train_eval.target_sparsity = {target}",
+          f"train_eval.method = '{method}'", "SearchRunner.num_episodes = 2",
+          "SearchRunner.eval_interval = 1", "PruningEnv.retrain_steps = 1",
+          "finetune.epochs = 0.1"]
+
+
+def run(method, root, data_dir, pretrained_lenet, target=0.9):
+  """train_eval of `method` in root, starting from the session's pre-trained LeNet-5."""
+  if not os.path.exists(os.path.join(root, files.DENSE_WEIGHTS)):
+    os.makedirs(os.path.join(root, "dense"))
+    shutil.copyfile(pretrained_lenet.weights_path, os.path.join(root, files.DENSE_WEIGHTS))
+  gin.clear_config()
+  pipeline.parse_gin([QUICKSTART], tiny(data_dir, method, target))
+  return pipeline.train_eval(root)
+
+
+def zeros_share(path):
+  """Share of exactly-zero weights in the prunable kernels of a saved pruned model."""
+  model = keras.models.load_model(path)
+  kernels = [layer.kernel.numpy() for layer in model.layers if layer.name in LAYERS]
+  return sum(np.count_nonzero(k == 0) for k in kernels) / sum(k.size for k in kernels)
+
+
+@pytest.mark.parametrize("method", ["global_magnitude", "uniform", "gradual", "random",
+                                    "episodic"])
+def test_every_method_writes_one_run_result_and_reaches_the_target(method, data_dir,
+                                                                   pretrained_lenet, tmp_path):
+  result = run(method, str(tmp_path / method), data_dir, pretrained_lenet)
+  on_disk = RunResult(**json.load(open(tmp_path / method / files.RESULTS)))  # every field
+  assert on_disk.method == method
+  assert set(result.allocation) == set(LAYERS)
+  # The saved model holds the zeros the results claim, at the target set above (0.9).
+  assert zeros_share(result.pruned_model) == pytest.approx(result.global_sparsity, abs=1e-4)
+  assert result.global_sparsity >= 0.9 - 1e-3 and result.reached_target
+  assert result.dense_test_accuracy > 0.9  # the shared pre-trained model
+  assert result.pruned_test_accuracy > 0.1  # fine-tuned, not a broken network
+  if method == "uniform":
+    assert all(v == pytest.approx(0.9, abs=1e-3) for v in result.allocation.values())
+  if method == "global_magnitude":  # one threshold: the layers' sparsities differ
+    assert max(result.allocation.values()) - min(result.allocation.values()) > 0.1
+
+
+def test_searched_methods_share_the_purl_budget(data_dir, pretrained_lenet, tmp_path):
+  random = run("random", str(tmp_path / "random"), data_dir, pretrained_lenet)
+  # 2 collect + 2 greedy episodes of the DQN search: 4 random allocations.
+  assert random.search_episodes == search.evaluated_episodes(2, 1) == 4
+  assert random.search_retrain_steps == 4 * len(LAYERS) * 1
+  episodes = json.load(open(tmp_path / "random" / files.EPISODES))
+  assert [e["policy"] for e in episodes] == [search.RANDOM] * 4
+  assert all(level in SPARSITY_LEVELS for e in episodes for level in e["levels"])
+  assert len({tuple(e["levels"]) for e in episodes}) > 1  # not one allocation repeated
+  gradual = run("gradual", str(tmp_path / "gradual"), data_dir, pretrained_lenet)
+  assert gradual.search_retrain_steps == random.search_retrain_steps  # its pruning ramp
+  assert gradual.finetune_steps == random.finetune_steps == 6  # ceil(0.1 * 3500 // 64)
+
+
+def test_the_episodic_reward_pays_only_at_the_last_step(data_dir, pretrained_lenet, tmp_path):
+  result = run("episodic", str(tmp_path / "e"), data_dir, pretrained_lenet)
+  episodes = json.load(open(tmp_path / "e" / files.EPISODES))
+  assert result.method == "episodic" and len(episodes) == 4
+  for episode in episodes:
+    assert episode["rewards"][:-1] == [0.0] * (len(LAYERS) - 1)
+    assert episode["rewards"][-1] != 0.0
+    assert episode["episode_return"] == episode["rewards"][-1]
+
+
+def test_a_finished_method_run_is_not_redone(data_dir, pretrained_lenet, tmp_path):
+  root = str(tmp_path / "random")
+  first = run("random", root, data_dir, pretrained_lenet, target=0.5)
+  mtime = os.path.getmtime(os.path.join(root, files.RESULTS))
+  assert run("random", root, data_dir, pretrained_lenet, target=0.5) == first
+  assert os.path.getmtime(os.path.join(root, files.RESULTS)) == mtime
+
+
+def test_an_unknown_method_is_a_one_line_error(data_dir, tmp_path):
+  pipeline.parse_gin([QUICKSTART], tiny(data_dir, "magnitude"))
+  with pytest.raises(PurlError, match="train_eval.method='magnitude' is unknown") as error:
+    pipeline.train_eval(str(tmp_path))
+  assert "global_magnitude" in str(error.value).splitlines()[0]
+
+
+def test_gradual_schedule_ends_its_ramp_on_a_mask_update():
+  schedule = gradual.schedule(0.9, 95)
+  assert (schedule.frequency, schedule.end_step) == (9, 90)
+  assert gradual.schedule(0.9, 2200).frequency == 100
+  assert gradual.schedule(0.9, 3).end_step == 3
