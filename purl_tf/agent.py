@@ -88,16 +88,11 @@ def make_agent(time_step_spec, action_spec, num_episodes: int,
   return agent, epsilon
 
 
-@gin.configurable(denylist=["agent", "frames"])
-def make_replay_buffer(agent, frames: int, capacity: int = 20_000):
-  """A TFUniformReplayBuffer of single-environment trajectories.
-
-  It holds min(capacity, frames) steps: `frames` is what the whole search collects, so a
-  short search does not checkpoint an almost empty table of `capacity` steps every
-  episode.
-  """
+@gin.configurable(denylist=["agent"])
+def make_replay_buffer(agent, capacity: int = 20_000):
+  """A TFUniformReplayBuffer of single-environment trajectories (capacity in steps)."""
   return tf_uniform_replay_buffer.TFUniformReplayBuffer(
-      data_spec=agent.collect_data_spec, batch_size=1, max_length=min(capacity, frames))
+      data_spec=agent.collect_data_spec, batch_size=1, max_length=capacity)
 
 
 def random_policy(time_step_spec, action_spec, seed) -> random_py_policy.RandomPyPolicy:

@@ -54,6 +54,7 @@ class StepRecord:
   loss: float  # mean retrain loss of the step; nan when the step failed and was undone
   retrain_seconds: float  # wall time of the step's retrain
   measure_seconds: float  # wall time of the step's accuracy measurement
+  mask_seconds: float  # wall time of setting the layer's mask (and of an undo)
 
 
 @gin.configurable(denylist=["controller", "trainer", "train_stream", "reward_data"])
@@ -211,14 +212,18 @@ class PruningEnv(py_environment.PyEnvironment):
     action = int(action)
     level = max(self.levels[action], self._lowest_level())
     previous_sparsity = self.controller.global_sparsity()
+    started = time.perf_counter()
     self.controller.save_step(self._t)
     self.controller.set_level(self._t, level, self.mode)
+    mask_seconds = time.perf_counter() - started
     started = time.perf_counter()
     loss = self._retrain()
     retrain_seconds = time.perf_counter() - started
     failed = not np.isfinite(loss)
     if failed:  # Undo the step: weights as before it, the layer unpruned.
+      started = time.perf_counter()
       self.controller.undo_step()
+      mask_seconds += time.perf_counter() - started
       self.trainer.reset_optimizer()
       self.failed_steps += 1
       print(f"WARNING: retrain loss {loss} after pruning {self.controller.names[self._t]} to "
@@ -237,7 +242,7 @@ class PruningEnv(py_environment.PyEnvironment):
     reward = self.reward_fn.failed(outcome) if failed else self.reward_fn(outcome)
     self.episode.append(StepRecord(self.controller.names[self._t], action, level,
                                    layer_sparsity, sparsity, accuracy, reward, loss,
-                                   retrain_seconds, measure_seconds))
+                                   retrain_seconds, measure_seconds, mask_seconds))
     self._accuracy = accuracy
     self._previous_level = level
     self._t += 1

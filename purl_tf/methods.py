@@ -46,6 +46,7 @@ class Choice:
   episodes: int = 0  # allocations evaluated on the reward split
   retrain_steps: int = 0  # train batches spent choosing (gradual: its ramp)
   overhead_share: float = 0.0  # of `seconds`, outside retraining and measuring
+  seconds_by_part: dict = dataclasses.field(default_factory=dict)  # of a search
   failed_steps: int = 0
   best_episode: int = -1
   best_accuracy: Optional[float] = None  # reward split, as the search measured it
@@ -73,5 +74,6 @@ def choose(method: str, env: PruningEnv, root_dir: str, seed: int) -> Choice:
   controller.reset()
   return Choice(found.best.allocation, seconds=found.seconds, episodes=len(found.episodes),
                 retrain_steps=found.retrain_steps, overhead_share=found.overhead_share,
+                seconds_by_part=found.seconds_by_part,
                 failed_steps=found.failed_steps, best_episode=found.best.episode,
                 best_accuracy=found.best.accuracy)

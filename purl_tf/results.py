@@ -35,6 +35,7 @@ class RunResult:
   search_episodes: int  # allocations evaluated on the reward split (0: one-shot)
   search_retrain_steps: int  # train batches spent while choosing
   search_overhead_share: float  # share of search_seconds outside retraining and measuring
+  search_seconds_by_part: dict  # search.SearchResult.seconds_by_part ({} unless searched)
   failed_steps: int  # search steps undone after a non-finite retrain loss
   best_episode: int  # the chosen allocation's episode (-1: one-shot)
   best_reward_accuracy_in_search: Optional[float]  # what the search measured for it

@@ -18,6 +18,7 @@ last finished episode and repeats what an uninterrupted search would have done: 
 random draw of an episode is seeded by (seed, episode), and the train stream continues at
 its checkpointed position. A finished search is not redone.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -58,6 +59,7 @@ class Episode:
   rewards: list  # reward per step
   retrain_seconds: float  # of the episode's steps, summed
   measure_seconds: float
+  mask_seconds: float
 
 
 def is_better(candidate: Episode, best: Optional[Episode], target: float,
@@ -89,6 +91,19 @@ class SearchResult:
   seconds: float  # wall time of the search, summed over resumed runs
   failed_steps: int  # steps undone after a non-finite retrain loss
   retrain_steps: int  # train batches of all steps of all episodes
+  phase_seconds: dict  # wall time outside the episodes: agent, checkpoints, summaries
+
+  @property
+  def seconds_by_part(self) -> dict:
+    """Where the search's wall time went, in seconds: retrain, measure, masks, the rest of
+    the episodes (resets, policy inference, observations, the driver), agent training,
+    checkpoints, summaries, and what is left (progress lines, bookkeeping)."""
+    parts = {name: sum(getattr(e, f"{name}_seconds") for e in self.episodes)
+             for name in ("retrain", "measure", "mask")}
+    parts["episode_other"] = sum(e.seconds for e in self.episodes) - sum(parts.values())
+    parts.update(self.phase_seconds)
+    parts["other"] = max(0.0, self.seconds - sum(parts.values()))
+    return parts
 
   @property
   def overhead_share(self) -> float:
@@ -109,13 +124,15 @@ class _Record:
     self.seconds = 0.0
     self.failed_steps = 0
     self.train_position = 0  # batches drawn from the env's train stream
+    self.phase_seconds = {"agent": 0.0, "checkpoint": 0.0, "summaries": 0.0}
 
   def store(self):
     self.variable.assign(json.dumps({
         "episodes": [dataclasses.asdict(e) for e in self.episodes],
         "best": dataclasses.asdict(self.best) if self.best else None,
         "collected": self.collected, "seconds": self.seconds,
-        "failed_steps": self.failed_steps, "train_position": self.train_position}))
+        "failed_steps": self.failed_steps, "train_position": self.train_position,
+        "phase_seconds": self.phase_seconds}))
 
   def load(self):
     text = self.variable.numpy().decode()
@@ -124,7 +141,7 @@ class _Record:
     state = json.loads(text)
     self.episodes = [Episode(**e) for e in state["episodes"]]
     self.best = Episode(**state["best"]) if state["best"] else None
-    for name in ("collected", "seconds", "failed_steps", "train_position"):
+    for name in ("collected", "seconds", "failed_steps", "train_position", "phase_seconds"):
       setattr(self, name, state[name])
 
 
@@ -199,21 +216,32 @@ class SearchRunner:
       started = time.time()
       result = self._episode(COLLECT if self.learner == DQN else RANDOM)
       record.collected += 1
-      loss = self._train_agent() if self.learner == DQN else None
-      self._keep(result, loss)
+      with self._phase("agent"):
+        loss = self._train_agent() if self.learner == DQN else None
+      with self._phase("summaries"):
+        self._keep(result, loss)
       greedy = None
       if self.learner == DQN and (record.collected % self.eval_interval == 0
                                   or record.collected == self.planned):
         greedy = self._episode(GREEDY)
-        self._keep(greedy)
+        with self._phase("summaries"):
+          self._keep(greedy)
       if greedy or record.collected == self.planned:
-        self._chart_best()
+        with self._phase("summaries"):
+          self._chart_best()
       record.seconds += time.time() - started
       self._save()
       self._progress(result)
       if greedy:
         self._progress(greedy)
     return self._finish()
+
+  @contextlib.contextmanager
+  def _phase(self, name: str):
+    """Adds the wall time of the block to the record's seconds of phase `name`."""
+    started = time.time()
+    yield
+    self.record.phase_seconds[name] += time.time() - started
 
   def _setup(self):
     """The agent (DQN), its replay buffer, policies and checkpoint, and the writers."""
@@ -223,9 +251,7 @@ class SearchRunner:
     if self.learner == DQN:
       self.agent, self.epsilon = agent_lib.make_agent(
           env.time_step_spec(), env.action_spec(), num_episodes=self.num_episodes)
-      # Each collect episode adds a trajectory per step and one across its boundary.
-      self.replay = agent_lib.make_replay_buffer(
-          self.agent, frames=self.num_episodes * (env.num_layers + 1))
+      self.replay = agent_lib.make_replay_buffer(self.agent)
       self.sampler = agent_lib.ReplaySampler(self.replay, self.batch_size,
                                              self.agent.train_sequence_length)
       self.train_fn = common.function(self.agent.train)
@@ -290,7 +316,8 @@ class SearchRunner:
         seconds=time.time() - start, allocation={s.layer: s.layer_sparsity for s in steps},
         levels=[s.level for s in steps], rewards=[s.reward for s in steps],
         retrain_seconds=sum(s.retrain_seconds for s in steps),
-        measure_seconds=sum(s.measure_seconds for s in steps))
+        measure_seconds=sum(s.measure_seconds for s in steps),
+        mask_seconds=sum(s.mask_seconds for s in steps))
 
   def _train_agent(self) -> Optional[float]:
     """DQN updates on the replay buffer; their mean loss (None: too few transitions yet)."""
@@ -353,7 +380,9 @@ class SearchRunner:
                       options=tf.train.CheckpointOptions(enable_async=True))
     files.write_json(os.path.join(self.root_dir, files.EPISODES),
                      [dataclasses.asdict(e) for e in record.episodes])
-    record.seconds += time.time() - saving  # stored with the next episode
+    saved = time.time() - saving  # stored with the next episode's checkpoint
+    record.seconds += saved
+    record.phase_seconds["checkpoint"] += saved
 
   def _progress(self, result: Episode):
     """The progress line of an episode."""
@@ -379,6 +408,7 @@ class SearchRunner:
     record = self.record
     return SearchResult(best=record.best, episodes=record.episodes, seconds=record.seconds,
                         failed_steps=record.failed_steps,
+                        phase_seconds=dict(record.phase_seconds),
                         retrain_steps=sum(len(e.levels) for e in record.episodes)
                         * self.env.retrain_steps)
 

@@ -124,6 +124,25 @@ def test_train_split_is_reshuffled_each_pass(full_batch_splits):
   assert first != second
 
 
+@pytest.mark.parametrize("augment, cache_train", [("none", True), ("flip_crop", False)])
+def test_a_train_stream_started_at_a_position_repeats_the_one_that_ran_through_it(
+    data_dir, augment, cache_train):
+  """A resumed search reopens its stream at the batch it reached: the batches must be the
+  ones an uninterrupted stream gave there, across passes, augmentation included."""
+  splits = data.load_splits("mnist5k", data_dir=data_dir, batch_size=100, augment=augment,
+                            reward_size=REWARD_SIZE, cache_train=cache_train)
+  # 3,500 examples: 35 batches a pass; 30..44 crosses into the second (reshuffled) pass.
+  whole = [b[0].numpy() for b in splits.train_stream(0, seed=5).take(45)]
+  resumed = [b[0].numpy() for b in splits.train_stream(30, seed=5).take(15)]
+  for expected, got in zip(whole[30:], resumed):
+    np.testing.assert_array_equal(expected, got)
+  first_pass = np.concatenate(whole[:35])
+  second_pass = np.concatenate(whole[35:45])
+  assert not np.array_equal(first_pass[:1000], second_pass[:1000])  # reshuffled each pass
+  other = next(iter(splits.train_stream(30, seed=6)))[0].numpy()
+  assert not np.array_equal(other, whole[30])  # another seed, another sequence
+
+
 def test_batches_scale_with_replicas(data_dir):
   splits = data.load_splits("mnist5k", data_dir=data_dir, batch_size=32, reward_size=REWARD_SIZE,
                             num_replicas=2)

@@ -40,22 +40,69 @@ def test_conforms_to_the_tf_agents_environment_contract(lenet_parts):
   assert env.observation_spec().shape == (NUM_FEATURES,)
 
 
-def test_dense_reward_arrives_at_every_step(lenet_parts):
-  env = make_env(lenet_parts, reward_fn=rewards.DenseReward())
-  steps = run_episode(env, [4, 6, 10, 3])
+# DenseReward's and EpisodicReward's default constants, written out here (not read from
+# purl_tf.rewards) so that the expected rewards below are computed independently.
+W_SPARSITY, W_ACCURACY, W_MISS = 1.0, 5.0, 5.0
+
+# (actions, enforce_target): with the target enforced every episode ends at or above it (no
+# shortfall); without it, small levels leave the episode short of the target, so the
+# last-step shortfall penalty is exercised too.
+EPISODES = {"reaches_target": ([4, 6, 10, 3], True),
+            "misses_target": ([1, 2, 3, 1], False)}
+
+
+def _progress(sparsity, target):
+  return min(sparsity, target) / target
+
+
+def _expected_dense_rewards(env):
+  """r_t = w_s (P(s_t) - P(s_{t-1})) + w_a (a_t - a_{t-1}) / a_dense, minus
+  w_miss max(0, T - s_L) / T at the last step; s_{-1} = 0, a_{-1} = a_dense."""
+  target, dense = env.target, env.dense_accuracy
+  expected, previous_s, previous_a = [], 0.0, dense
+  for t, record in enumerate(env.episode):
+    r = (W_SPARSITY * (_progress(record.sparsity, target) - _progress(previous_s, target))
+         + W_ACCURACY * (record.accuracy - previous_a) / dense)
+    if t == len(env.episode) - 1:
+      r -= W_MISS * max(0.0, target - record.sparsity) / target
+    expected.append(r)
+    previous_s, previous_a = record.sparsity, record.accuracy
+  return expected
+
+
+def _expected_episodic_return(env):
+  """R = w_s P(s_L) + w_a (a_L - a_dense) / a_dense - w_miss max(0, T - s_L) / T."""
+  target, dense, last = env.target, env.dense_accuracy, env.episode[-1]
+  return (W_SPARSITY * _progress(last.sparsity, target)
+          + W_ACCURACY * (last.accuracy - dense) / dense
+          - W_MISS * max(0.0, target - last.sparsity) / target)
+
+
+@pytest.mark.parametrize("case", sorted(EPISODES))
+def test_dense_reward_arrives_at_every_step(lenet_parts, case):
+  actions, enforce = EPISODES[case]
+  env = make_env(lenet_parts, reward_fn=rewards.DenseReward(), enforce_target=enforce)
+  steps = run_episode(env, actions)
   assert [s.step_type for s in steps] == [0, 1, 1, 1, 2]
   assert all(s.reward != 0.0 for s in steps[1:])
-  # Each step's reward is the one the reward function gives for that step's outcome.
+  final = env.episode[-1].sparsity
+  assert (final >= env.target) if enforce else (final < env.target)  # the case it names
+  assert len(env.episode) == len(actions)
+  # Each step's reward is the dense formula of its recorded sparsity and accuracy.
   assert [float(s.reward) for s in steps[1:]] == pytest.approx(
-      [record.reward for record in env.episode], abs=1e-6)
+      _expected_dense_rewards(env), abs=1e-5)
 
 
-def test_episodic_reward_arrives_only_at_the_end(lenet_parts):
-  env = make_env(lenet_parts, reward_fn=rewards.EpisodicReward())
-  steps = run_episode(env, [4, 6, 10, 3])
+@pytest.mark.parametrize("case", sorted(EPISODES))
+def test_episodic_reward_arrives_only_at_the_end(lenet_parts, case):
+  actions, enforce = EPISODES[case]
+  env = make_env(lenet_parts, reward_fn=rewards.EpisodicReward(), enforce_target=enforce)
+  steps = run_episode(env, actions)
   assert [float(s.reward) for s in steps[1:-1]] == [0.0, 0.0, 0.0]
-  assert steps[-1].reward != 0.0
   assert steps[-1].is_last()
+  # The last step pays the whole episode return of the recorded final sparsity/accuracy.
+  assert float(steps[-1].reward) == pytest.approx(_expected_episodic_return(env), abs=1e-5)
+  assert steps[-1].reward != 0.0
 
 
 def test_episode_prunes_each_layer_to_its_level_and_reset_restores_the_dense_model(lenet_parts):

@@ -1,4 +1,4 @@
-"""Pruning core (purl_tf.pruning): wrapping, exact per-layer levels, kth_smallest, reset,
+"""Pruning core (purl_tf.pruning): wrapping, exact per-layer levels, on-device selection, reset,
 allocations, accounting, and strip/save/load into plain tf-keras."""
 import json
 import os
@@ -14,7 +14,8 @@ import tf_keras as keras
 
 from purl_tf import models, pruning
 from purl_tf.errors import PurlError
-from purl_tf.pruning import controller as controller_lib
+from purl_tf.pruning import selection
+from purl_tf.training import MaskedTrainer
 
 PRUNABLE_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 LENET_LAYERS = ["conv1", "conv2", "fc1", "predictions"]
@@ -234,7 +235,7 @@ def test_lowering_a_level_without_reset_reports_the_real_sparsity(lenet):
       controller.total_params - int(np.count_nonzero(controller.weight(fc1).numpy() == 0)))
 
 
-# --- kth_smallest / keep_largest --------------------------------------------------------------
+# --- selection: kth_smallest / keep_largest / above_threshold ---------------------------------
 
 
 def _arrays(rng, size):
@@ -262,22 +263,28 @@ def test_kth_smallest_equals_np_partition(size):
       ks = {0, size - 1, size // 2, int(size * 0.9)} | set(rng.integers(0, size, 4).tolist())
       for k in sorted(ks):
         expected = np.partition(values, k)[k]
-        got = controller_lib.kth_smallest(values, k)
+        got = float(selection.kth_smallest(values, k))
         assert got == expected, (kind, size, seed, k)
+
+
+def _keep_largest(weight, keep):
+  """selection.keep_largest on an array of any shape: (bool mask of its shape, threshold)."""
+  mask, threshold = selection.keep_largest(weight.ravel(), keep)
+  return mask.numpy().reshape(weight.shape) > 0, float(threshold)
 
 
 def test_keep_largest_keeps_exactly_keep_breaking_ties_by_lower_position():
   weight = np.array([[0.5, -1.0, 1.0], [1.0, -0.25, 1.0]], np.float32)
-  mask, threshold = controller_lib.keep_largest(weight, 3)
+  mask, threshold = _keep_largest(weight, 3)
   assert threshold == 1.0
   # |w| = [.5, 1, 1, 1, .25, 1]: four tie at 1.0 for three places; lower positions win.
   np.testing.assert_array_equal(mask, [[False, True, True], [True, False, False]])
-  mask, _ = controller_lib.keep_largest(weight, 6)
+  mask, _ = _keep_largest(weight, 6)
   assert mask.all()
   rng = np.random.default_rng(4)
   for keep in (1, 10, 999, 1000):
     values = rng.integers(-3, 4, (10, 100)).astype(np.float32)
-    mask, threshold = controller_lib.keep_largest(values, keep)
+    mask, threshold = _keep_largest(values, keep)
     assert mask.sum() == keep
     assert np.abs(values[mask]).min() >= np.abs(values[~mask]).max(initial=0.0)
 
@@ -571,3 +578,24 @@ def test_strip_gives_a_plain_model_with_masks_applied(lenet):
   x = np.random.default_rng(6).uniform(0, 1, (5, 28, 28, 1)).astype(np.float32)
   np.testing.assert_allclose(plain(x).numpy(), wrapped(x, training=False).numpy(),
                              rtol=1e-6, atol=1e-7)
+
+
+def test_the_wrapper_writes_no_weight_when_called_the_trainer_keeps_them_sparse(lenet,
+                                                                               mnist5k_splits):
+  """tfmot's own wrapper assigns weight * mask on every call (an all-reduce per kernel under
+  tf.distribute); MaskedPruning calls the layer as it is, and the trainer re-applies the
+  masks after each optimizer step."""
+  dense, wrapped, controller = lenet
+  controller.set_sparsity(2, 0.9)
+  weight = controller.weight(2)
+  dense_values = dense.get_layer("fc1").kernel.numpy()
+  weight.assign(dense_values)  # masked positions hold non-zeros again
+  images = next(iter(mnist5k_splits.train))[0]
+  wrapped(images, training=True)
+  wrapped(images, training=False)
+  np.testing.assert_array_equal(weight.numpy(), dense_values)  # no write on any call
+  trainer = MaskedTrainer(wrapped, tf.distribute.get_strategy())
+  trainer.train(trainer.stream(mnist5k_splits.train), 2)
+  mask = controller.wrappers[2].pruning_vars[0][1].numpy()
+  assert np.all(weight.numpy()[mask == 0] == 0.0)
+  assert controller.measured_sparsities()[2] == pytest.approx(0.9, abs=1e-3)

@@ -44,6 +44,35 @@ STOPS = (("Search over", signal.SIGKILL), ("[collect] episode    1", signal.SIGT
          ("[finetune]", signal.SIGKILL))
 
 
+def test_a_random_search_killed_at_a_random_moment_ends_as_an_uninterrupted_one(data_dir,
+                                                                              tmp_path):
+  extra = ("train_eval.method = 'random'", "train_eval.export_tflite = False",
+           "finetune.epochs = 0.1")
+  reference, root = str(tmp_path / "reference"), str(tmp_path / "stopped")
+  done = subprocess.run(train_command(reference, data_dir, *extra), capture_output=True,
+                        text=True, cwd=REPO, timeout=600)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  process = subprocess.Popen(train_command(root, data_dir, *extra), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, cwd=REPO)
+  for line in process.stdout:
+    if line.startswith("[random ] episode    2"):
+      time.sleep(random.Random(3).uniform(0.0, 1.0))
+      process.kill()
+      break
+  process.communicate(timeout=600)
+  assert process.returncode == -signal.SIGKILL
+  again = subprocess.run(train_command(root, data_dir, *extra), capture_output=True,
+                         text=True, cwd=REPO, timeout=600)
+  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+  assert "Resuming the search after episode" in again.stdout
+  episodes = [{k: v for k, v in e.items() if "seconds" not in k}
+              for e in json.load(open(os.path.join(root, files.EPISODES)))]
+  assert episodes == [{k: v for k, v in e.items() if "seconds" not in k}
+                      for e in json.load(open(os.path.join(reference, files.EPISODES)))]
+  assert (json.load(open(os.path.join(root, files.BEST_ALLOCATION)))
+          == json.load(open(os.path.join(reference, files.BEST_ALLOCATION))))
+
+
 def test_runs_stopped_at_random_moments_end_as_an_uninterrupted_run(finished_run, data_dir,
                                                                      tmp_path):
   reference, _ = finished_run  # the same command, never interrupted
@@ -93,9 +122,12 @@ def test_a_non_finite_retrain_undoes_the_step_and_pays_the_worst_reward(lenet):
   before = [v.numpy().copy() for v in controller.model.variables]
   step = env.step(np.int64(6))
   assert env.failed_steps == 1
-  assert float(step.reward) == env.reward_fn.worst()
+  assert float(step.reward) == env.reward_fn.worst()  # nothing changed: worst() alone
   assert np.isnan(env.episode[0].loss)
   assert env.episode[0].layer_sparsity == 0.0 and controller.global_sparsity() == 0.0
+  # The level in force is told, not the one undone: in the record and the observation.
+  assert env.episode[0].level == 0.0 and env.levels[6] > 0.0
+  assert step.observation[16] == 0.0  # previous level / largest level
   for value, variable in zip(before, controller.model.variables):
     np.testing.assert_array_equal(value, variable.numpy())
   assert env.episode[0].accuracy == env.dense_accuracy
@@ -151,8 +183,8 @@ def test_a_corrupt_checkpoint_falls_back_to_the_one_before(lenet, tmp_path, caps
 
 
 @pytest.mark.parametrize("gin_files, bindings, message", [
-    ([], ["search.num_episode = 3"], "doesn't have a parameter named 'num_episode'"),
-    ([], ["serch.num_episodes = 3"], "No configurable matching 'serch'"),
+    ([], ["SearchRunner.num_episode = 3"], "doesn't have a parameter named 'num_episode'"),
+    ([], ["SearchRuner.num_episodes = 3"], "No configurable matching 'SearchRuner'"),
     (["gin/missing.gin"], [], "gin file gin/missing.gin does not exist"),
     ([], ["train_eval.model_builder = @lenet6"], "No configurable matching reference"),
 ])

@@ -17,17 +17,99 @@ def _episode(sparsities, accuracies, dense=0.95, target=0.9):
   return out
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_dense_and_episodic_pay_the_same_return(seed):
+# The default constants and the failure penalty, written out here (not read from
+# purl_tf.rewards) so that the expected returns are computed independently:
+# w_s = 1, w_a = 5, w_miss = 5; worst() = -(w_s + w_a + w_miss), below anything a step earns.
+W_SPARSITY, W_ACCURACY, W_MISS = 1.0, 5.0, 5.0
+WORST = -(W_SPARSITY + W_ACCURACY + W_MISS)
+
+
+def _episode_return(final_sparsity, final_accuracy, dense, target):
+  """R = w_s P(s_L) + w_a (a_L - a_dense) / a_dense - w_miss max(0, T - s_L) / T."""
+  progress = min(final_sparsity, target) / target
+  return (W_SPARSITY * progress + W_ACCURACY * (final_accuracy - dense) / dense
+          - W_MISS * max(0.0, target - final_sparsity) / target)
+
+
+def _run(rng, steps, target, dense, failures, attempted_in_failed):
+  """(dense rewards, episodic rewards, surviving (sparsity, accuracy)) of an episode whose
+  step t fails when failures[t]: a failed step is undone (sparsity and accuracy stay as
+  before it, as PruningEnv leaves them) and both rewards pay `.failed(outcome)` for it.
+
+  attempted_in_failed: the failed step's outcome carries what the step attempted (its
+  sparsity and accuracy before the undo) instead of the unchanged values; failed() must
+  ignore them, since it pays what an outcome that changed nothing earns.
+  """
+  dense_fn, episodic_fn = rewards.DenseReward(), rewards.EpisodicReward()
+  dense_rewards, episodic_rewards = [], []
+  sparsity, accuracy = 0.0, dense
+  for t in range(steps):
+    tried_s = sparsity + float(rng.uniform(0, 1.0 / steps))
+    tried_a = float(rng.uniform(0.1, 1.0))
+    if failures[t]:
+      s, a = (tried_s, tried_a) if attempted_in_failed else (sparsity, accuracy)
+    else:
+      s, a = tried_s, tried_a
+    outcome = rewards.Outcome(step=t, num_steps=steps, accuracy=a, previous_accuracy=accuracy,
+                              dense_accuracy=dense, sparsity=s, previous_sparsity=sparsity,
+                              target=target)
+    if failures[t]:
+      dense_rewards.append(dense_fn.failed(outcome))
+      episodic_rewards.append(episodic_fn.failed(outcome))
+    else:
+      dense_rewards.append(dense_fn(outcome))
+      episodic_rewards.append(episodic_fn(outcome))
+      sparsity, accuracy = tried_s, tried_a
+  return dense_rewards, episodic_rewards, (sparsity, accuracy)
+
+
+SEEDS = range(30)
+
+
+def _case(seed):
+  """(rng, steps, target, dense accuracy, failures) of one randomized episode: seeds 0, 3,
+  6, ... fail the last step; each step fails with probability 0, 0.3 or 0.6 (seed 0: 1)."""
   rng = np.random.default_rng(seed)
   steps = int(rng.integers(1, 12))
-  sparsities = np.cumsum(rng.uniform(0, 1.0 / steps, steps))
-  accuracies = rng.uniform(0.1, 1.0, steps)
-  outcomes = _episode(sparsities, accuracies, target=float(rng.uniform(0.3, 0.95)))
-  dense = [rewards.DenseReward()(o) for o in outcomes]
-  episodic = [rewards.EpisodicReward()(o) for o in outcomes]
-  assert sum(dense) == pytest.approx(sum(episodic), abs=1e-9)
-  assert all(r == 0.0 for r in episodic[:-1])
+  target = float(rng.uniform(0.3, 0.95))
+  dense = float(rng.uniform(0.5, 1.0))
+  rate = 1.0 if seed == 0 else float(rng.choice([0.0, 0.3, 0.6]))
+  failures = rng.uniform(size=steps) < rate
+  if seed % 3 == 0:
+    failures[-1] = True
+  return rng, steps, target, dense, failures
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_dense_and_episodic_pay_the_same_return(seed):
+  rng, steps, target, dense, failures = _case(seed)
+  dense_rewards, episodic, (s_final, a_final) = _run(
+      rng, steps, target, dense, failures, attempted_in_failed=bool(seed % 2))
+  # The surviving trajectory's return as if nothing had failed, and worst() per failure.
+  expected = (_episode_return(s_final, a_final, dense, target)
+              + WORST * int(np.sum(failures)))
+  assert sum(dense_rewards) == pytest.approx(sum(episodic), abs=1e-9)
+  assert sum(dense_rewards) == pytest.approx(expected, abs=1e-9)
+  assert sum(episodic) == pytest.approx(expected, abs=1e-9)
+  # Before the last step the episodic reward is 0, or worst() alone for a failed step.
+  assert episodic[:-1] == pytest.approx([WORST if f else 0.0 for f in failures[:-1]])
+
+
+def test_the_randomized_episodes_cover_failed_steps():
+  """The seeds above hold episodes with no failure, with failures before the last step
+  only, with a failed last step after surviving steps, and with every step failed."""
+  kinds = set()
+  for seed in SEEDS:
+    failures = _case(seed)[-1]
+    if not failures.any():
+      kinds.add("none")
+    elif failures.all():
+      kinds.add("all")
+    elif failures[-1]:
+      kinds.add("last after survivors")
+    else:
+      kinds.add("some, not last")
+  assert kinds == {"none", "all", "last after survivors", "some, not last"}
 
 
 def test_each_dense_reward_reflects_its_own_step():

@@ -7,13 +7,14 @@ r"""Benchmarks of purl_tf, each printing a markdown section and writing it into 
 
 Benchmarks:
   mnist5k, cifar10, imagenet_resnet50, imagenet_mobilenet_v2
-      PuRL against its baselines (tools/baselines.py) over --seeds, one subprocess per run
+      PuRL against its baselines over --seeds, one `python -m purl_tf.train` per run
       in --root_dir/<benchmark>/target<t>/seed<s>/<method>; finished runs are reused, so a
       rerun only adds what is missing and rebuilds the table. Only mnist5k runs on a CPU
       machine; --mock checks the others end to end on tfds mock data.
   search_speed
-      one profiled PuRL search on mnist5k: the share of its wall time outside retraining
-      and measuring, by component, and the retrain/measure steps against plain Keras.
+      a PuRL search of the quickstart's LeNet-5 and of a ResNet-20: the share of its wall
+      time outside retraining and measuring, by part, and the retrain/measure steps inside
+      the search against plain compiled Keras on the same batches.
   imagenet_projection
       the per-episode cost of the ImageNet configs, from step costs measured here.
   pruning_speed

@@ -48,9 +48,10 @@ class PruningController:
     saved = {id(v): copy for v, copy in zip(model.variables, self._saved)}
     self._saved_weights = [saved[id(weight)] for weight, _, _ in self._vars]
     self._kept_at_snapshot = self._kept.copy()
-    pruning_vars = {id(v) for wrapper in self.wrappers for v in wrapper.pruning_vars[0]}
-    pruning_vars |= {id(wrapper.pruning_step) for wrapper in self.wrappers}
-    self._trained = [v for v in model.variables if id(v) not in pruning_vars]
+    # What training moves: every variable but the masks, thresholds and step counters.
+    fixed = {id(v) for _, mask, threshold in self._vars for v in (mask, threshold)}
+    fixed |= {id(wrapper.pruning_step) for wrapper in self.wrappers}
+    self._trained = [v for v in model.variables if id(v) not in fixed]
     self._step_copy = None  # save_step()'s copy of self._trained, made on first use
     self._step_mask = self._step_threshold = self._step_layer = None
     self._kept_at_step = self._kept.copy()

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from bench.common import (command_line, fmt_ms, machine, median_seconds, per_step_seconds,
                           REPO, Section)
-from purl_tf import models, pruning, search, train, training
+from purl_tf import data, models, pipeline, pruning, search, training
+from purl_tf.env import PruningEnv
 
 FLAGS = flags.FLAGS
 
@@ -21,15 +22,6 @@ flags.DEFINE_integer("projection_batch", 8, "imagenet_projection: images per mea
 
 PROJECTED = (("ResNet-50", "gin/resnet50.gin", "resnet50"),
              ("MobileNet-V2", "gin/mobilenet_v2.gin", "mobilenet_v2"))
-
-
-def _config_value(name: str):
-  """A parameter of the parsed gin config, or the default of the function it belongs to."""
-  try:
-    return gin.query_parameter(name)
-  except ValueError:
-    defaults = {"load_splits.eval_batch_size": None, "SearchRunner.eval_interval": 10}
-    return defaults[name]
 
 
 def _step_costs(builder: Callable, size: int, batch: int, repeats: int) -> dict:
@@ -67,14 +59,14 @@ def imagenet_projection() -> Section:
   notes = []
   for title, gin_file, builder_name in PROJECTED:
     gin.clear_config()
-    train._parse_gin([os.path.join(REPO, gin_file)], [f"{builder_name}.weights = None"])  # pylint: disable=protected-access
+    pipeline.parse_gin([os.path.join(REPO, gin_file)], [f"{builder_name}.weights = None"])
     builder = getattr(models, builder_name)
-    size = int(_config_value("load_splits.image_size"))
-    batch = int(_config_value("load_splits.batch_size"))
-    reward = int(_config_value("load_splits.reward_size"))
-    retrain = int(_config_value("PruningEnv.retrain_steps"))
-    episodes = int(_config_value("SearchRunner.num_episodes"))
-    interval = int(_config_value("SearchRunner.eval_interval"))
+    size = int(pipeline.bound(data.load_splits, "image_size"))
+    batch = int(pipeline.bound(data.load_splits, "batch_size"))
+    reward = int(pipeline.bound(data.load_splits, "reward_size"))
+    retrain = int(pipeline.bound(PruningEnv, "retrain_steps"))
+    episodes = int(pipeline.bound(search.SearchRunner, "num_episodes"))
+    interval = int(pipeline.bound(search.SearchRunner, "eval_interval"))
     print(f"{title}: measuring train and eval steps at {size}x{size}, batch "
           f"{FLAGS.projection_batch} ...", flush=True)
     costs = _step_costs(builder, size, FLAGS.projection_batch, FLAGS.repeats)
