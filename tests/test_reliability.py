@@ -150,6 +150,11 @@ def test_finetune_rolls_back_a_non_finite_epoch_and_gives_up_when_it_repeats(
                               epochs=1.0)
   assert results["finetune_restarts"] == 1
   assert len(calls) == 2 and results["pruned_test_accuracy"] > 0.9
+  # The restart count is checkpointed: a resumed fine-tune still knows it (and seeds its
+  # data from it), here a rerun of the finished one.
+  again = finetune.finetune(controller, strategy, splits, allocation, str(tmp_path / "a"),
+                            epochs=1.0)
+  assert again["finetune_restarts"] == 1 and len(calls) == 2
 
   monkeypatch.setattr(MaskedTrainer, "train", lambda self, it, steps: float("nan"))
   with pytest.raises(PurlError, match="diverged 3 times in a row"):

@@ -111,31 +111,28 @@ class PruningController:
     threshold.assign(self._step_threshold)
     self._kept = self._kept_at_step.copy()
 
-  @staticmethod
-  @tf.function(reduce_retracing=True, autograph=False)
-  def _choose(weight, mask, saved, mode, level):
-    """(masked weight, mask, threshold, weights kept) of `level` (a keep count, or alpha),
-    chosen among all of the layer's weights: the pruned ones take back their snapshot
-    values first."""
+  @tf.function(autograph=False)
+  def _write(self, weight, mask, threshold, saved, mode, level):
+    """Writes the mask of `level` (a keep count, or alpha) chosen among all of the layer's
+    weights, the pruned ones taking back their snapshot values first, and zeroes the
+    pruned weights; returns the number of weights kept. One graph per layer shape."""
     values = tf.where(mask > 0, weight, saved)
     flat = tf.reshape(values, [-1])
     if mode == SPARSITY:
-      chosen, threshold = selection.keep_largest(flat, tf.cast(level, tf.int64))
+      chosen, value = selection.keep_largest(flat, tf.cast(level, tf.int64))
     else:
-      chosen, threshold = selection.above_threshold(flat, tf.cast(level, tf.float32))
+      chosen, value = selection.above_threshold(flat, tf.cast(level, tf.float32))
     chosen = tf.reshape(chosen, tf.shape(values))
-    return values * chosen, chosen, threshold, tf.reduce_sum(tf.cast(chosen, tf.int64))
+    mask.assign(tf.cast(chosen, mask.dtype))
+    weight.assign(values * chosen)
+    threshold.assign(tf.cast(value, threshold.dtype))
+    return tf.reduce_sum(tf.cast(chosen, tf.int64))
 
   def _set(self, layer: int, mode: str, level: float) -> float:
     """Writes layer's mask for `level` and zeroes its pruned weights, on their device."""
     weight, mask, threshold = self._vars[layer]
-    masked, chosen, value, kept = self._choose(weight.value(), mask.value(),
-                                               self._saved_weights[layer].value(), mode,
-                                               tf.constant(level, tf.float64))
-    mask.assign(tf.cast(chosen, mask.dtype))
-    weight.assign(masked)
-    threshold.assign(tf.cast(value, threshold.dtype))
-    self._kept[layer] = int(kept)
+    self._kept[layer] = int(self._write(weight, mask, threshold, self._saved_weights[layer],
+                                        mode, tf.constant(level, tf.float64)))
     return self.sparsity(layer)
 
   def set_sparsity(self, layer: int, fraction: float) -> float:
