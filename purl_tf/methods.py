@@ -5,7 +5,10 @@
   random            random search on the SearchRunner (tf-agents' RandomPyPolicy), as
                     many evaluated allocations as the PuRL search of the same config.
   global_magnitude  one magnitude threshold over all prunable weights at the target.
+  lamp              one threshold over LAMP's layer-adaptive magnitude scores (Lee et al.).
+  erk               Erdős–Rényi-Kernel layer densities (Evci et al., RigL).
   uniform           every prunable layer at the target.
+  uniform_keep_ends the first and last prunable layers dense, the others uniform.
   gradual           tfmot's PolynomialDecay over the retrain steps of the PuRL search,
                     then the fine-tune budget (it prunes while it trains; gradual.py).
 
@@ -21,7 +24,9 @@ from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 
 SEARCHED = {"purl": search.DQN, "episodic": search.DQN, "random": search.RANDOM}
-ONE_SHOT = {"global_magnitude": pruning.global_magnitude, "uniform": pruning.uniform}
+ONE_SHOT = {"global_magnitude": pruning.global_magnitude, "lamp": pruning.lamp,
+            "erk": pruning.erk, "uniform": pruning.uniform,
+            "uniform_keep_ends": pruning.uniform_keep_ends}
 GRADUAL = "gradual"
 METHODS = (*SEARCHED, *ONE_SHOT, GRADUAL)
 

@@ -390,6 +390,52 @@ def test_uniform_and_explicit_allocations(lenet):
     pruning.explicit(controller, {"pool1": 0.5})
 
 
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.98])
+def test_lamp_keeps_the_weights_of_highest_lamp_score(lenet, sparsity):
+  """Against LAMP's definition computed here: score(u) = u^2 / sum of v^2 over the weights
+  v of u's layer with v^2 >= u^2; the lowest scores of the network go."""
+  _, _, controller = lenet
+  scores = []
+  for i in range(controller.num_layers):
+    squares = np.square(controller.weight(i).numpy().astype(np.float64).ravel())
+    ordered = np.sort(squares)
+    suffix = np.concatenate([np.cumsum(ordered[::-1])[::-1], [0.0]])
+    scores.append(squares / suffix[np.searchsorted(ordered, squares, side="left")])
+  flat = np.sort(np.concatenate(scores))
+  threshold = flat[int(round(sparsity * flat.size)) - 1]
+  expected = [1.0 - max(np.count_nonzero(s > threshold), 1) / s.size for s in scores]
+  reached = pruning.lamp(controller, sparsity)
+  np.testing.assert_allclose(reached, expected, atol=1e-12)
+  assert controller.global_sparsity() == pytest.approx(sparsity, abs=1e-4)
+  assert len(set(np.round(reached, 3))) > 1  # layer-adaptive, not uniform
+
+
+def test_erk_densities_follow_the_kernel_shapes(lenet):
+  _, _, controller = lenet
+  reached = pruning.erk(controller, 0.9)
+  shapes = [np.array(controller.weight(i).shape, np.float64) for i in range(4)]
+  raw = np.array([shape.sum() / shape.prod() for shape in shapes])
+  density = 1.0 - reached
+  # conv1 (5x5x1x20) and the 500x10 head would pass density 1: they stay dense ...
+  assert density[0] == 1.0 and density[3] == 1.0
+  # ... and conv2, fc1 share one scale of (sum of dims / product), reaching the target.
+  scale = density[1:3] / raw[1:3]
+  assert scale[0] == pytest.approx(scale[1], rel=1e-3)
+  assert np.all(scale * raw[[0, 3]] > 1.0)
+  assert controller.global_sparsity() == pytest.approx(0.9, abs=1e-4)
+
+
+def test_uniform_keep_ends_leaves_the_first_and_last_layers_dense(lenet):
+  _, _, controller = lenet
+  reached = pruning.uniform_keep_ends(controller, 0.9)
+  assert reached[0] == 0.0 and reached[-1] == 0.0
+  assert reached[1] == pytest.approx(reached[2], abs=1e-4) and reached[1] > 0.9
+  assert controller.global_sparsity() == pytest.approx(0.9, abs=1e-4)
+  controller.reset()
+  with pytest.raises(PurlError, match="lower the target"):
+    pruning.uniform_keep_ends(controller, 0.99)
+
+
 # --- accounting ----------------------------------------------------------------------------------
 
 

@@ -43,3 +43,70 @@ def global_magnitude(controller: PruningController, sparsity: float) -> np.ndarr
   tied_pruned = np.diff(np.minimum(np.cumsum(ties), prune - below.sum()), prepend=0)
   keep = np.maximum(controller.sizes - below - tied_pruned, 1)
   return controller.apply((1.0 - keep / controller.sizes).tolist())
+
+
+def _apply_kept(controller: PruningController, keep: np.ndarray) -> np.ndarray:
+  """Every layer keeping `keep[i]` of its largest-magnitude weights (at least one)."""
+  keep = np.clip(np.asarray(keep, np.int64), 1, controller.sizes)
+  return controller.apply((1.0 - keep / controller.sizes).tolist())
+
+
+def _check_fraction(sparsity: float):
+  if not 0.0 <= sparsity < 1.0:
+    raise PurlError(f"global sparsity {sparsity} is outside [0, 1).")
+
+
+def lamp(controller: PruningController, sparsity: float) -> np.ndarray:
+  """LAMP (Lee et al., ICLR 2021): one threshold over layer-adaptive magnitude scores.
+
+  A weight's score is w^2 over the sum of the squares of the weights of its layer at least
+  as large as it; the lowest scores of the whole network go, so that `sparsity` of the
+  prunable weights is pruned. Within a layer the score orders weights as |w| does, so each
+  layer keeps its largest magnitudes.
+  """
+  _check_fraction(sparsity)
+  scores = []
+  for i in range(controller.num_layers):
+    squares = np.sort(np.square(controller.weight(i).numpy().astype(np.float64).ravel()))
+    tail = np.cumsum(squares[::-1])[::-1]  # sum of the squares at least as large
+    scores.append(squares / np.maximum(tail, np.finfo(np.float64).tiny))
+  flat = np.concatenate(scores)
+  prune = int(round(sparsity * flat.size))
+  if prune == 0:
+    return _apply_kept(controller, controller.sizes)
+  threshold = np.partition(flat, prune - 1)[prune - 1]
+  return _apply_kept(controller, [np.count_nonzero(s > threshold) for s in scores])
+
+
+def erk(controller: PruningController, sparsity: float) -> np.ndarray:
+  """Erdős–Rényi-Kernel (Evci et al., RigL, ICML 2020): layer densities proportional to
+  the sum of the kernel's dimensions over their product, scaled to keep 1 - `sparsity` of
+  the prunable weights; a layer whose density would pass 1 stays dense and the scale is
+  recomputed for the others.
+  """
+  _check_fraction(sparsity)
+  shapes = [tuple(controller.weight(i).shape) for i in range(controller.num_layers)]
+  raw = np.array([sum(shape) / np.prod(shape, dtype=np.float64) for shape in shapes])
+  sizes = controller.sizes.astype(np.float64)
+  budget = (1.0 - sparsity) * sizes.sum()
+  dense = np.zeros(len(shapes), bool)
+  while True:
+    scale = (budget - sizes[dense].sum()) / np.sum(raw[~dense] * sizes[~dense])
+    density = np.where(dense, 1.0, scale * raw)
+    if not np.any(density > 1.0):
+      break
+    dense |= density > 1.0
+  return _apply_kept(controller, np.round(density * sizes))
+
+
+def uniform_keep_ends(controller: PruningController, sparsity: float) -> np.ndarray:
+  """The first and the last prunable layer dense (standard practice: the first conv and
+  the classifier), every other layer at the one sparsity that reaches `sparsity`."""
+  _check_fraction(sparsity)
+  sizes = controller.sizes
+  middle = sizes[1:-1].sum()
+  needed = sparsity * sizes.sum() / middle if middle else float("inf")
+  if needed >= 1.0:
+    raise PurlError(f"with the first and last layers dense the others would need sparsity "
+                    f"{needed:.3f} to reach {sparsity}: lower the target or use 'uniform'.")
+  return controller.apply([0.0] + [needed] * (controller.num_layers - 2) + [0.0])
