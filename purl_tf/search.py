@@ -211,7 +211,9 @@ class SearchRunner:
     if not self._restore() and self.initial_policy:
       _load_policy(self.agent, self.initial_policy)
     if self.initial_policy and not record.episodes:
-      self._keep(self._episode(GREEDY))
+      first = self._episode(GREEDY)
+      with self._phase("summaries"):
+        self._keep(first)
     while record.collected < self.planned:
       started = time.time()
       result = self._episode(COLLECT if self.learner == DQN else RANDOM)
@@ -255,7 +257,10 @@ class SearchRunner:
       self.sampler = agent_lib.ReplaySampler(self.replay, self.batch_size,
                                              self.agent.train_sequence_length)
       self.train_fn = common.function(self.agent.train)
-      self.add_batch = common.function(lambda items: self.replay.add_batch(items) and None)
+      def add_batch(items):  # compiled: eager, its writes cost several ms a step
+        self.replay.add_batch(items)  # (an op, which a tf.function cannot return)
+
+      self.add_batch = common.function(add_batch)
       greedy = py_tf_eager_policy.PyTFEagerPolicy(self.agent.policy, use_tf_function=True)
       self.policies = {GREEDY: greedy,
                        COLLECT: agent_lib.EpsilonGreedyPyPolicy(greedy, self.epsilon.value)}

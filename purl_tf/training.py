@@ -2,7 +2,7 @@
 
 One tf.function runs `steps` train steps (its trip count is a tensor, so changing it does
 not retrace) and re-applies every mask after each update, so weights stay exactly
-sparse. Evaluation counts correct predictions over a distributed dataset.
+sparse. Evaluation counts correct predictions over a distributed dataset, batch by batch.
 """
 import gin
 import tensorflow as tf
@@ -41,7 +41,7 @@ class MaskedTrainer:
     self._eval_step = tf.function(self._replica_eval_step, jit_compile=jit_compile,
                                   autograph=False)
     self.train_function = tf.function(self._train_steps)
-    self.eval_function = tf.function(self._count_correct)
+    self.eval_function = tf.function(self._count_batch, autograph=False)
 
   def distribute(self, dataset: tf.data.Dataset):
     """The dataset split across replicas (global batches in, per-replica batches out).
@@ -91,18 +91,21 @@ class MaskedTrainer:
     hits = tf.equal(tf.argmax(outputs, axis=-1, output_type=tf.int64), labels)
     return tf.reduce_sum(tf.cast(hits, tf.int64)), tf.size(labels, out_type=tf.int64)
 
-  def _count_correct(self, distributed):
-    correct = tf.constant(0, tf.int64)
-    count = tf.constant(0, tf.int64)
-    for images, labels in distributed:
-      hits, seen = self.strategy.run(self._eval_step, args=(images, labels))
-      correct += self.strategy.reduce(SUM, hits, axis=None)
-      count += self.strategy.reduce(SUM, seen, axis=None)
-    return correct, count
+  def _count_batch(self, images, labels):
+    hits, seen = self.strategy.run(self._eval_step, args=(images, labels))
+    return (self.strategy.reduce(SUM, hits, axis=None),
+            self.strategy.reduce(SUM, seen, axis=None))
 
   def evaluate(self, distributed) -> float:
-    """Top-1 accuracy (fraction) over a dataset from `distribute`."""
-    correct, count = self.eval_function(distributed)
+    """Top-1 accuracy (fraction) over a dataset from `distribute`.
+
+    The batches are fed from Python to one compiled step (a loop over the dataset inside
+    the graph measured 1.7x slower); the counts stay on the device until the end.
+    """
+    correct = count = tf.constant(0, tf.int64)
+    for images, labels in distributed:
+      hits, seen = self.eval_function(images, labels)
+      correct, count = correct + hits, count + seen
     return float(correct) / max(int(count), 1)
 
   @tf.function(autograph=False)
