@@ -41,7 +41,7 @@ class MaskedTrainer:
     self._eval_step = tf.function(self._replica_eval_step, jit_compile=jit_compile,
                                   autograph=False)
     self.train_function = tf.function(self._train_steps)
-    self.eval_function = tf.function(self._count_batch, autograph=False)
+    self.eval_function = None  # compiled at the first evaluate, for its batches' spec
 
   def distribute(self, dataset: tf.data.Dataset):
     """The dataset split across replicas (global batches in, per-replica batches out).
@@ -102,6 +102,9 @@ class MaskedTrainer:
     The batches are fed from Python to one compiled step (a loop over the dataset inside
     the graph measured 1.7x slower); the counts stay on the device until the end.
     """
+    if self.eval_function is None:  # batches of any size (a last partial one): one trace
+      self.eval_function = tf.function(self._count_batch, autograph=False,
+                                       input_signature=list(distributed.element_spec))
     correct = count = tf.constant(0, tf.int64)
     for images, labels in distributed:
       hits, seen = self.eval_function(images, labels)
@@ -117,4 +120,5 @@ class MaskedTrainer:
   def tracing_counts(self) -> dict:
     """How often the train and eval functions were traced (each should trace once)."""
     return {"train": self.train_function.experimental_get_tracing_count(),
-            "eval": self.eval_function.experimental_get_tracing_count()}
+            "eval": (self.eval_function.experimental_get_tracing_count()
+                     if self.eval_function else 0)}
