@@ -41,6 +41,20 @@ def run(method, root, data_dir, pretrained_lenet, target=0.9):
   return pipeline.train_eval(root)
 
 
+@pytest.fixture(scope="module")
+def finished(data_dir, pretrained_lenet, tmp_path_factory):
+  """method -> (root_dir, RunResult): each method run once for the module, on first use."""
+  base, done = tmp_path_factory.mktemp("methods"), {}
+
+  def get(method):
+    if method not in done:
+      root = str(base / method)
+      done[method] = root, run(method, root, data_dir, pretrained_lenet)
+    return done[method]
+
+  return get
+
+
 def zeros_share(path):
   """Share of exactly-zero weights in the prunable kernels of a saved pruned model."""
   model = keras.models.load_model(path)
@@ -48,12 +62,11 @@ def zeros_share(path):
   return sum(np.count_nonzero(k == 0) for k in kernels) / sum(k.size for k in kernels)
 
 
-@pytest.mark.parametrize("method", ["global_magnitude", "uniform", "gradual", "random",
-                                    "episodic"])
-def test_every_method_writes_one_run_result_and_reaches_the_target(method, data_dir,
-                                                                   pretrained_lenet, tmp_path):
-  result = run(method, str(tmp_path / method), data_dir, pretrained_lenet)
-  on_disk = RunResult(**json.load(open(tmp_path / method / files.RESULTS)))  # every field
+@pytest.mark.parametrize("method", ["global_magnitude", "lamp", "erk", "uniform",
+                                    "uniform_keep_ends", "gradual", "random", "episodic"])
+def test_every_method_writes_one_run_result_and_reaches_the_target(method, finished):
+  root, result = finished(method)
+  on_disk = RunResult(**json.load(open(os.path.join(root, files.RESULTS))))  # every field
   assert on_disk.method == method
   assert set(result.allocation) == set(LAYERS)
   # The saved model holds the zeros the results claim, at the target set above (0.9).
@@ -67,23 +80,23 @@ def test_every_method_writes_one_run_result_and_reaches_the_target(method, data_
     assert max(result.allocation.values()) - min(result.allocation.values()) > 0.1
 
 
-def test_searched_methods_share_the_purl_budget(data_dir, pretrained_lenet, tmp_path):
-  random = run("random", str(tmp_path / "random"), data_dir, pretrained_lenet)
+def test_searched_methods_share_the_purl_budget(finished):
+  root, random = finished("random")
   # 2 collect + 2 greedy episodes of the DQN search: 4 random allocations.
   assert random.search_episodes == search.evaluated_episodes(2, 1) == 4
   assert random.search_retrain_steps == 4 * len(LAYERS) * 1
-  episodes = json.load(open(tmp_path / "random" / files.EPISODES))
+  episodes = json.load(open(os.path.join(root, files.EPISODES)))
   assert [e["policy"] for e in episodes] == [search.RANDOM] * 4
   assert all(level in SPARSITY_LEVELS for e in episodes for level in e["levels"])
   assert len({tuple(e["levels"]) for e in episodes}) > 1  # not one allocation repeated
-  gradual = run("gradual", str(tmp_path / "gradual"), data_dir, pretrained_lenet)
+  _, gradual = finished("gradual")
   assert gradual.search_retrain_steps == random.search_retrain_steps  # its pruning ramp
   assert gradual.finetune_steps == random.finetune_steps == 6  # ceil(0.1 * 3500 // 64)
 
 
-def test_the_episodic_reward_pays_only_at_the_last_step(data_dir, pretrained_lenet, tmp_path):
-  result = run("episodic", str(tmp_path / "e"), data_dir, pretrained_lenet)
-  episodes = json.load(open(tmp_path / "e" / files.EPISODES))
+def test_the_episodic_reward_pays_only_at_the_last_step(finished):
+  root, result = finished("episodic")
+  episodes = json.load(open(os.path.join(root, files.EPISODES)))
   assert result.method == "episodic" and len(episodes) == 4
   for episode in episodes:
     assert episode["rewards"][:-1] == [0.0] * (len(LAYERS) - 1)
@@ -91,11 +104,10 @@ def test_the_episodic_reward_pays_only_at_the_last_step(data_dir, pretrained_len
     assert episode["episode_return"] == episode["rewards"][-1]
 
 
-def test_a_finished_method_run_is_not_redone(data_dir, pretrained_lenet, tmp_path):
-  root = str(tmp_path / "random")
-  first = run("random", root, data_dir, pretrained_lenet, target=0.5)
+def test_a_finished_method_run_is_not_redone(finished, data_dir, pretrained_lenet):
+  root, first = finished("random")
   mtime = os.path.getmtime(os.path.join(root, files.RESULTS))
-  assert run("random", root, data_dir, pretrained_lenet, target=0.5) == first
+  assert run("random", root, data_dir, pretrained_lenet) == first
   assert os.path.getmtime(os.path.join(root, files.RESULTS)) == mtime
 
 

@@ -1,6 +1,13 @@
-"""A learned pruning policy moves to another network (SearchRunner.initial_policy)."""
+"""A learned pruning policy moves to another network (SearchRunner.initial_policy).
+
+A short PuRL search on the pre-trained LeNet-5 trains the policy (module fixture); a search
+on another network, small_cnn, starts from it, and its first greedy episode, before any
+training on small_cnn, must reach the target on its own (the target is not enforced)
+with a better allocation than uniform pruning's.
+"""
 import os
 
+import numpy as np
 import pytest
 
 import purl_tf  # noqa: F401
@@ -8,15 +15,14 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import models, pruning, search
+from purl_tf import files, models, pruning, search
 from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
+from purl_tf.results import reached_target
 from purl_tf.training import MaskedTrainer
 
-# The greedy policy `make demo` saves in runs/quickstart/policy: 100 episodes of the
-# quickstart (LeNet-5 on mnist5k, target 0.9, Q-network (64, 64), 13 levels).
-QUICKSTART_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
-                                 "quickstart_policy")
+TARGET = 0.9
+Q_NETWORK = (64, 64)
 
 
 def small_cnn(input_shape, num_classes):
@@ -29,38 +35,96 @@ def small_cnn(input_shape, num_classes):
   return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
 
 
+def make_env(model, splits, retrain_steps):
+  """A PruningEnv of `model` at TARGET, not enforcing it: reaching it is the policy's doing."""
+  controller = pruning.PruningController(pruning.wrap(model))
+  trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
+  return PruningEnv(controller, trainer, splits.train_stream, splits.reward,
+                    retrain_steps=retrain_steps, target_sparsity=TARGET, enforce_target=False)
+
+
+@pytest.fixture(scope="module")
+def lenet_policy(pretrained_lenet, tmp_path_factory):
+  """(folder, SearchResult) of the greedy policy a 40-episode PuRL search on LeNet-5 saves.
+
+  Kept cheap: no retraining after each step (one-shot accuracies), one greedy episode at
+  the end, 64 agent updates per episode.
+  """
+  env = make_env(pretrained_lenet(), pretrained_lenet.splits, retrain_steps=0)
+  root = str(tmp_path_factory.mktemp("lenet_search"))
+  keras.utils.set_random_seed(0)  # the Q-network's initial weights
+  gin.bind_parameter("make_agent.fc_layer_params", Q_NETWORK)
+  try:
+    result = search.SearchRunner(env, root, num_episodes=40, eval_interval=40,
+                                 agent_updates_per_episode=64, log_every=1_000, seed=0).run()
+  finally:
+    gin.clear_config()
+  policy = os.path.join(root, files.POLICY_DIR)
+  assert os.path.exists(os.path.join(policy, "saved_model.pb"))
+  return policy, result
+
+
 @pytest.fixture(scope="module")
 def cnn_env(mnist5k_splits, tmp_path_factory):
   splits = mnist5k_splits
   keras.utils.set_random_seed(0)
   model = small_cnn(splits.image_shape, splits.num_classes)
   models.pretrain(model, splits, str(tmp_path_factory.mktemp("cnn")), epochs=3, verbose=0)
-  controller = pruning.PruningController(pruning.wrap(model))
-  trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
-  # Not enforcing the target: reaching it must be the policy's own doing.
-  return PruningEnv(controller, trainer, splits.train_stream, splits.reward,
-                    retrain_steps=5, target_sparsity=0.9, enforce_target=False)
+  return make_env(model, splits, retrain_steps=20)
 
 
-def test_the_quickstart_policy_prunes_another_network_to_the_target_at_once(cnn_env, tmp_path):
-  gin.bind_parameter("make_agent.fc_layer_params", (64, 64))
-  result = search.search(cnn_env, str(tmp_path), num_episodes=1, eval_interval=1,
-                         initial_policy=QUICKSTART_POLICY)
+def uniform_episode(env, level):
+  """The env's episode of a constant policy: every layer at `level`."""
+  env.seek(0)  # the train batches a search's first episode retrains on
+  env.reset()
+  for _ in range(env.num_layers):
+    env.step(np.int64(env.levels.index(level)))
+  return env.episode[-1]
+
+
+def greedy_episodes(result):
+  return [e for e in result.episodes if e.policy == search.GREEDY]
+
+
+def test_a_policy_learned_on_lenet_prunes_another_network_to_the_target_at_once(
+    lenet_policy, cnn_env, tmp_path):
+  policy, lenet_result = lenet_policy
+  learned = greedy_episodes(lenet_result)[-1]
+  assert reached_target(learned.sparsity, TARGET), learned  # it learned to, on LeNet-5
+
+  gin.bind_parameter("make_agent.fc_layer_params", Q_NETWORK)
+  keras.utils.set_random_seed(0)
+  result = search.SearchRunner(cnn_env, str(tmp_path / "transfer"), num_episodes=1,
+                               eval_interval=1, log_every=1_000, initial_policy=policy).run()
   first = result.episodes[0]
   assert (first.policy, first.episode) == (search.GREEDY, 0)  # before any training here
-  assert len(first.levels) == 5 != 4  # another network than the one it learned on
-  assert first.sparsity >= 0.9
-  # It kept the network working, which a policy that has not learned does not.
-  assert first.accuracy > 0.85
-  assert os.path.exists(os.path.join(str(tmp_path), "policy", "saved_model.pb"))
+  assert os.path.exists(os.path.join(str(tmp_path / "transfer"), files.POLICY_DIR,
+                                     "saved_model.pb"))
+
+  # The control, a policy that learned nothing: uniform pruning, the constant level that
+  # just reaches the target (a smaller constant misses it, a larger one loses more).
+  uniform = uniform_episode(cnn_env, min(l for l in cnn_env.levels if l >= TARGET))
+  summary = (f"transferred {first.levels} acc {first.accuracy:.4f} @ {first.sparsity:.4f}; "
+             f"uniform acc {uniform.accuracy:.4f} @ {uniform.sparsity:.4f}; "
+             f"dense {cnn_env.dense_accuracy:.4f}")
+  assert reached_target(first.sparsity, TARGET), summary
+  # It kept the network working, and put the sparsity where it costs less than uniform.
+  assert first.accuracy > 0.9 * cnn_env.dense_accuracy, summary
+  assert reached_target(uniform.sparsity, TARGET), summary
+  assert first.accuracy > uniform.accuracy + 0.03, summary
 
 
-def test_a_policy_of_another_q_network_is_refused(cnn_env, tmp_path):
+def test_a_policy_of_another_q_network_is_refused(lenet_policy, cnn_env, tmp_path):
   gin.bind_parameter("make_agent.fc_layer_params", (32,))
   with pytest.raises(PurlError, match="same make_agent.fc_layer_params"):
-    search.search(cnn_env, str(tmp_path), num_episodes=1, initial_policy=QUICKSTART_POLICY)
+    search.SearchRunner(cnn_env, str(tmp_path), num_episodes=1,
+                        initial_policy=lenet_policy[0]).run()
 
 
 def test_a_path_that_is_no_policy_is_refused(cnn_env, tmp_path):
+  gin.bind_parameter("make_agent.fc_layer_params", Q_NETWORK)
+  not_a_policy = tmp_path / "empty"
+  not_a_policy.mkdir()
   with pytest.raises(PurlError, match="is not a policy saved by purl_tf"):
-    search.search(cnn_env, str(tmp_path), num_episodes=1, initial_policy=str(tmp_path))
+    search.SearchRunner(cnn_env, str(tmp_path / "run"), num_episodes=1,
+                        initial_policy=str(not_a_policy)).run()

@@ -23,12 +23,14 @@ from purl_tf import files, models, pipeline, search
 
 FLAGS = flags.FLAGS
 
-# name -> (title, gin file, bindings): the quickstart and a deep network on the same data.
+# name -> (title, gin file, bindings, collect episodes unless --episodes): the quickstart
+# as `make demo` runs it, and a deep network on the same data (~45 s an episode here).
 SPEED_MODELS = {
-    "quickstart": ("LeNet-5 (4 prunable layers), the quickstart", "gin/quickstart.gin", ()),
+    "quickstart": ("LeNet-5 (4 prunable layers), the quickstart", "gin/quickstart.gin", (),
+                   100),
     "resnet20": ("CIFAR-style ResNet-20 (22 prunable layers) at 28x28", "gin/quickstart.gin",
                  ("train_eval.model_builder = @cifar_resnet", "cifar_resnet.depth = 20",
-                  "pretrain.epochs = 3", "load_splits.channels = 3")),
+                  "pretrain.epochs = 3", "load_splits.channels = 3"), 10),
 }
 PARTS = (("retrain", "retrain"), ("measure", "accuracy measurement"),
          ("mask", "mask setting and step undo copy"),
@@ -45,7 +47,7 @@ flags.DEFINE_integer("speed_repeats", 20, "search_speed: timed Keras calls (medi
 def _searched(name: str, episodes: int, root: str):
   """Builds the model's run in `root` and runs a DQN search of `episodes` collect episodes;
   returns (parts, SearchResult, bindings)."""
-  _, gin_file, extra = SPEED_MODELS[name]
+  _, gin_file, extra, _ = SPEED_MODELS[name]
   bindings = ["make_strategy.name = 'default'", f"SearchRunner.num_episodes = {episodes}",
               "SearchRunner.eval_interval = 10", *extra, *FLAGS.gin_bindings]
   gin.clear_config()
@@ -95,12 +97,11 @@ def _verdict(met: bool) -> str:
 def search_speed() -> Section:
   """Per model: the search's own breakdown of its wall time (results.json's
   search_seconds_by_part) and the ratios to plain Keras."""
-  episodes = FLAGS.episodes or 30
   base = os.path.abspath(os.path.expanduser(FLAGS.root_dir or os.path.join("runs", "benchmark")))
   stamp = datetime.datetime.now().strftime("run-%Y%m%d-%H%M%S")
   blocks = []
   for name in FLAGS.speed_models:
-    title = SPEED_MODELS[name][0]
+    title, episodes = SPEED_MODELS[name][0], FLAGS.episodes or SPEED_MODELS[name][3]
     root = os.path.join(base, "search_speed", name, stamp)
     cache = os.path.join(base, "search_speed", name, "dense", files.DENSE_WEIGHTS)
     if os.path.exists(cache):
