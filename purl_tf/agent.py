@@ -6,7 +6,7 @@ generators seeded per episode (epsilon-greedy exploration, random search, replay
 sampling): reseeding them is free, whereas resetting TensorFlow's global seed clears its
 function caches, and a resumed search draws exactly what the uninterrupted one drew.
 """
-from typing import Callable, Iterator
+from typing import Callable
 
 import gin
 import numpy as np
@@ -138,14 +138,14 @@ class ReplaySampler:
                batch_size: int, num_steps: int):
     self.replay, self.batch_size, self.num_steps = replay, batch_size, num_steps
 
-  def batches(self, seed, count: int) -> Iterator:
-    """`count` batches of trajectories (tensors shaped (batch_size, num_steps, ...))."""
+  def sample(self, seed, count: int):
+    """`count` batches of trajectories in one nest of arrays shaped (count, batch_size,
+    num_steps, ...); None while the buffer holds fewer than num_steps frames."""
     frames = tf.nest.map_structure(lambda t: t.numpy()[0], self.replay.gather_all())
     length = tf.nest.flatten(frames)[0].shape[0]
     if length < self.num_steps:
-      return
-    rng = np.random.default_rng(seed)
-    window = np.arange(self.num_steps)
-    for _ in range(count):
-      rows = rng.integers(0, length - self.num_steps + 1, self.batch_size)[:, None] + window
-      yield tf.nest.map_structure(lambda a, r=rows: tf.constant(a[r]), frames)
+      return None
+    starts = np.random.default_rng(seed).integers(0, length - self.num_steps + 1,
+                                                  (count, self.batch_size))
+    rows = starts[..., None] + np.arange(self.num_steps)
+    return tf.nest.map_structure(lambda frame: frame[rows], frames)

@@ -26,7 +26,6 @@ import time
 from typing import List, Optional
 
 import gin
-import numpy as np
 import tensorflow as tf
 from tf_agents.drivers import py_driver
 from tf_agents.policies import policy_saver, py_tf_eager_policy
@@ -256,7 +255,7 @@ class SearchRunner:
       self.replay = agent_lib.make_replay_buffer(self.agent)
       self.sampler = agent_lib.ReplaySampler(self.replay, self.batch_size,
                                              self.agent.train_sequence_length)
-      self.train_fn = common.function(self.agent.train)
+      self.train_many = tf.function(self._train_many)
       def add_batch(items):  # compiled: eager, its writes cost several ms a step
         self.replay.add_batch(items)  # (an op, which a tf.function cannot return)
 
@@ -329,10 +328,17 @@ class SearchRunner:
     self.epsilon.episodes.assign(self.record.collected)
     if self.replay.num_frames() < self.batch_size:
       return None
-    seed = (self.seed, self.record.collected, 7)
-    losses = [float(self.train_fn(batch).loss)
-              for batch in self.sampler.batches(seed, self.updates)]
-    return float(np.mean(losses)) if losses else None
+    experience = self.sampler.sample((self.seed, self.record.collected, 7), self.updates)
+    return None if experience is None else float(self.train_many(experience))
+
+  def _train_many(self, experience):
+    """DQN updates on each of a stack of batches, in one graph; their mean loss."""
+    count = tf.shape(tf.nest.flatten(experience)[0])[0]
+    total = tf.constant(0.0)
+    for update in tf.range(count):
+      batch = tf.nest.map_structure(lambda t, i=update: t[i], experience)
+      total += self.agent.train(batch).loss
+    return total / tf.cast(count, tf.float32)
 
   def _keep(self, result: Episode, loss: Optional[float] = None):
     """Records an episode, updates the best, and writes its TensorBoard summaries."""

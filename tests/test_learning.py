@@ -144,12 +144,12 @@ NUM_EPISODES, EVAL_INTERVAL = 150, 10
 
 
 def run_search(root_dir, learner):
-  keras.utils.set_random_seed(2)
+  keras.utils.set_random_seed(0)  # the Q-network's initial weights
   gin.bind_parameter("make_agent.fc_layer_params", (64, 64))
   gin.bind_parameter("make_replay_buffer.capacity", 2_000)  # small checkpoints
   env = SyntheticPruningEnv()
   return search.SearchRunner(env, str(root_dir), learner=learner, num_episodes=NUM_EPISODES,
-                             eval_interval=EVAL_INTERVAL, log_every=1_000, seed=2).run()
+                             eval_interval=EVAL_INTERVAL, log_every=1_000, seed=0).run()
 
 
 def test_the_trained_greedy_policy_beats_random_search_with_as_many_allocations(tmp_path):
@@ -167,7 +167,7 @@ def test_the_trained_greedy_policy_beats_random_search_with_as_many_allocations(
              f"{random.best.levels} acc {random.best.accuracy:.4f}; optimum {optimal_levels} "
              f"acc {optimum:.4f}")
   assert reached_target(final.sparsity, TARGET), summary
-  # Random search rarely spares all four sensitive layers (a 1 in 13**4 draw): its best
+  # Random search rarely spares all four sensitive layers (at most 1 in 13**4 draws): its best
   # stays far below the optimum, while the learned policy spares them and gets close.
   assert final.accuracy > random.best.accuracy + 0.1, summary
   assert final.accuracy > optimum - 0.08, summary

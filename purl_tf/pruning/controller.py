@@ -7,6 +7,7 @@ a magnitude threshold of alpha * std of the layer's weights (Han et al.). A laye
 keeps at least one weight. Masks are chosen and written on the device holding the weights
 (pruning/selection.py); only the count of weights kept comes back to the host.
 """
+import functools
 from typing import List, Sequence
 
 import numpy as np
@@ -54,6 +55,7 @@ class PruningController:
     self._trained = [v for v in model.variables if id(v) not in fixed]
     self._step_copy = None  # save_step()'s copy of self._trained, made on first use
     self._step_mask = self._step_threshold = self._step_layer = None
+    self._writers = {}  # layer -> its compiled _write
     self._kept_at_step = self._kept.copy()
 
   @property
@@ -111,11 +113,10 @@ class PruningController:
     threshold.assign(self._step_threshold)
     self._kept = self._kept_at_step.copy()
 
-  @tf.function(autograph=False)
   def _write(self, weight, mask, threshold, saved, mode, level):
     """Writes the mask of `level` (a keep count, or alpha) chosen among all of the layer's
     weights, the pruned ones taking back their snapshot values first, and zeroes the
-    pruned weights; returns the number of weights kept. One graph per layer shape."""
+    pruned weights; returns the number of weights kept."""
     values = tf.where(mask > 0, weight, saved)
     flat = tf.reshape(values, [-1])
     if mode == SPARSITY:
@@ -129,10 +130,13 @@ class PruningController:
     return tf.reduce_sum(tf.cast(chosen, tf.int64))
 
   def _set(self, layer: int, mode: str, level: float) -> float:
-    """Writes layer's mask for `level` and zeroes its pruned weights, on their device."""
-    weight, mask, threshold = self._vars[layer]
-    self._kept[layer] = int(self._write(weight, mask, threshold, self._saved_weights[layer],
-                                        mode, tf.constant(level, tf.float64)))
+    """Writes layer's mask for `level` and zeroes its pruned weights, on their device, in
+    a graph of the layer's own (traced once per layer and mode)."""
+    if layer not in self._writers:
+      self._writers[layer] = tf.function(functools.partial(
+          self._write, *self._vars[layer], self._saved_weights[layer]), autograph=False)
+    kept = self._writers[layer](mode, tf.constant(level, tf.float64))
+    self._kept[layer] = int(kept)
     return self.sparsity(layer)
 
   def set_sparsity(self, layer: int, fraction: float) -> float:
