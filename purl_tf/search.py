@@ -255,7 +255,7 @@ class SearchRunner:
       self.replay = agent_lib.make_replay_buffer(self.agent)
       self.sampler = agent_lib.ReplaySampler(self.replay, self.batch_size,
                                              self.agent.train_sequence_length)
-      self.train_many = tf.function(self._train_many)
+      self.train_many = tf.function(self._train_many, autograph=False)  # as tf-agents' own
       def add_batch(items):  # compiled: eager, its writes cost several ms a step
         self.replay.add_batch(items)  # (an op, which a tf.function cannot return)
 
@@ -334,10 +334,12 @@ class SearchRunner:
   def _train_many(self, experience):
     """DQN updates on each of a stack of batches, in one graph; their mean loss."""
     count = tf.shape(tf.nest.flatten(experience)[0])[0]
-    total = tf.constant(0.0)
-    for update in tf.range(count):
-      batch = tf.nest.map_structure(lambda t, i=update: t[i], experience)
-      total += self.agent.train(batch).loss
+
+    def update(i, total):
+      batch = tf.nest.map_structure(lambda t: t[i], experience)
+      return i + 1, total + self.agent.train(batch).loss
+
+    _, total = tf.while_loop(lambda i, _: i < count, update, (0, tf.constant(0.0)))
     return total / tf.cast(count, tf.float32)
 
   def _keep(self, result: Episode, loss: Optional[float] = None):
