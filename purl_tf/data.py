@@ -1,8 +1,9 @@
 """Input pipelines: the train, reward and test splits of an image classification data set.
 
   train   the source's training examples minus the held-out ones: retraining, fine-tuning.
-  reward  `reward_size` training examples chosen with `reward_seed`, never trained on:
-          every accuracy the search sees.
+  reward  `reward_size` examples chosen with `reward_seed`, never trained on: every accuracy
+          the search sees. Held out of the training split, or, with `reward_split` (e.g.
+          'validation'), drawn from that split, leaving the training split whole.
   test    the source's test split ('validation' for imagenet2012), or, for a source
           without one, `test_size` more held-out training examples: final reporting only.
 
@@ -23,6 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from purl_tf import mnist5k  # pylint: disable=unused-import  (registers the builder)
+from purl_tf import mnist_full  # pylint: disable=unused-import  (registers the builder)
 from purl_tf.errors import PurlError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -76,6 +78,7 @@ def load_splits(dataset: str = "mnist5k",
                 eval_batch_size: Optional[int] = None,
                 reward_size: int = 500,
                 reward_seed: int = 0,
+                reward_split: Optional[str] = None,
                 test_size: int = 1000,
                 shuffle_buffer: int = 10_000,
                 shuffle_seed: int = 0,
@@ -84,13 +87,13 @@ def load_splits(dataset: str = "mnist5k",
   """Builds the three splits.
 
   Args:
-    dataset: a tfds name ('mnist5k', 'mnist', 'cifar10', 'cifar100', 'imagenet2012', ...),
-      'image_folder' (folder/<class>/<image>, all training examples; or
+    dataset: a tfds name ('mnist5k', 'mnist_full', 'mnist', 'cifar10', 'cifar100',
+      'imagenet2012', ...), 'image_folder' (folder/<class>/<image>, all training examples; or
       folder/<split>/<class>/<image> with a 'train' split) or 'tfds_dir' (a data set folder
       prepared by tfds, holding dataset_info.json); the last two read `folder`.
     folder: path for 'image_folder' and 'tfds_dir'.
     data_dir: tfds data dir (default: tfds' own, $TFDS_DATA_DIR or ~/tensorflow_datasets).
-    manual_dir: folder holding manually downloaded archives (imagenet2012).
+    manual_dir: folder holding manually downloaded archives (imagenet2012, mnist_full).
     download: let tfds download and prepare the data set when it is not prepared yet.
     preprocessing: normalisation: 'scale' (0..1), 'none' (0..255, for a model that rescales
       its own inputs, e.g. with a Rescaling layer), 'resnet50' (caffe BGR mean),
@@ -103,8 +106,10 @@ def load_splits(dataset: str = "mnist5k",
       resized crop, flip); None picks 'inception' for ImageNet models, else 'none'.
     batch_size: train batch per replica (images).
     eval_batch_size: reward/test batch per replica; None = 2 * batch_size.
-    reward_size: examples held out of the training split for the reward split.
+    reward_size: examples in the reward split.
     reward_seed: seed choosing them.
+    reward_split: None holds the reward examples out of the training split; a split name
+      (e.g. 'validation', not the test split) draws them from that split instead.
     test_size: examples held out for `test` when the source has no test split.
     shuffle_buffer: train shuffle buffer (examples).
     shuffle_seed: seed of the train shuffle and augmentation.
@@ -130,11 +135,18 @@ def load_splits(dataset: str = "mnist5k",
   shape = _output_shape(source.native_shape, image_size, channels, dataset)
   num_train = source.count(source.train_split)
   carve_test = source.test_split is None
-  held_out = reward_size + (test_size if carve_test else 0)
+  if reward_split is None:
+    reward_split, train_reward = source.train_split, reward_size
+  else:
+    _check_reward_split(source, reward_split, reward_size)
+    train_reward = 0
+  held_out = train_reward + (test_size if carve_test else 0)
   if held_out >= num_train:
     raise PurlError(f"{dataset} has {num_train} training examples, too few to hold out "
                     f"{held_out}: lower load_splits.reward_size (or test_size).")
-  roles = _roles(num_train, reward_size, test_size if carve_test else 0, reward_seed)
+  roles = _roles(num_train, train_reward, test_size if carve_test else 0, reward_seed)
+  reward_roles = (roles if reward_split == source.train_split
+                  else _roles(source.count(reward_split), reward_size, 0, reward_seed))
 
   global_batch = batch_size * num_replicas
   global_eval_batch = (eval_batch_size or 2 * batch_size) * num_replicas
@@ -169,17 +181,17 @@ def load_splits(dataset: str = "mnist5k",
         tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True).batch(2)))
     return augmented(ds).batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
 
-  def evaluation(split, role):
+  def evaluation(split, roles, role):
     ds = source.examples(split, roles, role).map(source.decode, num_parallel_calls=AUTOTUNE)
     ds = ds.map(geometry.evaluation, num_parallel_calls=AUTOTUNE).cache()
     # Normalised a batch at a time: per image it cost as much as the model's forward pass.
     return ds.batch(global_eval_batch).map(geometry.normalise).prefetch(AUTOTUNE)
 
-  reward = evaluation(source.train_split, _REWARD)
+  reward = evaluation(reward_split, reward_roles, _REWARD)
   if carve_test:
-    test, num_test = evaluation(source.train_split, _TEST), test_size
+    test, num_test = evaluation(source.train_split, roles, _TEST), test_size
   else:
-    test, num_test = evaluation(source.test_split, None), source.count(source.test_split)
+    test, num_test = evaluation(source.test_split, None, None), source.count(source.test_split)
   counts = {"train": num_train - held_out, "reward": reward_size, "test": num_test}
   if counts["train"] < global_batch:
     raise PurlError(f"{dataset} leaves {counts['train']} training examples, fewer than one "
@@ -190,8 +202,24 @@ def load_splits(dataset: str = "mnist5k",
                 name=dataset)
 
 
+def _check_reward_split(source, reward_split, reward_size):
+  """PurlError unless `reward_split` is a split of `source`, other than its train and test
+  splits, holding at least `reward_size` examples."""
+  if reward_split not in source.split_names:
+    raise PurlError(f"load_splits.reward_split={reward_split!r} is not a split of "
+                    f"{source.name}: use one of {sorted(source.split_names)}, or None.")
+  if reward_split in (source.train_split, source.test_split):
+    raise PurlError(f"load_splits.reward_split={reward_split!r} is {source.name}'s "
+                    f"{'train' if reward_split == source.train_split else 'test'} split: "
+                    "use another split, or None to hold the reward out of train.")
+  available = source.count(reward_split)
+  if reward_size > available:
+    raise PurlError(f"{source.name}'s {reward_split} split has {available} examples, fewer "
+                    f"than load_splits.reward_size={reward_size}: lower reward_size.")
+
+
 def _roles(num_examples, reward_size, test_size, seed):
-  """Role of each training example by position: 0 train, 1 reward, 2 test. int8 (N,)."""
+  """Role of each example of a split by position: 0 train, 1 reward, 2 test. int8 (N,)."""
   roles = np.full(num_examples, _TRAIN, np.int8)
   chosen = np.random.default_rng(seed).permutation(num_examples)
   roles[chosen[:reward_size]] = _REWARD
@@ -239,6 +267,7 @@ class _Source:
     names = list(info.splits.keys()) or ["train", "test", "validation"]  # mock data: no info
     if "train" not in names:
       raise PurlError(f"{dataset} has no 'train' split (it has {names}).")
+    self.split_names = names
     self.train_split = "train"
     self.test_split = next((s for s in ("test", "validation") if s in names), None)
 
@@ -313,6 +342,7 @@ class _FolderSource:
                   np.random.default_rng(_FOLDER_ORDER_SEED).permutation(len(examples))]
       self._splits[split] = ([path for path, _ in examples],
                              np.array([order[name] for _, name in examples], np.int64))
+    self.split_names = list(self._splits)
     self.train_split = "train"
     self.test_split = next((s for s in _FOLDER_TEST_SPLITS if s in self._splits), None)
     if image_size is None or channels is None:
@@ -424,6 +454,8 @@ def _open_builder(dataset, folder, data_dir, manual_dir, download):
       manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
   try:
     builder.download_and_prepare(download_config=config)
+  except PurlError:  # a builder of ours that already says what to do (mnist_full)
+    raise
   except Exception as error:
     where = data_dir or tfds.core.constants.DATA_DIR
     if needs_manual:
