@@ -189,14 +189,19 @@ class PruningEnv(py_environment.PyEnvironment):
     self._train = None
     self.train_position = int(position)
 
-  def _retrain(self) -> float:
-    """The step's retrain on the next `retrain_steps` batches; its mean loss."""
-    if not self.retrain_steps:
+  def retrain(self, steps: int) -> float:
+    """Trains the network as it is (masks fixed) on the stream's next `steps` batches;
+    their mean loss (0.0 for no steps)."""
+    if not steps:
       return 0.0
     if self._train is None:
       self._train = self.trainer.stream(self._train_stream(self.train_position))
-    self.train_position += self.retrain_steps
-    return self.trainer.train(self._train, self.retrain_steps)
+    self.train_position += steps
+    return self.trainer.train(self._train, steps)
+
+  def measure(self) -> float:
+    """The network's accuracy on the reward split, as a fraction."""
+    return self.trainer.evaluate(self._reward_data)
 
   def _reset(self):
     self.controller.reset()
@@ -217,7 +222,7 @@ class PruningEnv(py_environment.PyEnvironment):
     self.controller.set_level(self._t, level, self.mode)
     mask_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    loss = self._retrain()
+    loss = self.retrain(self.retrain_steps)
     retrain_seconds = time.perf_counter() - started
     failed = not np.isfinite(loss)
     if failed:  # Undo the step: weights as before it, the layer unpruned.
@@ -231,7 +236,7 @@ class PruningEnv(py_environment.PyEnvironment):
             flush=True)
       level = 0.0  # the level in force: what the observation and the episode record show
     started = time.perf_counter()
-    accuracy = self._accuracy if failed else self.trainer.evaluate(self._reward_data)
+    accuracy = self._accuracy if failed else self.measure()
     measure_seconds = time.perf_counter() - started
     sparsity = self.controller.global_sparsity()
     layer_sparsity = self.controller.sparsity(self._t)

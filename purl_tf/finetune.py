@@ -1,6 +1,8 @@
-"""Fine-tuning the best allocation with its masks fixed, then the final test evaluation.
+"""Fine-tuning the chosen allocation with its masks fixed, then the final test evaluation.
 
-The allocation is applied to the dense weights, the network is trained for a gin-set
+The fine-tune starts from the network a search measured for its chosen allocation (its
+masks and retrained weights, `start_state`), or, for a one-shot method, from the allocation
+applied to the dense weights (masks by magnitude, layer by layer); the network is trained for a gin-set
 budget under the run's tf.distribute strategy (cosine-decayed SGD), and the pruned model
 is saved without wrappers. Progress (weights, optimizer, steps done and restarts) is
 checkpointed after every epoch in root_dir/finetune, so a rerun continues from the last
@@ -9,6 +11,7 @@ finished epoch on the batches an uninterrupted run would have seen.
 import math
 import os
 import time
+from typing import Optional
 
 import gin
 import numpy as np
@@ -27,18 +30,19 @@ def steps(splits: Splits, epochs: float) -> int:
 
 
 @gin.configurable(denylist=["controller", "strategy", "splits", "allocation", "root_dir",
-                            "seed"])
+                            "seed", "start_state"])
 def finetune(controller: pruning.PruningController, strategy: tf.distribute.Strategy,
              splits: Splits, allocation: dict, root_dir: str, epochs: float = 2.0,
              learning_rate: float = 0.01, momentum: float = 0.9, max_restarts: int = 3,
-             seed: int = 0) -> dict:
+             seed: int = 0, start_state: Optional[str] = None) -> dict:
   """Fine-tunes `allocation` ({layer: sparsity}) and evaluates dense and pruned on test.
 
   Args:
     controller: the PruningController whose snapshot holds the dense weights.
     strategy: the strategy the model was built under.
     splits: data.Splits; train for fine-tuning, reward for progress, test for the result.
-    allocation: per-layer sparsity fractions (from the search's best episode).
+    allocation: per-layer sparsity fractions, applied to the dense weights unless
+      `start_state` is given.
     root_dir: run folder; writes root_dir/finetune and root_dir/pruned_model.keras.
     epochs: passes over the train split (fractions allowed); 0 evaluates as pruned.
     learning_rate: initial SGD learning rate, decayed to 0 along a cosine.
@@ -47,6 +51,8 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
       retried on reshuffled data; this many failures in a row stop with an error.
     seed: seeds the data order: one stream of batches per restart count, continued at
       the step reached (step s always sees the same batch).
+    start_state: a network saved by PruningController.save_state (masks and weights) to
+      start from instead.
   Returns:
     dict with dense_test_accuracy, pruned_test_accuracy, pruned_reward_accuracy,
     finetune_steps, finetune_restarts, finetune_seconds, pruned_model (path) and the
@@ -68,7 +74,10 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
 
   controller.reset()
   dense_test = trainer.evaluate(test)
-  pruning.explicit(controller, allocation)
+  if start_state:
+    controller.load_state(start_state)
+  else:
+    pruning.explicit(controller, allocation)
   checkpoint = tf.train.Checkpoint(model=controller.model, optimizer=trainer.optimizer,
                                    steps=done, restarts=restarts)
   manager = tf.train.CheckpointManager(

@@ -55,6 +55,9 @@ class Choice:
   failed_steps: int = 0
   best_episode: int = -1
   best_accuracy: Optional[float] = None  # reward split, as the search measured it
+  rescored_accuracy: Optional[float] = None  # reward split, when the choice re-scored it
+  selection: dict = dataclasses.field(default_factory=dict)  # how a search chose
+  start_state: Optional[str] = None  # the network the search measured (.npz), to fine-tune
 
 
 def choose(method: str, env: PruningEnv, root_dir: str, seed: int) -> Choice:
@@ -77,8 +80,11 @@ def choose(method: str, env: PruningEnv, root_dir: str, seed: int) -> Choice:
     return Choice(None, retrain_steps=runner.planned_retrain_steps)
   found = runner.run()
   controller.reset()
-  return Choice(found.best.allocation, seconds=found.seconds, episodes=len(found.episodes),
+  chosen = found.chosen
+  return Choice(chosen.allocation, seconds=found.seconds, episodes=len(found.episodes),
                 retrain_steps=found.retrain_steps, overhead_share=found.overhead_share,
                 seconds_by_part=found.seconds_by_part,
-                failed_steps=found.failed_steps, best_episode=found.best.episode,
-                best_accuracy=found.best.accuracy)
+                failed_steps=found.failed_steps, best_episode=chosen.episode,
+                best_accuracy=chosen.accuracy,
+                rescored_accuracy=found.selection.get("rescored_accuracy"),
+                selection=found.selection, start_state=found.chosen_state)

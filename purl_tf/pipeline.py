@@ -19,8 +19,11 @@ from purl_tf import (compare, data, distribute, export, files, finetune, gradual
                      models, pruning)
 from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
-from purl_tf.results import RunResult, reached_target
+from purl_tf.results import RunResult, doubts, reached_target
 from purl_tf.training import MaskedTrainer
+
+
+FINETUNE_FROM = ("search", "dense")
 
 
 @dataclasses.dataclass
@@ -66,7 +69,8 @@ def build(root_dir: str, model_builder, target_sparsity: float, seed: int = 0,
 @gin.configurable(denylist=["root_dir", "overwrite"])
 def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
                target_sparsity: float = 0.9, seed: int = 0, deterministic: bool = False,
-               export_tflite: bool = True, overwrite: bool = False) -> RunResult:
+               export_tflite: bool = True, finetune_from: str = "search",
+               overwrite: bool = False) -> RunResult:
   """Prunes the model `model_builder` builds to `target_sparsity` by `method`.
 
   Args:
@@ -81,11 +85,17 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
     deterministic: also make TensorFlow's ops deterministic (slower), so that a run
       resumed after a crash ends exactly as an uninterrupted one.
     export_tflite: write and measure the TFLite flatbuffers (see export.py).
+    finetune_from: for a searched method, 'search' fine-tunes the network the search
+      measured for its chosen allocation (masks and retrained weights); 'dense' applies
+      the allocation to the dense weights instead, as one-shot methods do.
     overwrite: delete a run with another config found in root_dir instead of refusing.
   Returns:
     the RunResult written to root_dir/results.json.
   """
   methods.check(method)
+  if finetune_from not in FINETUNE_FROM:
+    raise PurlError(f"train_eval.finetune_from={finetune_from!r} is unknown: use one of "
+                    f"{FINETUNE_FROM}.")
   if not 0.0 < target_sparsity < 1.0:
     raise PurlError(f"train_eval.target_sparsity={target_sparsity} is outside (0, 1): bind "
                     "it to a fraction such as 0.9.")
@@ -107,8 +117,11 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
     tuned = _gradual(parts, model_builder, root_dir, target_sparsity, choice, seed)
   else:
     _write_best_allocation(root_dir, method, parts.env, choice)
+    if finetune_from == "dense" or not choice.start_state:
+      finetune_from, choice.start_state = "dense", None
     tuned = finetune.finetune(parts.controller, parts.strategy, parts.splits,
-                              choice.allocation, root_dir, seed=seed)
+                              choice.allocation, root_dir, seed=seed,
+                              start_state=choice.start_state)
   comparison = compare.one_shot(parts.controller, parts.env.trainer, parts.splits.test,
                                 tuned["allocation"])
   tflite = {}
@@ -124,7 +137,12 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
       failed_steps=choice.failed_steps, best_episode=choice.best_episode,
       best_reward_accuracy_in_search=choice.best_accuracy,
       dense_reward_accuracy=parts.dense_reward_accuracy,
-      comparison=comparison, tflite=tflite, replicas=strategy.num_replicas_in_sync)
+      comparison=comparison, tflite=tflite, replicas=strategy.num_replicas_in_sync,
+      num_classes=parts.splits.num_classes, finetune_from=finetune_from,
+      rescored_reward_accuracy=choice.rescored_accuracy, selection=choice.selection)
+  result.warnings = doubts(result)
+  for line in result.warnings:
+    print(f"WARNING: {line}", flush=True)
   operative = gin.operative_config_str()
   with tf.io.gfile.GFile(os.path.join(root_dir, files.OPERATIVE_CONFIG), "w") as handle:
     handle.write(operative)
@@ -147,6 +165,8 @@ def _write_best_allocation(root_dir: str, method: str, env: PruningEnv,
           flush=True)
   files.write_json(os.path.join(root_dir, files.BEST_ALLOCATION), {
       "allocation": choice.allocation, "accuracy_reward_split": choice.best_accuracy,
+      "rescored_accuracy_reward_split": choice.rescored_accuracy,
+      "selection": choice.selection,
       "global_sparsity": sparsity, "episode": choice.best_episode, "method": method,
       "target_sparsity": env.target, "reached_target": reached_target(sparsity, env.target),
       "mode": env.mode})

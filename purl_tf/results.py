@@ -1,10 +1,17 @@
 """What a run writes to results.json, whatever the method that chose its allocation."""
 import dataclasses
-from typing import Optional
+from typing import List, Optional
 
 # A global sparsity within this of the target reaches it: one-shot allocations land within
 # a weight per layer of their target, which on a small network is ~1e-4.
 TARGET_TOLERANCE = 1e-3
+# A pruned model that keeps less than this share of the dense model's accuracy above
+# chance (1 / classes) is near chance; less than FAR_BELOW_SHARE, far below dense.
+NEAR_CHANCE_SHARE = 0.1
+FAR_BELOW_SHARE = 0.5
+# The fine-tuned model's reward-split accuracy this far (fraction) below what the choice
+# measured for its allocation means the fine-tune lost what the search found.
+FINETUNE_LOSS = 0.02
 
 
 def reached_target(sparsity: float, target: float) -> bool:
@@ -46,6 +53,47 @@ class RunResult:
   comparison: dict  # compare.one_shot of the allocation beside uniform and global magnitude
   tflite: dict  # export.export_run's table ({} when not exported)
   replicas: int  # replicas in sync of the run's tf.distribute strategy
+  num_classes: int = 0
+  finetune_from: str = "dense"  # 'search': the network the search measured; 'dense'
+  rescored_reward_accuracy: Optional[float] = None  # the chosen candidate's re-score
+  selection: dict = dataclasses.field(default_factory=dict)  # how a search chose
+  warnings: List[str] = dataclasses.field(default_factory=list)  # what makes it doubtful
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
+
+
+def retained_share(accuracy: float, dense: float, num_classes: int) -> float:
+  """Share of the dense model's accuracy above chance that `accuracy` keeps (1: all)."""
+  chance = 1.0 / max(num_classes, 1)
+  return (accuracy - chance) / max(dense - chance, 1e-9)
+
+
+def doubts(result: RunResult) -> List[str]:
+  """One line per reason to distrust `result`, each with what to change."""
+  lines = []
+  share = retained_share(result.pruned_test_accuracy, result.dense_test_accuracy,
+                         result.num_classes)
+  if share < NEAR_CHANCE_SHARE:
+    lines.append(
+        f"the pruned model is near chance ({result.pruned_test_accuracy:.4f} test accuracy, "
+        f"chance {1 / max(result.num_classes, 1):.4f}, dense "
+        f"{result.dense_test_accuracy:.4f}): lower train_eval.target_sparsity, raise "
+        "PruningEnv.retrain_steps or finetune.epochs, or keep the first and last layers "
+        "dense (wrap.exclude).")
+  elif share < FAR_BELOW_SHARE:
+    lines.append(
+        f"the pruned model keeps {100 * share:.0f} % of the dense accuracy above chance "
+        f"({result.pruned_test_accuracy:.4f} vs {result.dense_test_accuracy:.4f}): lower "
+        "train_eval.target_sparsity or raise finetune.epochs.")
+  measured = (result.rescored_reward_accuracy if result.rescored_reward_accuracy is not None
+              else result.best_reward_accuracy_in_search)
+  if measured is not None and result.pruned_reward_accuracy < measured - FINETUNE_LOSS:
+    lines.append(
+        f"after fine-tuning, the reward-split accuracy is {result.pruned_reward_accuracy:.4f},"
+        f" below the {measured:.4f} the search measured for this allocation: lower "
+        "finetune.learning_rate or raise finetune.epochs.")
+  if not result.reached_target:
+    lines.append(f"the model reaches {result.global_sparsity:.4f} sparsity, below the target "
+                 f"{result.target_sparsity}: search longer or widen PruningEnv.levels.")
+  return lines

@@ -61,31 +61,36 @@ class Episode:
   mask_seconds: float
 
 
-def is_better(candidate: Episode, best: Optional[Episode], target: float,
-              criterion: str) -> bool:
-  """Whether `candidate` should replace `best` under `criterion`.
+def rank(episode: Episode, target: float, criterion: str,
+         accuracy: Optional[float] = None) -> tuple:
+  """The sort key of `criterion` (higher is better), scoring `accuracy` (default: the
+  episode's own).
 
   'accuracy_at_target': among episodes that reach the target sparsity (results.
   reached_target), the highest reward-split accuracy (ties: higher sparsity); an episode
   at the target always beats one below it, and below the target the higher sparsity
   wins. 'return': the highest episode return.
   """
-  if best is None:
-    return True
   if criterion == "return":
-    return candidate.episode_return > best.episode_return
-  reached = reached_target(candidate.sparsity, target)
-  best_reached = reached_target(best.sparsity, target)
-  if reached != best_reached:
-    return reached
-  if not reached:
-    return candidate.sparsity > best.sparsity
-  return (candidate.accuracy, candidate.sparsity) > (best.accuracy, best.sparsity)
+    return (episode.episode_return,)
+  accuracy = episode.accuracy if accuracy is None else accuracy
+  if reached_target(episode.sparsity, target):
+    return (1, accuracy, episode.sparsity)
+  return (0, episode.sparsity, 0.0)
+
+
+def is_better(candidate: Episode, best: Optional[Episode], target: float,
+              criterion: str) -> bool:
+  """Whether `candidate` should replace `best` under `criterion` (see rank)."""
+  return best is None or rank(candidate, target, criterion) > rank(best, target, criterion)
 
 
 @dataclasses.dataclass
 class SearchResult:
-  best: Episode
+  best: Episode  # the best episode as the search measured it
+  chosen: Episode  # the candidate with the best re-score: the allocation the run keeps
+  chosen_state: Optional[str]  # its network (masks, weights) after the re-score (.npz)
+  selection: dict  # how it was chosen: the candidates and their re-scores
   episodes: List[Episode]
   seconds: float  # wall time of the search, summed over resumed runs
   failed_steps: int  # steps undone after a non-finite retrain loss
@@ -124,6 +129,7 @@ class _Record:
     self.failed_steps = 0
     self.train_position = 0  # batches drawn from the env's train stream
     self.phase_seconds = {"agent": 0.0, "checkpoint": 0.0, "summaries": 0.0}
+    self.candidates: List[int] = []  # indices into episodes, best first (files saved)
 
   def store(self):
     self.variable.assign(json.dumps({
@@ -131,7 +137,7 @@ class _Record:
         "best": dataclasses.asdict(self.best) if self.best else None,
         "collected": self.collected, "seconds": self.seconds,
         "failed_steps": self.failed_steps, "train_position": self.train_position,
-        "phase_seconds": self.phase_seconds}))
+        "phase_seconds": self.phase_seconds, "candidates": self.candidates}))
 
   def load(self):
     text = self.variable.numpy().decode()
@@ -140,7 +146,8 @@ class _Record:
     state = json.loads(text)
     self.episodes = [Episode(**e) for e in state["episodes"]]
     self.best = Episode(**state["best"]) if state["best"] else None
-    for name in ("collected", "seconds", "failed_steps", "train_position", "phase_seconds"):
+    for name in ("collected", "seconds", "failed_steps", "train_position", "phase_seconds",
+                 "candidates"):
       setattr(self, name, state[name])
 
 
@@ -169,6 +176,13 @@ class SearchRunner:
     initial_policy: a policy saved by an earlier search (its root_dir/policy) whose
       Q-network starts this one; it may come from another network, but needs the same
       action grid size and Q-network layers. Its greedy policy runs once first.
+    candidates: how many of the best episodes keep their network (masks and retrained
+      weights, in root_dir/search/candidates) to be re-scored when the search ends.
+    rescore_steps: train batches each candidate's network gets, from one common stream
+      position, before its reward-split accuracy is measured again; the highest re-score
+      is the allocation the run keeps, and its network is what the fine-tune starts from.
+      (The best of many noisy estimates is biased upwards; a fresh, longer-trained
+      measurement of a few candidates is not chosen among so many.)
     seed: seeds every random draw of an episode with (seed, episode).
   """
 
@@ -176,7 +190,8 @@ class SearchRunner:
                num_episodes: int = 100, eval_interval: int = 10,
                agent_updates_per_episode: Optional[int] = None, batch_size: int = 64,
                best_criterion: str = "accuracy_at_target", log_every: int = 1,
-               initial_policy: Optional[str] = None, seed: int = 0):
+               initial_policy: Optional[str] = None, candidates: int = 3,
+               rescore_steps: int = 50, seed: int = 0):
     if learner not in LEARNERS:
       raise PurlError(f"search learner {learner!r} is unknown: use one of {LEARNERS}.")
     if best_criterion not in CRITERIA:
@@ -185,6 +200,9 @@ class SearchRunner:
     if num_episodes < 1 or eval_interval < 1:
       raise PurlError("SearchRunner.num_episodes and SearchRunner.eval_interval must be at "
                       "least 1.")
+    if candidates < 1 or rescore_steps < 0:
+      raise PurlError(f"SearchRunner.candidates={candidates} must be at least 1 and "
+                      f"SearchRunner.rescore_steps={rescore_steps} not negative.")
     if initial_policy and learner != DQN:
       raise PurlError("SearchRunner.initial_policy needs the DQN learner (method 'purl' or "
                       "'episodic').")
@@ -193,6 +211,7 @@ class SearchRunner:
     self.updates = agent_updates_per_episode or 4 * env.num_layers
     self.batch_size, self.criterion, self.log_every = batch_size, best_criterion, log_every
     self.initial_policy = initial_policy
+    self.candidates, self.rescore_steps = candidates, rescore_steps
     # Episodes of the collecting (or random) policy, and all episodes evaluated.
     evaluated = evaluated_episodes(num_episodes, eval_interval)
     self.planned = num_episodes if learner == DQN else evaluated
@@ -200,8 +219,10 @@ class SearchRunner:
 
   @property
   def planned_retrain_steps(self) -> int:
-    """Train batches the whole search spends retraining (every step of every episode)."""
-    return self.planned_evaluated * self.env.num_layers * self.env.retrain_steps
+    """Train batches the whole search spends retraining: every step of every episode,
+    and the candidates' re-scores."""
+    return (self.planned_evaluated * self.env.num_layers * self.env.retrain_steps
+            + self.candidates * self.rescore_steps)
 
   def run(self) -> SearchResult:
     """Runs the search to its end, resuming from root_dir's newest checkpoint."""
@@ -278,6 +299,7 @@ class SearchRunner:
                       for kind in files.TENSORBOARD_DIRS}
     self._chart_due = False
     self._first_observation = None
+    self._dropped: List[str] = []  # candidate files to delete once a checkpoint forgets them
 
   def _restore(self) -> bool:
     """Continues from the newest readable checkpoint; False when there is none."""
@@ -349,6 +371,7 @@ class SearchRunner:
     if is_better(result, record.best, self.env.target, self.criterion):
       record.best = result
       self._chart_due = True
+    self._consider(len(record.episodes) - 1)
     scalars = {"episode/return": result.episode_return, "episode/accuracy": result.accuracy,
                "episode/sparsity": result.sparsity, "best/accuracy": record.best.accuracy,
                "best/sparsity": record.best.sparsity}
@@ -366,6 +389,61 @@ class SearchRunner:
           tf.constant(result.episode, tf.int64),
           {name: tf.constant(value, tf.float32) for name, value in scalars.items()},
           tf.constant(list(result.allocation.values()), tf.float32))
+
+  def _candidate_file(self, index: int) -> str:
+    return os.path.join(self.root_dir, files.SEARCH_CANDIDATES, f"episode{index:05d}.npz")
+
+  def _consider(self, index: int):
+    """Keeps the network of episode `index` (as its last step left it) when it ranks among
+    the `candidates` best so far."""
+    record = self.record
+    ranked = sorted([*record.candidates, index], reverse=True,
+                    key=lambda i: rank(record.episodes[i], self.env.target, self.criterion))
+    record.candidates = ranked[:self.candidates]
+    if index in record.candidates:
+      self.env.controller.save_state(self._candidate_file(index))
+    self._dropped += [self._candidate_file(i) for i in ranked[self.candidates:] if i != index]
+
+  def _rescore(self):
+    """Re-scores the candidates' networks; returns (chosen episode, its state file after
+    the re-score, selection dict). Leaves the controller at the last candidate's state."""
+    record, env = self.record, self.env
+    started = time.time()
+    scored = []
+    for index in record.candidates:
+      path = self._candidate_file(index)
+      if not tf.io.gfile.exists(path):
+        print(f"WARNING: the network of candidate episode {index} is missing ({path}); "
+              "it is not re-scored.", flush=True)
+        continue
+      interrupt.check()
+      env.controller.load_state(path)
+      env.trainer.reset_optimizer()
+      env.seek(record.train_position)  # every candidate retrains on the same batches
+      env.retrain(self.rescore_steps)
+      accuracy = env.measure()
+      episode = record.episodes[index]
+      scored.append({"episode": episode.episode, "policy": episode.policy, "index": index,
+                     "search_accuracy": episode.accuracy, "rescored_accuracy": accuracy,
+                     "sparsity": episode.sparsity})
+      best = max(scored, key=lambda c: rank(record.episodes[c["index"]], env.target,
+                                            self.criterion, c["rescored_accuracy"]))
+      if best is scored[-1]:
+        env.controller.save_state(os.path.join(self.root_dir, files.SEARCH_CHOSEN))
+    if not scored:
+      return record.best, None, {"rule": "the search's best (no candidate network left)"}
+    chosen = record.episodes[best["index"]]
+    selection = {
+        "rule": f"the {self.candidates} best episodes by {self.criterion}, each network "
+                f"retrained {self.rescore_steps} more batches (the same batches for all) "
+                "and measured again on the reward split; the highest re-score is kept",
+        "candidates": scored, "chosen_episode": chosen.episode, "chosen_policy": chosen.policy,
+        "rescored_accuracy": best["rescored_accuracy"],
+        "rescore_steps": self.rescore_steps, "seconds": time.time() - started}
+    print(f"Chosen: episode {chosen.episode} ({chosen.policy}), search accuracy "
+          f"{chosen.accuracy:.4f}, re-scored {best['rescored_accuracy']:.4f} after "
+          f"{self.rescore_steps} batches (of {len(scored)} candidates).", flush=True)
+    return chosen, os.path.join(self.root_dir, files.SEARCH_CHOSEN), selection
 
   def _chart_best(self):
     """The best allocation's chart in TensorBoard (rendering takes ~0.1 s: done at each
@@ -387,6 +465,12 @@ class SearchRunner:
     record.train_position = self.env.train_position
     record.store()
     saving = time.time()
+    if self._dropped:
+      self.checkpoint.sync()  # the last checkpoint is whole: files it forgot can go
+      for path in self._dropped:
+        if tf.io.gfile.exists(path):
+          tf.io.gfile.remove(path)
+      self._dropped = []
     # Written in the background; a kill mid-write leaves a checkpoint that restore_latest
     # skips for the one before.
     self.manager.save(checkpoint_number=record.collected,
@@ -419,11 +503,14 @@ class SearchRunner:
       policy_saver.PolicySaver(self.agent.policy, batch_size=None).save(
           os.path.join(self.root_dir, files.POLICY_DIR))
     record = self.record
-    return SearchResult(best=record.best, episodes=record.episodes, seconds=record.seconds,
-                        failed_steps=record.failed_steps,
+    chosen, state, selection = self._rescore()
+    return SearchResult(best=record.best, chosen=chosen, chosen_state=state,
+                        selection=selection, episodes=record.episodes,
+                        seconds=record.seconds, failed_steps=record.failed_steps,
                         phase_seconds=dict(record.phase_seconds),
                         retrain_steps=sum(len(e.levels) for e in record.episodes)
-                        * self.env.retrain_steps)
+                        * self.env.retrain_steps
+                        + len(selection.get("candidates", ())) * self.rescore_steps)
 
 
 def _write_summaries(step, scalars, layer_sparsities):

@@ -19,6 +19,8 @@ from purl_tf.results import RunResult
 from conftest import QUICKSTART
 
 LAYERS = ("conv1", "conv2", "fc1", "predictions")
+RESCORE_STEPS = 3
+CANDIDATES = 3  # SearchRunner.candidates' default
 
 
 def tiny(data_dir, method, target=0.9):
@@ -28,7 +30,7 @@ def tiny(data_dir, method, target=0.9):
           "train_eval.export_tflite = False", f"train_eval.target_sparsity = {target}",
           f"train_eval.method = '{method}'", "SearchRunner.num_episodes = 2",
           "SearchRunner.eval_interval = 1", "PruningEnv.retrain_steps = 1",
-          "finetune.epochs = 0.1"]
+          f"SearchRunner.rescore_steps = {RESCORE_STEPS}", "finetune.epochs = 0.1"]
 
 
 def run(method, root, data_dir, pretrained_lenet, target=0.9):
@@ -84,7 +86,8 @@ def test_searched_methods_share_the_purl_budget(finished):
   root, random = finished("random")
   # 2 collect + 2 greedy episodes of the DQN search: 4 random allocations.
   assert random.search_episodes == search.evaluated_episodes(2, 1) == 4
-  assert random.search_retrain_steps == 4 * len(LAYERS) * 1
+  # Every step of the 4 episodes, then the re-score of each of the 3 candidates.
+  assert random.search_retrain_steps == 4 * len(LAYERS) * 1 + CANDIDATES * RESCORE_STEPS
   episodes = json.load(open(os.path.join(root, files.EPISODES)))
   assert [e["policy"] for e in episodes] == [search.RANDOM] * 4
   assert all(level in SPARSITY_LEVELS for e in episodes for level in e["levels"])
@@ -123,3 +126,40 @@ def test_gradual_schedule_ends_its_ramp_on_a_mask_update():
   assert (schedule.frequency, schedule.end_step) == (9, 90)
   assert gradual.schedule(0.9, 2200).frequency == 100
   assert gradual.schedule(0.9, 3).end_step == 3
+
+
+def test_a_search_keeps_its_best_networks_and_chooses_by_a_fresh_score(finished):
+  root, result = finished("random")
+  episodes = json.load(open(os.path.join(root, files.EPISODES)))
+  candidates = result.selection["candidates"]
+  # The candidates are the best episodes by the search's own accuracy, and only their
+  # networks are left on disk.
+  by_search = sorted(range(len(episodes)),
+                     key=lambda i: (-episodes[i]["accuracy"], -episodes[i]["sparsity"]))
+  assert [c["index"] for c in candidates] == by_search[:CANDIDATES]
+  assert sorted(os.listdir(os.path.join(root, files.SEARCH_CANDIDATES))) == sorted(
+      f"episode{c['index']:05d}.npz" for c in candidates)
+  # The one kept has the highest re-score, whatever the search measured.
+  chosen = max(candidates, key=lambda c: c["rescored_accuracy"])
+  assert result.best_episode == chosen["episode"]
+  assert result.rescored_reward_accuracy == chosen["rescored_accuracy"]
+  assert result.allocation == pytest.approx(episodes[chosen["index"]]["allocation"], abs=1e-6)
+
+
+@pytest.mark.parametrize("finetune_from", ["search", "dense"])
+def test_the_fine_tune_starts_from_the_network_the_search_measured(
+    finetune_from, data_dir, pretrained_lenet, tmp_path):
+  root = str(tmp_path / finetune_from)
+  gin_bindings = [*tiny(data_dir, "random"), "finetune.epochs = 0",
+                  f"train_eval.finetune_from = '{finetune_from}'"]
+  os.makedirs(os.path.join(root, "dense"))
+  shutil.copyfile(pretrained_lenet.weights_path, os.path.join(root, files.DENSE_WEIGHTS))
+  gin.clear_config()
+  pipeline.parse_gin([QUICKSTART], gin_bindings)
+  result = pipeline.train_eval(root)
+  # With no fine-tune steps, the final model is the start: the re-scored search network
+  # (retrained masks and weights), or the allocation put on the dense weights.
+  same = result.pruned_reward_accuracy == pytest.approx(result.rescored_reward_accuracy,
+                                                        abs=1e-6)
+  assert result.finetune_from == finetune_from
+  assert same == (finetune_from == "search")

@@ -8,6 +8,7 @@ keeps at least one weight. Masks are chosen and written on the device holding th
 (pruning/selection.py); only the count of weights kept comes back to the host.
 """
 import functools
+import os
 from typing import List, Sequence
 
 import numpy as np
@@ -88,6 +89,31 @@ class PruningController:
     """Restores every model variable from the in-memory snapshot (dense at construction)."""
     self._copy(self._saved, self.model.variables)
     self._kept = self._kept_at_snapshot.copy()
+
+  def save_state(self, path: str) -> str:
+    """Writes every model variable (weights, masks, statistics) and the levels to `path`
+    (.npz), so that `load_state` brings this exact network back, in any process."""
+    arrays = {f"v{i}": v.numpy() for i, v in enumerate(self.model.variables)}
+    partial = path + ".partial.npz"
+    tf.io.gfile.makedirs(os.path.dirname(os.path.abspath(path)))
+    np.savez(partial, kept=self._kept, **arrays)
+    tf.io.gfile.rename(partial, path, overwrite=True)
+    return path
+
+  def load_state(self, path: str):
+    """Restores the network `save_state` wrote to `path`."""
+    try:
+      with np.load(path) as state:
+        values = [state[f"v{i}"] for i in range(len(self.model.variables))]
+        kept = state["kept"]
+    except (OSError, KeyError, ValueError) as error:
+      raise PurlError(f"cannot read the saved network {path} ({type(error).__name__}): "
+                      "delete it and rerun to recompute it.") from error
+    if [v.shape for v in values] != [tuple(v.shape) for v in self.model.variables]:
+      raise PurlError(f"the saved network {path} belongs to another model: delete it.")
+    for variable, value in zip(self.model.variables, values):
+      variable.assign(value)
+    self._kept = kept.astype(np.int64)
 
   def save_step(self, layer: int):
     """Remembers what a step on `layer` can change, so that `undo_step()` can return to it."""
