@@ -408,7 +408,6 @@ class SearchRunner:
     """Re-scores the candidates' networks; returns (chosen episode, its state file after
     the re-score, selection dict). Leaves the controller at the last candidate's state."""
     record, env = self.record, self.env
-    started = time.time()
     scored = []
     for index in record.candidates:
       path = self._candidate_file(index)
@@ -439,7 +438,7 @@ class SearchRunner:
                 "and measured again on the reward split; the highest re-score is kept",
         "candidates": scored, "chosen_episode": chosen.episode, "chosen_policy": chosen.policy,
         "rescored_accuracy": best["rescored_accuracy"],
-        "rescore_steps": self.rescore_steps, "seconds": time.time() - started}
+        "rescore_steps": self.rescore_steps}
     print(f"Chosen: episode {chosen.episode} ({chosen.policy}), search accuracy "
           f"{chosen.accuracy:.4f}, re-scored {best['rescored_accuracy']:.4f} after "
           f"{self.rescore_steps} batches (of {len(scored)} candidates).", flush=True)
