@@ -35,9 +35,10 @@ from purl_tf import agent as agent_lib
 from purl_tf import files, interrupt, plots
 from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
-from purl_tf.results import reached_target
+from purl_tf.results import NEAR_CHANCE_SHARE, reached_target, retained_share
 
 COLLECT, GREEDY, RANDOM = "collect", "greedy", "random"  # an episode's policy
+CHANCE_EPISODES = 3  # this many episodes, all near chance, and the search warns
 DQN = "dqn"
 LEARNERS = (DQN, RANDOM)
 CRITERIA = ("accuracy_at_target", "return")
@@ -300,6 +301,7 @@ class SearchRunner:
     self._chart_due = False
     self._first_observation = None
     self._dropped: List[str] = []  # candidate files to delete once a checkpoint forgets them
+    self._warned_chance = False
 
   def _restore(self) -> bool:
     """Continues from the newest readable checkpoint; False when there is none."""
@@ -480,8 +482,24 @@ class SearchRunner:
     record.seconds += saved
     record.phase_seconds["checkpoint"] += saved
 
+  def _warn_if_all_near_chance(self):
+    """Says once, while the search runs, when every episode so far ended near chance."""
+    episodes = self.record.episodes
+    if self._warned_chance or len(episodes) < CHANCE_EPISODES:
+      return
+    classes = int(self.env.controller.model.outputs[0].shape[-1])
+    if all(retained_share(e.accuracy, self.env.dense_accuracy, classes) < NEAR_CHANCE_SHARE
+           for e in episodes):
+      self._warned_chance = True
+      print(f"WARNING: all {len(episodes)} episodes so far end near chance (best reward-split "
+            f"accuracy {max(e.accuracy for e in episodes):.4f}, chance {1 / classes:.4f}): the "
+            "search cannot tell allocations apart. Lower train_eval.target_sparsity, raise "
+            "PruningEnv.retrain_steps, or keep the first and last layers dense "
+            "(wrap.exclude).", flush=True)
+
   def _progress(self, result: Episode):
-    """The progress line of an episode."""
+    """The progress line of an episode (and the near-chance warning)."""
+    self._warn_if_all_near_chance()
     if result.episode % self.log_every and result.policy != GREEDY:
       return
     record = self.record

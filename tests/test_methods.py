@@ -163,3 +163,24 @@ def test_the_fine_tune_starts_from_the_network_the_search_measured(
                                                         abs=1e-6)
   assert result.finetune_from == finetune_from
   assert same == (finetune_from == "search")
+
+
+def test_a_run_at_chance_says_so_while_it_searches_and_in_its_results(
+    data_dir, pretrained_lenet, tmp_path, capsys):
+  root = str(tmp_path / "chance")
+  # Every layer at 99.9 % with no retrain and no fine-tune: a useless network.
+  gin_bindings = [*tiny(data_dir, "random", target=0.98), "PruningEnv.levels = (0.0, 0.999)",
+                  "PruningEnv.retrain_steps = 0", "SearchRunner.rescore_steps = 0",
+                  "finetune.epochs = 0"]
+  os.makedirs(os.path.join(root, "dense"))
+  shutil.copyfile(pretrained_lenet.weights_path, os.path.join(root, files.DENSE_WEIGHTS))
+  gin.clear_config()
+  pipeline.parse_gin([QUICKSTART], gin_bindings)
+  result = pipeline.train_eval(root)
+  printed = capsys.readouterr().out
+  assert result.pruned_test_accuracy < 0.2  # chance is 0.1
+  assert "episodes so far end near chance" in printed
+  on_disk = json.load(open(os.path.join(root, files.RESULTS)))
+  assert on_disk["warnings"] == result.warnings
+  assert any(line.startswith("the pruned model is near chance") for line in result.warnings)
+  assert f"WARNING: {result.warnings[0]}" in printed
