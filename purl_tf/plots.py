@@ -50,3 +50,19 @@ def episode_curves(series: Dict[str, Dict[str, Sequence[float]]], target: float)
     axis.set_title(key)
     axis.legend(fontsize=8)
   return _png(figure)
+
+
+def lines(series: Dict[str, tuple], x_label: str, y_label: str, title: str = "") -> bytes:
+  """One line per name: series {name: (x, y, y spread or None)}, the spread as error bars."""
+  figure, axis = plt.subplots(figsize=(7.0, 4.2))
+  for name, (x, y, spread) in series.items():
+    if spread is None:
+      axis.plot(x, y, "-", label=name)
+    else:
+      axis.errorbar(x, y, yerr=spread, marker="o", capsize=3, label=name)
+  axis.set_xlabel(x_label)
+  axis.set_ylabel(y_label)
+  axis.set_title(title)
+  axis.grid(alpha=0.3)
+  axis.legend(fontsize=8)
+  return _png(figure)

@@ -1,16 +1,10 @@
-r"""Benchmarks of purl_tf, each printing a markdown section and writing it into a docs file.
+r"""Speed benchmarks of purl_tf, each printing a markdown section and writing it into a
+docs file (method-against-method benchmarks are `python -m purl_tf.benchmark`).
 
-  .venv/bin/python tools/benchmark.py --benchmark=mnist5k --output=docs/benchmarks.md
   .venv/bin/python tools/benchmark.py --benchmark=search_speed --output=docs/benchmarks.md
-  .venv/bin/python tools/benchmark.py --benchmark=imagenet_resnet50 --mock
   .venv/bin/python tools/benchmark.py --benchmark=pruning_speed --output=docs/benchmarks.md
 
 Benchmarks:
-  mnist5k, cifar10, imagenet_resnet50, imagenet_mobilenet_v2
-      PuRL against its baselines over --seeds, one `python -m purl_tf.train` per run
-      in --root_dir/<benchmark>/target<t>/seed<s>/<method>; finished runs are reused, so a
-      rerun only adds what is missing and rebuilds the table. Only mnist5k runs on a CPU
-      machine; --mock checks the others end to end on tfds mock data.
   search_speed
       a PuRL search of the quickstart's LeNet-5 and of a ResNet-20: the share of its wall
       time outside retraining and measuring, by part, and the retrain/measure steps inside
@@ -24,7 +18,6 @@ Each benchmark is a function of its module in tools/bench/ returning a `Section`
 heading and its markdown body); `--output` replaces that heading's section in the file (or
 appends it), leaving the other sections as they are.
 """
-import functools
 import sys
 
 import purl_tf  # noqa: F401  (must come before tensorflow: selects tf-keras)
@@ -33,7 +26,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from bench import common, comparison, projection, pruning_speed, search_speed
+from bench import common, projection, pruning_speed, search_speed
 from purl_tf import train  # noqa: F401  (defines --root_dir, --gin_file, --gin_bindings)
 from purl_tf.errors import PurlError
 
@@ -43,7 +36,6 @@ BENCHMARKS = {
     "pruning_speed": pruning_speed.pruning_speed,
     "search_speed": search_speed.search_speed,
     "imagenet_projection": projection.imagenet_projection,
-    **{name: functools.partial(comparison.comparison, name) for name in comparison.SUITES},
 }
 
 flags.DEFINE_enum("benchmark", "pruning_speed", sorted(BENCHMARKS), "Benchmark to run.")

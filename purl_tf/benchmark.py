@@ -1,0 +1,608 @@
+r"""Method against method: every allocation method over targets and seeds, one table.
+
+  python -m purl_tf.benchmark --benchmark=mnist_resnet20            # the whole table
+  python -m purl_tf.benchmark --benchmark=mnist_resnet20 --quick    # one seed, one target
+  python -m purl_tf.benchmark --benchmark=imagenet_resnet50 --mock  # a GPU suite, checked
+
+Each cell (method, target, seed) is one `python -m purl_tf.train` process in
+--root_dir/<benchmark>/target<t>/seed<s>/<method>, its log beside it; a finished cell is
+reused, so a killed benchmark continues where it stopped. The first cell of a seed
+pre-trains the dense model every other cell of that seed starts from. A seed changes the
+reward split (load_splits.reward_seed), the pre-training and retraining order
+(load_splits.shuffle_seed), the search and the fine-tune (train_eval.seed).
+
+Outputs: docs/benchmarks/<benchmark>.json (every cell's numbers), three PNGs beside it,
+and the benchmark's section of docs/benchmarks.md (tables and goals, MET or NOT MET).
+"""
+import dataclasses
+import datetime
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import purl_tf  # noqa: F401  pylint: disable=unused-import  (selects tf-keras first)
+from absl import app, flags
+
+from purl_tf import files, plots, search
+from purl_tf.errors import PurlError
+from purl_tf.markdown import command_line, machine, Section, write_section
+from purl_tf.results import reached_target
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# In the order a seed runs them: the first pre-trains the dense model the others share.
+METHOD_ORDER = ("purl", "episodic", "random", "global_magnitude", "lamp", "erk", "uniform",
+                "uniform_keep_ends", "gradual")
+METHOD_NAMES = {
+    "purl": "PuRL (dense reward)",
+    "episodic": "PuRL agent, episodic reward",
+    "random": "random search",
+    "global_magnitude": "global magnitude",
+    "lamp": "LAMP",
+    "erk": "ERK",
+    "uniform": "uniform",
+    "uniform_keep_ends": "uniform, first and last dense",
+    "gradual": "gradual (tfmot PolynomialDecay)",
+}
+SEARCHES = ("purl", "episodic", "random")  # methods that leave search/episodes.json
+RIVALS = ("global_magnitude", "lamp", "erk", "random")  # what PuRL must beat
+WITHIN = 0.005  # "within 0.5 points": reward-split accuracy, as a fraction
+MARGIN = 0.005  # PuRL's required lead at the highest target, as a fraction
+WIDE_LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+# Shrinks a GPU config to seconds on tfds mock data (as tests/test_configs.py does).
+MOCK_BINDINGS = ("load_splits.image_size = 32", "load_splits.batch_size = 4",
+                 "load_splits.eval_batch_size = 8", "load_splits.reward_size = 8",
+                 "load_splits.shuffle_buffer = 16", "PruningEnv.retrain_steps = 1",
+                 "make_strategy.name = 'default'", "SearchRunner.eval_interval = 1",
+                 "SearchRunner.rescore_steps = 1", "finetune.epochs = 0.5",
+                 "pretrain.epochs = 0")
+MOCK_EXAMPLES = 24  # per split
+ELAPSED = ".elapsed.json"  # beside each cell's folder: wall seconds of its process
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+  """A named benchmark: one gin config, its targets and the bindings put on top of it."""
+  name: str
+  title: str
+  gin_file: str  # relative to the repository
+  targets: Tuple[float, ...]
+  episodes: int  # SearchRunner.num_episodes of every search
+  bindings: Tuple[str, ...] = ()
+  mock_bindings: Tuple[str, ...] = ()  # further bindings of --mock runs
+  runs_here: bool = False  # measurable on a 2-core CPU machine
+  quick_target: Optional[float] = None  # --quick's one target (default: the highest)
+
+
+SUITES = {
+    "mnist_resnet20": Suite(
+        "mnist_resnet20", "mnist_full: ResNet-20 (width 8) at 0.9, 0.95 and 0.98",
+        "gin/mnist_resnet20.gin", (0.9, 0.95, 0.98), episodes=40, runs_here=True),
+    "mnist5k": Suite(
+        "mnist5k", "mnist5k: LeNet-5 at 0.95 and 0.98", "gin/quickstart.gin", (0.95, 0.98),
+        episodes=50,
+        bindings=("train_eval.export_tflite = False", f"PruningEnv.levels = {WIDE_LEVELS}",
+                  "SearchRunner.eval_interval = 10"),
+        runs_here=True),
+    "cifar10": Suite(
+        "cifar10", "CIFAR-10: ResNet-20 at 0.8", "gin/cifar10.gin", (0.8,), episodes=150,
+        bindings=("train_eval.export_tflite = False",)),
+    "imagenet_resnet50": Suite(
+        "imagenet_resnet50", "ImageNet: ResNet-50 at 0.8", "gin/resnet50.gin", (0.8,),
+        episodes=150, bindings=("train_eval.export_tflite = False",),
+        mock_bindings=("resnet50.weights = None",)),
+    "imagenet_mobilenet_v2": Suite(
+        "imagenet_mobilenet_v2", "ImageNet: MobileNet-V2 at 0.7", "gin/mobilenet_v2.gin",
+        (0.7,), episodes=150, bindings=("train_eval.export_tflite = False",),
+        mock_bindings=("mobilenet_v2.weights = None",)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Where and how every cell of a suite runs."""
+  suite: Suite
+  root_dir: str
+  seeds: Tuple[int, ...]
+  targets: Tuple[float, ...]
+  episodes: int
+  mock: bool
+  quick: bool = False
+  extra_bindings: Tuple[str, ...] = ()
+
+  @property
+  def name(self) -> str:
+    return self.suite.name + ("_quick" if self.quick else "") + ("_mock" if self.mock else "")
+
+  def cells(self) -> List[Tuple[int, float, str]]:
+    """(seed, target, method) in the order they run."""
+    return [(seed, target, method) for seed in self.seeds for target in self.targets
+            for method in METHOD_ORDER]
+
+  def run_dir(self, target: float, seed: int, method: str) -> str:
+    return os.path.join(self.root_dir, f"target{target}", f"seed{seed}", method)
+
+  def dense_dir(self, seed: int) -> str:
+    """The cell whose pre-trained dense model every cell of the seed starts from."""
+    return self.run_dir(self.targets[0], seed, METHOD_ORDER[0])
+
+  def bindings(self, target, seed) -> List[str]:
+    """The gin bindings of every method's cell at (target, seed), in order."""
+    mock = (*MOCK_BINDINGS, *self.suite.mock_bindings) if self.mock else ()
+    return [*self.suite.bindings, *mock, f"train_eval.target_sparsity = {target}",
+            f"train_eval.seed = {seed}", f"load_splits.reward_seed = {seed}",
+            f"load_splits.shuffle_seed = {seed}", f"SearchRunner.num_episodes = {self.episodes}",
+            *self.extra_bindings]
+
+
+def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
+              episodes: Optional[int], mock: bool, quick: bool = False,
+              extra_bindings: Sequence[str] = ()) -> Plan:
+  """Checks a benchmark's flags; one-line PurlErrors for bad ones."""
+  if suite_name not in SUITES:
+    raise PurlError(f"--benchmark={suite_name} is unknown: use one of {sorted(SUITES)}.")
+  suite = SUITES[suite_name]
+  try:
+    seed_values = tuple(int(s) for s in seeds)
+  except ValueError:
+    raise PurlError(f"--seeds={','.join(seeds)} must be integers, e.g. --seeds=0,1,2.") from None
+  if not seed_values or len(set(seed_values)) != len(seed_values):
+    raise PurlError(f"--seeds={','.join(seeds)} must name at least one seed, each once.")
+  if episodes is not None and episodes < 1:
+    raise PurlError(f"--episodes={episodes} must be at least 1.")
+  if not suite.runs_here and not mock:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    if not tf.config.list_physical_devices("GPU"):
+      raise PurlError(f"--benchmark={suite_name} is sized for GPU machines and this one has "
+                      "none: add --mock to check it on tfds mock data.")
+  targets = suite.targets
+  if quick:
+    seed_values = seed_values[:1]
+    targets = (suite.quick_target or max(suite.targets),)
+  base = os.path.abspath(os.path.expanduser(root_dir or os.path.join("runs", "benchmark")))
+  folder = os.path.join(base, "mock" if mock else "", suite_name)
+  return Plan(suite, folder, seed_values, targets, episodes or (1 if mock else suite.episodes),
+              mock, quick, tuple(extra_bindings))
+
+
+def run_cell(plan: Plan, seed: int, target: float, method: str) -> str:
+  """Runs one cell in a `python -m purl_tf.train` process unless it finished before.
+  Returns its folder; raises PurlError naming the log on failure."""
+  folder = plan.run_dir(target, seed, method)
+  if os.path.exists(os.path.join(folder, files.RESULTS)):
+    return folder
+  dense = os.path.join(plan.dense_dir(seed), files.DENSE_WEIGHTS)
+  if folder != plan.dense_dir(seed) and not os.path.exists(
+      os.path.join(folder, files.DENSE_WEIGHTS)):
+    os.makedirs(os.path.join(folder, os.path.dirname(files.DENSE_WEIGHTS)), exist_ok=True)
+    shutil.copyfile(dense, os.path.join(folder, files.DENSE_WEIGHTS))
+  command = [sys.executable, "-m", "purl_tf.train", f"--root_dir={folder}",
+             f"--gin_file={os.path.join(REPO, plan.suite.gin_file)}"]
+  command += [f"--gin_bindings={b}" for b in plan.bindings(target, seed)]
+  command.append(f"--gin_bindings=train_eval.method = '{method}'")
+  if plan.mock:
+    command.append(f"--mock_examples={MOCK_EXAMPLES}")
+  log = folder.rstrip(os.sep) + ".log"
+  os.makedirs(os.path.dirname(log), exist_ok=True)
+  started = time.time()
+  with open(log, "a", encoding="utf-8") as handle:
+    handle.write(f"$ {' '.join(command)}\n")
+    handle.flush()
+    code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False,
+                          cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1")).returncode
+  if code:
+    with open(log, encoding="utf-8") as handle:
+      tail = [line.strip() for line in handle if line.strip()][-1:]
+    raise PurlError(f"{method} (target {target}, seed {seed}) failed with exit code {code}: "
+                    f"{tail[0] if tail else ''} (log: {log}).")
+  files.write_json(folder.rstrip(os.sep) + ELAPSED, {"seconds": time.time() - started})
+  return folder
+
+
+def cell_seconds(plan: Plan, seed: int, target: float, method: str) -> Optional[float]:
+  """Wall seconds of a finished cell's process, when recorded."""
+  record = files.read_json(plan.run_dir(target, seed, method).rstrip(os.sep) + ELAPSED)
+  return None if record is None else record["seconds"]
+
+
+def eta_seconds(plan: Plan, remaining: Sequence[Tuple[int, float, str]]) -> Optional[float]:
+  """Wall seconds the `remaining` cells should take: each at the mean of the finished
+  cells of its method (else of all finished cells); None before any finished."""
+  done: Dict[str, List[float]] = {}
+  for seed, target, method in plan.cells():
+    seconds = cell_seconds(plan, seed, target, method)
+    if seconds is not None:
+      done.setdefault(method, []).append(seconds)
+  every = [s for values in done.values() for s in values]
+  if not every:
+    return None
+  return sum(statistics.fmean(done.get(method, every)) for _, _, method in remaining)
+
+
+def run_plan(plan: Plan, after_cell=lambda: None):
+  """Runs every cell, seed by seed; finished cells are reused. One line per cell;
+  `after_cell()` runs after each cell run here (e.g. to rewrite the results)."""
+  cells = plan.cells()
+  for number, (seed, target, method) in enumerate(cells, 1):
+    folder = plan.run_dir(target, seed, method)
+    reused = os.path.exists(os.path.join(folder, files.RESULTS))
+    began = time.time()
+    if not reused:
+      eta = eta_seconds(plan, cells[number - 1:])
+      print(f"[{number:2d}/{len(cells)}] seed {seed}, target {target}: {method} ... "
+            f"(log {folder}.log; ETA {'?' if eta is None else _duration(eta)})", flush=True)
+    run_cell(plan, seed, target, method)
+    results = files.read_json(os.path.join(folder, files.RESULTS))
+    print(f"[{number:2d}/{len(cells)}] seed {seed}, target {target}: {method:17s} "
+          f"test {results['pruned_test_accuracy']:.4f} at sparsity "
+          f"{results['global_sparsity']:.4f}"
+          + ("  (finished before)" if reused else f"  in {time.time() - began:.0f} s"),
+          flush=True)
+    if not reused:
+      after_cell()
+
+
+@dataclasses.dataclass
+class Run:
+  """The outcome of one cell."""
+  method: str
+  target: float
+  seed: int
+  results: dict  # results.json
+  episodes: Optional[list] = None  # search/episodes.json of the searches
+  seconds: Optional[float] = None  # the process's wall time
+
+
+def collect(plan: Plan) -> List[Run]:
+  """Reads every finished cell of the plan."""
+  runs = []
+  for seed, target, method in plan.cells():
+    folder = plan.run_dir(target, seed, method)
+    results = files.read_json(os.path.join(folder, files.RESULTS))
+    if results is not None:
+      runs.append(Run(method, target, seed, results,
+                      files.read_json(os.path.join(folder, files.EPISODES)),
+                      cell_seconds(plan, seed, target, method)))
+  return runs
+
+
+def best_so_far(episodes: Sequence[dict], target: float) -> List[Optional[float]]:
+  """Reward-split accuracy of the best episode so far (search.is_better's
+  accuracy_at_target rule) after each evaluated episode; None until one reaches the
+  target."""
+  best, curve = None, []
+  for record in episodes:
+    episode = record if isinstance(record, search.Episode) else search.Episode(**record)
+    if search.is_better(episode, best, target, "accuracy_at_target"):
+      best = episode
+    curve.append(best.accuracy if reached_target(best.sparsity, target) else None)
+  return curve
+
+
+def episodes_to_within(episodes: Sequence[dict], target: float,
+                       margin: float = WITHIN) -> Optional[int]:
+  """Evaluated episodes (collect and greedy, in the order run) until the best so far first
+  reached the target and came within `margin` (a fraction: 0.005 is 0.5 points) of the
+  search's final best reward-split accuracy. None when no episode reached the target."""
+  curve = best_so_far(episodes, target)
+  if not curve or curve[-1] is None:
+    return None
+  return next(count for count, value in enumerate(curve, 1)
+              if value is not None and value >= curve[-1] - margin)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+  """Mean, sample standard deviation (0 for one value), minimum and maximum."""
+  mean: float
+  std: float
+  low: float
+  high: float
+  count: int
+
+
+def stats(values: Sequence[float]) -> Stats:
+  values = [float(v) for v in values]
+  if not values:
+    raise ValueError("stats of no values")
+  std = statistics.stdev(values) if len(values) > 1 else 0.0
+  return Stats(statistics.fmean(values), std, min(values), max(values), len(values))
+
+
+def _pct(value: float) -> str:
+  return f"{100 * value:.2f}"
+
+
+def cell_record(run: Run) -> dict:
+  """One cell of the results file: what the tables and goals read."""
+  results = run.results
+  return {
+      "method": run.method, "target": run.target, "seed": run.seed,
+      "test_accuracy": results["pruned_test_accuracy"],
+      "dense_test_accuracy": results["dense_test_accuracy"],
+      "sparsity": results["global_sparsity"], "reached_target": results["reached_target"],
+      "reward_accuracy": results["pruned_reward_accuracy"],
+      "search_reward_accuracy": results["best_reward_accuracy_in_search"],
+      "rescored_reward_accuracy": results.get("rescored_reward_accuracy"),
+      "episodes": len(run.episodes) if run.episodes else 0,
+      "episodes_to_within": (episodes_to_within(run.episodes or [], run.target)
+                             if run.method in SEARCHES else None),
+      "train_steps": results["search_retrain_steps"] + results["finetune_steps"],
+      "method_seconds": results["search_seconds"] + results["finetune_seconds"],
+      "wall_seconds": run.seconds, "allocation": results["allocation"],
+      "warnings": results.get("warnings", []),
+  }
+
+
+def summary(cells: Sequence[dict]) -> dict:
+  """Aggregates one method's cells at one target over seeds."""
+  cells = sorted(cells, key=lambda c: c["seed"])
+  to_within = [c["episodes_to_within"] for c in cells]
+  return {
+      "seeds": [c["seed"] for c in cells],
+      "accuracy": stats([c["test_accuracy"] for c in cells]),
+      "sparsity": stats([c["sparsity"] for c in cells]),
+      "seconds": stats([c["method_seconds"] for c in cells]),
+      "steps": stats([c["train_steps"] for c in cells]),
+      "episodes": [c["episodes"] for c in cells],
+      "to_within": to_within if cells[0]["method"] in SEARCHES else None,
+  }
+
+
+def _to_within_cell(values: Optional[List[Optional[int]]], episodes: List[int]) -> str:
+  if values is None:
+    return "—"
+  shown = ", ".join("not reached" if v is None else str(v) for v in values)
+  reached = [v for v in values if v is not None]
+  mean = f"{statistics.fmean(reached):.1f}" if reached else "n/a"
+  return f"{mean} ({shown}) of {max(episodes)}"
+
+
+def table(cells: Sequence[dict], target: float) -> str:
+  """The markdown table of every method at one target (mean and spread over seeds)."""
+  lines = ["| method | global sparsity | test accuracy % (mean ± sd, min–max) | wall time "
+           "| train steps | episodes to within 0.5 pt of final best (mean (per seed) of "
+           "evaluated) |", "| --- | --- | --- | --- | --- | --- |"]
+  for method in METHOD_ORDER:
+    chosen = [c for c in cells if c["method"] == method and c["target"] == target]
+    if not chosen:
+      continue
+    s = summary(chosen)
+    acc = s["accuracy"]
+    lines.append(
+        f"| {METHOD_NAMES[method]} | {s['sparsity'].mean:.4f} | {_pct(acc.mean)} ± "
+        f"{_pct(acc.std)} ({_pct(acc.low)}–{_pct(acc.high)}) | {s['seconds'].mean:,.0f} s | "
+        f"{s['steps'].mean:,.0f} | {_to_within_cell(s['to_within'], s['episodes'])} |")
+  return "\n".join(lines)
+
+
+def _by_seed(cells, method, target) -> Dict[int, float]:
+  return {c["seed"]: c["test_accuracy"] for c in cells
+          if c["method"] == method and c["target"] == target}
+
+
+def goals(cells: Sequence[dict], target: float, highest: bool) -> List[str]:
+  """The benchmark's goals at one target, each MET / NOT MET with its numbers.
+
+  Highest target: PuRL's mean test accuracy at least MARGIN above the best of RIVALS, and
+  above every rival on every seed; the dense reward within 0.5 pt of its final best in
+  at most half the episodes of the episodic reward (means over seeds). Other targets:
+  PuRL's mean not below the best rival's mean by more than that rival's std.
+  """
+  purl = _by_seed(cells, "purl", target)
+  rivals = {m: _by_seed(cells, m, target) for m in RIVALS}
+  rivals = {m: v for m, v in rivals.items() if v}
+  if not purl or not rivals:
+    return ["- Goals: not evaluated (PuRL or its rivals missing at this target)."]
+  best = max(rivals, key=lambda m: statistics.fmean(rivals[m].values()))
+  ours, theirs = statistics.fmean(purl.values()), statistics.fmean(rivals[best].values())
+  seeds = sorted(set(purl) & set.intersection(*(set(v) for v in rivals.values())))
+  paired = [purl[s] - max(v[s] for v in rivals.values()) for s in seeds]
+  pairs = ", ".join(f"seed {s}: {100 * d:+.2f}" for s, d in zip(seeds, paired))
+  out = []
+  if highest:
+    lead = ours - theirs
+    verdict = "MET" if lead >= MARGIN and all(d > 0 for d in paired) else "NOT MET"
+    out.append(f"- PuRL at least {100 * MARGIN:.1f} pt above the best rival "
+               f"({METHOD_NAMES[best]}) and ahead of every rival on every seed: {verdict} "
+               f"({_pct(ours)} vs {_pct(theirs)} %, lead {100 * lead:+.2f} pt; PuRL minus "
+               f"the best rival of each seed: {pairs} pt).")
+    out += _speed_goal(cells, target)
+  else:
+    spread = stats(list(rivals[best].values())).std
+    verdict = "MET" if ours >= theirs - spread else "NOT MET"
+    out.append(f"- PuRL not below the best rival ({METHOD_NAMES[best]}) by more than its "
+               f"std: {verdict} ({_pct(ours)} vs {_pct(theirs)} ± {_pct(spread)} %; PuRL "
+               f"minus the best rival of each seed: {pairs} pt).")
+  missed = [f"{METHOD_NAMES[c['method']]} seed {c['seed']} ({c['sparsity']:.3f})"
+            for c in cells if c["target"] == target and not c["reached_target"]]
+  if missed:
+    out.append(f"- Below the target sparsity: {', '.join(missed)}.")
+  return out
+
+
+def _speed_goal(cells, target) -> List[str]:
+  """Dense against episodic reward: episodes to within 0.5 pt of the final best."""
+  means = {}
+  for method in ("purl", "episodic"):
+    values = [c["episodes_to_within"] for c in cells
+              if c["method"] == method and c["target"] == target]
+    reached = [v for v in values if v is not None]
+    if not values or not reached:
+      return ["- Episodes to the best: not comparable (a search never reached the target)."]
+    means[method] = statistics.fmean(reached)
+  verdict = "MET" if means["purl"] <= means["episodic"] / 2 else "NOT MET"
+  return [f"- Dense reward within 0.5 pt of its best in at most half the episodes of the "
+          f"episodic reward: {verdict} ({means['purl']:.1f} vs {means['episodic']:.1f} "
+          "evaluated episodes, means over seeds)."]
+
+
+def write_figures(plan: Plan, runs: Sequence[Run], cells: Sequence[dict],
+                  folder: str) -> List[str]:
+  """The three PNGs (paths): accuracy against target per method; per-layer sparsity of
+  PuRL, LAMP and global magnitude at the highest target (first seed); best-so-far
+  reward-split accuracy against episode, dense and episodic reward (mean over seeds)."""
+  os.makedirs(folder, exist_ok=True)
+  paths = []
+
+  def save(suffix, png):
+    path = os.path.join(folder, f"{plan.name}_{suffix}.png")
+    with open(path, "wb") as handle:
+      handle.write(png)
+    paths.append(path)
+
+  curves = {}
+  for method in METHOD_ORDER:
+    points = [(t, summary([c for c in cells if c["method"] == method and c["target"] == t]))
+              for t in plan.targets
+              if any(c["method"] == method and c["target"] == t for c in cells)]
+    if points:
+      curves[METHOD_NAMES[method]] = ([t for t, _ in points],
+                                      [s["accuracy"].mean for _, s in points],
+                                      [s["accuracy"].std for _, s in points])
+  if curves:
+    save("accuracy", plots.lines(curves, "target sparsity", "test accuracy",
+                                 f"{plan.suite.name}: test accuracy after fine-tuning"))
+  highest, first = max(plan.targets), plan.seeds[0]
+  layers = {METHOD_NAMES[c["method"]]: c["allocation"] for c in cells
+            if c["target"] == highest and c["seed"] == first
+            and c["method"] in ("purl", "lamp", "global_magnitude")}
+  if layers:
+    save("layers", plots.allocations(layers, f"per-layer sparsity at {highest}, seed {first}"))
+  progress = {}
+  for method in ("purl", "episodic"):
+    series = [best_so_far(r.episodes or [], highest) for r in runs
+              if r.method == method and r.target == highest]
+    series = [s for s in series if s]
+    if series:
+      length = min(len(s) for s in series)
+      x, y = [], []
+      for i in range(length):
+        values = [s[i] for s in series if s[i] is not None]
+        if values:
+          x.append(i + 1)
+          y.append(statistics.fmean(values))
+      progress[METHOD_NAMES[method]] = (x, y, None)
+  if progress:
+    save("progress", plots.lines(progress, "evaluated episodes",
+                                 "best-so-far reward-split accuracy",
+                                 f"search progress at {highest} (mean over seeds)"))
+  return paths
+
+
+def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_path: str,
+         output: Optional[str]) -> str:
+  """The markdown section: how it was run, a table and goals per target, the figures."""
+  parts = []
+  if plan.mock:
+    parts += ["**Mock data check, not a measurement**: every method ran end to end on "
+              f"`tfds.testing.mock_data` ({MOCK_EXAMPLES} random examples per split) to show "
+              "the benchmark definition runs; the accuracies mean nothing.", ""]
+  parts += [f"Seeds {', '.join(map(str, plan.seeds))}; each seed draws its own reward split, "
+            "pre-training and retraining order, search and fine-tune. Every search runs "
+            f"{plan.episodes} collect episodes (plus greedy evaluations; random search as "
+            "many allocations). All methods of a seed start from the same dense model and "
+            "get the same fine-tune. Wall time is choosing plus fine-tuning (pre-training "
+            "is shared and excluded); train steps are the search's retrain batches (or "
+            "gradual's ramp) plus the fine-tune's.", ""]
+  highest = max(plan.targets)
+  for target in plan.targets:
+    chosen = [c for c in cells if c["target"] == target]
+    if not chosen:
+      continue
+    dense = stats([c["dense_test_accuracy"] for c in chosen if c["method"] == "purl"]
+                  or [c["dense_test_accuracy"] for c in chosen])
+    verdicts = (["- Goals are not evaluated on mock data."] if plan.mock
+                else goals(chosen, target, target == highest))
+    parts += [f"### Target sparsity {target}", "",
+              f"Dense test accuracy {_pct(dense.mean)} ± {_pct(dense.std)} %.", "",
+              table(chosen, target), "", *verdicts, ""]
+  where = os.path.dirname(os.path.abspath(output)) if output else os.getcwd()
+  parts += [f"![{os.path.basename(p)}]({os.path.relpath(p, where)})" for p in figures]
+  seconds = [c["wall_seconds"] for c in cells if c["wall_seconds"] is not None]
+  parts += [
+      "", "How it was run:", "",
+      f"- Command: `{command_line()}`; a rerun reuses the finished cells in "
+      f"`{os.path.relpath(plan.root_dir)}` (delete it to measure again).",
+      f"- Every cell's numbers: `{os.path.relpath(results_path, where)}`.",
+      f"- Time: {len(seconds)} of {len(plan.cells())} cell processes took "
+      f"{sum(seconds) / 60:.0f} min in all.",
+      f"- Config: `{plan.suite.gin_file}` plus, for every cell, "
+      + ", ".join(f"`{b}`" for b in plan.bindings("<target>", "<seed>"))
+      + ", `train_eval.method = '<method>'`.",
+      f"- Machine: {machine()}",
+      f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+  ]
+  return "\n".join(parts)
+
+
+def report(plan: Plan, output: Optional[str], results_dir: str) -> Section:
+  """Writes the results file and figures of the finished cells; their section."""
+  runs = collect(plan)
+  cells = [cell_record(r) for r in runs]
+  results_path = files.write_json(os.path.join(results_dir, f"{plan.name}.json"), {
+      "benchmark": plan.suite.name, "quick": plan.quick, "mock": plan.mock,
+      "seeds": list(plan.seeds), "targets": list(plan.targets), "episodes": plan.episodes,
+      "bindings": plan.bindings("<target>", "<seed>"), "cells": cells})
+  figures = write_figures(plan, runs, cells, results_dir)
+  title = plan.suite.title + (" (quick: one seed, one target)" if plan.quick else "") + (
+      " (mock data check)" if plan.mock else "")
+  return Section(heading=title, body=body(plan, cells, figures, results_path, output))
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _define_flags():
+  """The command line's flags (defined only when run as a program: purl_tf.train has
+  flags of the same names)."""
+  flags.DEFINE_enum("benchmark", "mnist_resnet20", sorted(SUITES), "Benchmark to run.")
+  flags.DEFINE_bool("quick", False, "One seed and one target (the highest), every method.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
+  flags.DEFINE_integer("episodes", None, "Collect episodes of every search (default: the "
+                       "benchmark's).")
+  flags.DEFINE_bool("mock", False, "Run on tfds mock data with tiny budgets (checks a GPU "
+                    "benchmark's definition on any machine).")
+  flags.DEFINE_string("root_dir", None, "Folder of the cells (default runs/benchmark).")
+  flags.DEFINE_multi_string("gin_bindings", [], "Further gin bindings of every cell.")
+  flags.DEFINE_string("output", "docs/benchmarks.md", "Markdown file whose section of this "
+                      "benchmark is replaced (or appended); empty: print only.")
+  flags.DEFINE_string("results_dir", "docs/benchmarks", "Folder of the results file and "
+                      "PNGs.")
+
+
+def main(argv):
+  del argv
+  options = flags.FLAGS
+  output = options.output or None
+  try:
+    plan = make_plan(options.benchmark, options.root_dir, options.seeds, options.episodes,
+                     options.mock, options.quick, options.gin_bindings)
+    print(f"{plan.name}: {len(plan.seeds)} seeds x {len(plan.targets)} targets x "
+          f"{len(METHOD_ORDER)} methods in {plan.root_dir}.", flush=True)
+
+    def publish():
+      section = report(plan, output, options.results_dir)
+      if output:
+        write_section(output, section)
+      return section
+
+    run_plan(plan, after_cell=publish)
+    section = publish()
+  except PurlError as error:
+    print(f"benchmark: error: {str(error).splitlines()[0]}", file=sys.stderr)
+    sys.exit(1)
+  print(f"\n## {section.heading}\n\n{section.body}\n")
+  if output:
+    print(f"Wrote the section to {output} and the results to {options.results_dir}.")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,68 @@
+"""Benchmark sections of docs/benchmarks.md: a Section, the machine line, the writer."""
+import dataclasses
+import os
+import platform
+import re
+import sys
+
+import tensorflow as tf
+
+_DOC_TITLE = "# Benchmarks"
+_DOC_INTRO = ("Measured with `python -m purl_tf.benchmark` (method against method) and "
+              "`tools/benchmark.py` (speed) on the machine named in each section. Each "
+              "section is rewritten when its benchmark is run again with `--output`.")
+
+
+@dataclasses.dataclass
+class Section:
+  heading: str  # without the leading '## '
+  body: str  # markdown, without the heading
+
+
+def machine() -> str:
+  """One line naming the machine: logical CPUs, CPU model, OS, Python and TF versions."""
+  model = platform.processor() or "unknown CPU"
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    if names:
+      model = names[0]
+  except OSError:
+    pass
+  cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  gpus = len(tf.config.list_physical_devices("GPU"))
+  return (f"{cpus} CPU cores (nproc) of {model}, {gpus} GPU; {platform.system()} "
+          f"{platform.release()}, Python {platform.python_version()}, TensorFlow "
+          f"{tf.__version__}")
+
+
+def command_line() -> str:
+  """The command that reproduces this run, relative to the current folder."""
+  script = sys.argv[0]
+  if script.endswith(os.path.join("purl_tf", "benchmark.py")):
+    script = "-m purl_tf.benchmark"
+  else:
+    script = os.path.relpath(os.path.abspath(script))
+  return " ".join([".venv/bin/python", script] + sys.argv[1:])
+
+
+def write_section(path: str, section: Section):
+  """Replaces `## heading` and its body up to the next level-2 heading, or appends it."""
+  text = ""
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  if not text.strip():
+    text = f"{_DOC_TITLE}\n\n{_DOC_INTRO}\n"
+  block = f"## {section.heading}\n\n{section.body.rstrip()}\n"
+  pattern = re.compile(rf"^## {re.escape(section.heading)}[ \t]*\n.*?(?=^## |\Z)",
+                       re.MULTILINE | re.DOTALL)
+  if pattern.search(text):
+    text = pattern.sub(lambda _: block + "\n", text, count=1).rstrip() + "\n"
+  else:
+    text = text.rstrip() + "\n\n" + block
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  partial = path + ".partial"
+  with open(partial, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(partial, path)
