@@ -19,6 +19,8 @@ from tf_agents.replay_buffers import tf_uniform_replay_buffer
 from tf_agents.specs import tensor_spec
 from tf_agents.utils import common
 
+from purl_tf.errors import PurlError
+
 
 class EpsilonSchedule:
   """Linear decay of the exploration rate over episodes, read by the collect policy.
@@ -38,8 +40,9 @@ class EpsilonSchedule:
     return float(self())
 
 
-@gin.configurable(denylist=["time_step_spec", "action_spec", "num_episodes"])
-def make_agent(time_step_spec, action_spec, num_episodes: int,
+@gin.configurable(denylist=["time_step_spec", "action_spec", "num_episodes",
+                            "shaped_reward"])
+def make_agent(time_step_spec, action_spec, num_episodes: int, shaped_reward: bool = False,
                fc_layer_params=(128, 128),
                learning_rate: float = 1e-3,
                double_dqn: bool = True,
@@ -56,11 +59,15 @@ def make_agent(time_step_spec, action_spec, num_episodes: int,
   Args:
     time_step_spec, action_spec: the environment's, as array or tensor specs.
     num_episodes: length of the search, for the epsilon schedule.
+    shaped_reward: the environment pays the dense reward, potential differences
+      P(s_t) - P(s_{t-1}) that add up to the episodic return only undiscounted: gamma
+      must then be 1.
     fc_layer_params: hidden layer widths of the Q-network.
     learning_rate: Adam learning rate.
     double_dqn: use double Q-learning targets (tf-agents DdqnAgent).
     n_step_update: steps of the n-step TD target.
-    gamma: discount; 1.0 suits the short, fixed-length episodes.
+    gamma: discount; 1.0 suits the short, fixed-length episodes (and the dense reward
+      needs it).
     target_update_period, target_update_tau: target network updates (in train steps).
     epsilon_start, epsilon_end: exploration at the first and after the decay.
     epsilon_decay_fraction: share of num_episodes over which epsilon decays.
@@ -68,6 +75,11 @@ def make_agent(time_step_spec, action_spec, num_episodes: int,
   Returns:
     (agent, EpsilonSchedule), the agent initialized.
   """
+  if shaped_reward and gamma != 1.0:
+    raise PurlError(f"make_agent.gamma={gamma} with the dense reward: its per-step rewards "
+                    "sum to the episodic return only for gamma = 1 (a discount would change "
+                    "what the agent optimises); bind make_agent.gamma = 1.0, or use "
+                    "PruningEnv.reward_fn = @EpisodicReward() to discount.")
   time_step_spec = tensor_spec.from_spec(time_step_spec)
   action_spec = tensor_spec.from_spec(action_spec)
   network = q_network.QNetwork(time_step_spec.observation, action_spec,

@@ -32,7 +32,7 @@ from tf_agents.policies import policy_saver, py_tf_eager_policy
 from tf_agents.utils import common, nest_utils
 
 from purl_tf import agent as agent_lib
-from purl_tf import files, interrupt, plots
+from purl_tf import files, interrupt, plots, rewards
 from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 from purl_tf.results import NEAR_CHANCE_SHARE, reached_target, retained_share
@@ -273,7 +273,9 @@ class SearchRunner:
     tracked = {"record": self.record.variable}
     if self.learner == DQN:
       self.agent, self.epsilon = agent_lib.make_agent(
-          env.time_step_spec(), env.action_spec(), num_episodes=self.num_episodes)
+          env.time_step_spec(), env.action_spec(), num_episodes=self.num_episodes,
+          shaped_reward=isinstance(env.reward_fn, rewards.DenseReward)
+          and not isinstance(env.reward_fn, rewards.EpisodicReward))
       self.replay = agent_lib.make_replay_buffer(self.agent)
       self.sampler = agent_lib.ReplaySampler(self.replay, self.batch_size,
                                              self.agent.train_sequence_length)

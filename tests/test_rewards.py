@@ -138,3 +138,22 @@ def test_missing_the_target_costs_more_than_its_share_of_progress():
   # with a 1-point drop beats stopping 10 % short without a drop.
   reached_with_drop = _episode([0.5, 0.9], [0.95, 0.94])
   assert sum(map(reward, reached_with_drop)) > sum(map(reward, short))
+
+
+def test_a_discount_breaks_the_equivalence_so_the_dense_reward_refuses_one():
+  from tf_agents.specs import array_spec  # pylint: disable=import-outside-toplevel
+  from purl_tf import agent  # pylint: disable=import-outside-toplevel
+  from purl_tf.errors import PurlError  # pylint: disable=import-outside-toplevel
+  from tf_agents.trajectories import time_step as ts  # pylint: disable=import-outside-toplevel
+  outcomes = _episode([0.3, 0.6, 0.9], [0.94, 0.9, 0.85])
+  dense = [rewards.DenseReward()(o) for o in outcomes]
+  episodic = [rewards.EpisodicReward()(o) for o in outcomes]
+  discounted = lambda rs, g: sum(r * g**t for t, r in enumerate(rs))
+  assert discounted(dense, 1.0) == pytest.approx(discounted(episodic, 1.0), abs=1e-9)
+  assert abs(discounted(dense, 0.9) - discounted(episodic, 0.9)) > 1e-3
+  specs = (ts.time_step_spec(array_spec.ArraySpec((17,), np.float32)),
+           array_spec.BoundedArraySpec((), np.int64, minimum=0, maximum=3))
+  with pytest.raises(PurlError, match="gamma = 1"):
+    agent.make_agent(*specs, num_episodes=10, shaped_reward=True, gamma=0.9)
+  agent.make_agent(*specs, num_episodes=10, shaped_reward=False, gamma=0.9)  # episodic: fine
+  agent.make_agent(*specs, num_episodes=10, shaped_reward=True, gamma=1.0)
