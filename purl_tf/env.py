@@ -17,7 +17,12 @@ the network's depth so that a learned policy transfers to other networks:
   12 global sparsity so far   13 target sparsity
   14 sparsity the remaining layers must average to reach the target (clipped to 1)
   15 accuracy / dense accuracy (clipped to 1.5)
-  16 previous level / largest level
+  16 previous level / largest level of the previous layer
+
+With `prior` set (e.g. 'lamp'), an action no longer picks a sparsity from scratch: it
+scales the layer's density under that one-shot allocation at the target by one of
+`prior_factors` (1.0 keeps the prior's level), so every episode explores around a strong
+allocation instead of among mostly ruinous ones.
 """
 import dataclasses
 import math
@@ -30,7 +35,7 @@ from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
-from purl_tf import interrupt, rewards
+from purl_tf import interrupt, pruning, rewards
 from purl_tf.errors import PurlError
 from purl_tf.pruning import SPARSITY, THRESHOLD, PruningController
 from purl_tf.pruning.accounting import KINDS
@@ -39,6 +44,10 @@ from purl_tf.training import MaskedTrainer
 NUM_FEATURES = 17
 SPARSITY_LEVELS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)
 THRESHOLD_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0)
+# Density multipliers of the prior's level, in the order of rising sparsity.
+PRIOR_FACTORS = (4.0, 2.0, 1.4, 1.0, 0.7, 0.5, 0.25)
+PRIORS = {"lamp": pruning.lamp, "erk": pruning.erk, "global_magnitude": pruning.global_magnitude,
+          "uniform_keep_ends": pruning.uniform_keep_ends}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +88,18 @@ class PruningEnv(py_environment.PyEnvironment):
       so that every episode ends at the target and the agent learns where to put the
       sparsity. The agent's action is kept in the replay buffer; the level applied is
       recorded in the episode.
+    prior: None, or the one-shot allocation ('lamp', 'erk', 'global_magnitude',
+      'uniform_keep_ends') at the target whose per-layer density each action scales
+      (sparsity mode); `levels` is then not used.
+    prior_factors: the density multipliers of the prior's actions, descending (so that
+      sparsity rises with the action index); a layer keeps at least one weight.
   """
 
   def __init__(self, controller: PruningController, trainer: MaskedTrainer, train_stream,
                reward_data, target_sparsity: float = 0.9, mode: str = SPARSITY,
                levels: Optional[Sequence[float]] = None, retrain_steps: int = 10,
-               reward_fn=None, enforce_target: bool = True):
+               reward_fn=None, enforce_target: bool = True, prior: Optional[str] = None,
+               prior_factors: Sequence[float] = PRIOR_FACTORS):
     super().__init__(handle_auto_reset=True)
     if not 0.0 < target_sparsity < 1.0:
       raise PurlError(f"target sparsity {target_sparsity} is outside (0, 1): bind "
@@ -103,6 +118,9 @@ class PruningEnv(py_environment.PyEnvironment):
     self.target = float(target_sparsity)
     self.mode = mode
     self.levels = levels
+    self.prior = prior
+    # choices[layer, action]: the level each action sets on each layer, ascending.
+    self._choices = self._action_levels(prior, tuple(float(f) for f in prior_factors))
     self.retrain_steps = int(retrain_steps)
     self.reward_fn = reward_fn or rewards.DenseReward()
     self.enforce_target = bool(enforce_target) and mode == SPARSITY
@@ -123,7 +141,7 @@ class PruningEnv(py_environment.PyEnvironment):
                             np.float32)
     self._share_before = np.concatenate([[0.0], np.cumsum([i.param_share for i in infos])])
     self._action_spec = array_spec.BoundedArraySpec(
-        (), np.int64, minimum=0, maximum=len(levels) - 1, name="level")
+        (), np.int64, minimum=0, maximum=self._choices.shape[1] - 1, name="level")
     self._observation_spec = array_spec.BoundedArraySpec(
         (NUM_FEATURES,), np.float32, minimum=0.0, maximum=1.5, name="observation")
     self.episode: List[StepRecord] = []
@@ -131,10 +149,29 @@ class PruningEnv(py_environment.PyEnvironment):
     self._accuracy = self.dense_accuracy
     self._previous_level = 0.0
 
+  def _action_levels(self, prior, factors) -> np.ndarray:
+    """float64 (layers, actions): the grid on every layer, or the prior's scaled levels."""
+    if prior is None:
+      return np.tile(np.asarray(self.levels, np.float64), (self.controller.num_layers, 1))
+    if prior not in PRIORS or self.mode != SPARSITY:
+      raise PurlError(f"PruningEnv.prior={prior!r} is not one of {sorted(PRIORS)} in "
+                      f"'{SPARSITY}' mode: choose one, or unbind it.")
+    if list(factors) != sorted(factors, reverse=True) or len(factors) < 2 or min(factors) <= 0:
+      raise PurlError(f"PruningEnv.prior_factors={factors} must be at least two positive, "
+                      "descending density multipliers.")
+    self.controller.reset()
+    PRIORS[prior](self.controller, self.target)
+    densities = 1.0 - self.controller.sparsities()
+    self.controller.reset()
+    most = 1.0 - 1.0 / self.controller.sizes  # a layer keeps one weight
+    levels = 1.0 - densities[:, None] * np.asarray(factors)[None, :]
+    return np.clip(levels, 0.0, most[:, None])
+
   def _check_reachable(self):
     """Raises PurlError when even the largest level everywhere misses the target."""
     if self.mode == SPARSITY:
-      best = self.levels[-1]
+      sizes = self.controller.sizes
+      best = float(np.sum(self._choices[:, -1] * sizes) / np.sum(sizes))
     else:
       self.controller.reset()
       best = self.controller.apply([self.levels[-1]] * self.num_layers, THRESHOLD)
@@ -151,12 +188,13 @@ class PruningEnv(py_environment.PyEnvironment):
     sizes = self.controller.sizes
     t = self._t
     pruned = int(round(float(np.sum(sizes[:t] * self.controller.sparsities()[:t]))))
-    later = sum(int(round(self.levels[-1] * size)) for size in sizes[t + 1:])
+    later = sum(int(round(level * size))
+                for level, size in zip(self._choices[t + 1:, -1], sizes[t + 1:]))
     needed = int(np.ceil(self.target * np.sum(sizes) - 1e-9)) - pruned - later
-    for level in self.levels:
+    for level in self._choices[t]:
       if int(round(level * sizes[t])) >= needed:
-        return level
-    return self.levels[-1]
+        return float(level)
+    return float(self._choices[t, -1])
 
   def _static_features(self, position, info):
     last = max(self.num_layers - 1, 1)
@@ -180,9 +218,13 @@ class PruningEnv(py_environment.PyEnvironment):
     dynamic = [self._share_before[layer], sparsity, self.target,
                float(np.clip(needed, 0.0, 1.0)),
                min(self._accuracy / self.dense_accuracy, 1.5),
-               self._previous_level / self.levels[-1] if self.levels[-1] else 0.0]
+               self._previous_level / self._largest_previous()]
     return np.concatenate([self._static[layer], np.asarray(dynamic, np.float32)]).astype(
         np.float32)
+
+  def _largest_previous(self) -> float:
+    """The largest level of the layer pruned last (of the first layer at the start)."""
+    return float(self._choices[max(self._t - 1, 0), -1]) or 1.0
 
   def seek(self, position: int):
     """Continues the train stream at batch `position` (e.g. from a checkpoint)."""
@@ -215,7 +257,7 @@ class PruningEnv(py_environment.PyEnvironment):
   def _step(self, action):
     interrupt.check()
     action = int(action)
-    level = max(self.levels[action], self._lowest_level())
+    level = max(float(self._choices[self._t, action]), self._lowest_level())
     previous_sparsity = self.controller.global_sparsity()
     started = time.perf_counter()
     self.controller.save_step(self._t)

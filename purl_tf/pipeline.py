@@ -61,8 +61,9 @@ def build(root_dir: str, model_builder, target_sparsity: float, seed: int = 0,
   options = {"reward_fn": reward_fn} if reward_fn else {}
   env = PruningEnv(controller, trainer, functools.partial(splits.train_stream, seed=seed),
                    splits.reward, target_sparsity=target_sparsity, **options)
-  print(f"Search over {env.num_layers} prunable layers, {len(env.levels)} levels "
-        f"({env.mode}), target sparsity {target_sparsity}.", flush=True)
+  around = f", scaling {env.prior}'s levels" if env.prior else ""
+  print(f"Search over {env.num_layers} prunable layers, {env.action_spec().maximum + 1} "
+        f"levels ({env.mode}{around}), target sparsity {target_sparsity}.", flush=True)
   return Parts(strategy, splits, model.name, dense_accuracy, controller, env)
 
 

@@ -193,3 +193,30 @@ def test_enforced_target_raises_levels_just_enough_to_reach_it(lenet_parts):
   free = make_env(lenet_parts, target_sparsity=0.9, enforce_target=False)
   run_episode(free, [0, 0, 0, 0])
   assert free.episode[-1].sparsity == 0.0
+
+
+def test_a_prior_turns_each_action_into_a_scaling_of_that_allocation(lenet_parts):
+  controller = lenet_parts[0]
+  controller.reset()
+  pruning.lamp(controller, 0.9)
+  lamp = controller.sparsities()
+  controller.reset()
+  factors = (4.0, 2.0, 1.0, 0.5)
+  env = make_env(lenet_parts, target_sparsity=0.9, prior="lamp", prior_factors=factors,
+                 retrain_steps=0)
+  assert env.action_spec().maximum == len(factors) - 1
+  # Factor 1.0 everywhere is LAMP's own allocation (to a weight per layer).
+  run_episode(env, [2] * 4)
+  assert [s.layer_sparsity for s in env.episode] == pytest.approx(
+      lamp, abs=1.0 / controller.sizes.min())
+  # Half LAMP's density on the first layer; the target still holds at the end.
+  run_episode(env, [3, 2, 2, 2])
+  assert env.episode[0].layer_sparsity == pytest.approx(1 - 0.5 * (1 - lamp[0]), abs=1e-3)
+  assert env.episode[-1].sparsity >= 0.9 - 1e-3
+  # Four times LAMP's density where that cannot reach the target: raised until it can.
+  run_episode(env, [0, 0, 0, 0])
+  assert env.episode[-1].sparsity >= 0.9 - 1e-3
+  with pytest.raises(PurlError, match="PruningEnv.prior"):
+    make_env(lenet_parts, prior="nonesuch")
+  with pytest.raises(PurlError, match="descending"):
+    make_env(lenet_parts, prior="lamp", prior_factors=(0.5, 2.0))
