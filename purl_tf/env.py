@@ -245,6 +245,25 @@ class PruningEnv(py_environment.PyEnvironment):
     """The network's accuracy on the reward split, as a fraction."""
     return self.trainer.evaluate(self._reward_data)
 
+  @property
+  def num_classes(self) -> int:
+    """Classes of the network's output (chance accuracy is 1 / num_classes)."""
+    return int(self.controller.model.outputs[0].shape[-1])
+
+  def save_network(self, path: str):
+    """Writes the network as it is now (masks and weights) to `path` (.npz)."""
+    self.controller.save_state(path)
+
+  def rescore(self, path: str, position: int, steps: int) -> float:
+    """The reward-split accuracy of the network saved at `path` after `steps` more train
+    batches from stream position `position`, with a fresh optimizer. Leaves the env at
+    that retrained network (save_network keeps it)."""
+    self.controller.load_state(path)
+    self.trainer.reset_optimizer()
+    self.seek(position)
+    self.retrain(steps)
+    return self.measure()
+
   def _reset(self):
     self.controller.reset()
     self.trainer.reset_optimizer()

@@ -405,12 +405,12 @@ class SearchRunner:
                     key=lambda i: rank(record.episodes[i], self.env.target, self.criterion))
     record.candidates = ranked[:self.candidates]
     if index in record.candidates:
-      self.env.controller.save_state(self._candidate_file(index))
+      self.env.save_network(self._candidate_file(index))
     self._dropped += [self._candidate_file(i) for i in ranked[self.candidates:] if i != index]
 
   def _rescore(self):
     """Re-scores the candidates' networks; returns (chosen episode, its state file after
-    the re-score, selection dict). Leaves the controller at the last candidate's state."""
+    the re-score, selection dict). Leaves the env at the last candidate's network."""
     record, env = self.record, self.env
     scored = []
     for index in record.candidates:
@@ -420,11 +420,8 @@ class SearchRunner:
               "it is not re-scored.", flush=True)
         continue
       interrupt.check()
-      env.controller.load_state(path)
-      env.trainer.reset_optimizer()
-      env.seek(record.train_position)  # every candidate retrains on the same batches
-      env.retrain(self.rescore_steps)
-      accuracy = env.measure()
+      # Every candidate retrains on the same batches.
+      accuracy = env.rescore(path, record.train_position, self.rescore_steps)
       episode = record.episodes[index]
       scored.append({"episode": episode.episode, "policy": episode.policy, "index": index,
                      "search_accuracy": episode.accuracy, "rescored_accuracy": accuracy,
@@ -432,7 +429,7 @@ class SearchRunner:
       best = max(scored, key=lambda c: rank(record.episodes[c["index"]], env.target,
                                             self.criterion, c["rescored_accuracy"]))
       if best is scored[-1]:
-        env.controller.save_state(os.path.join(self.root_dir, files.SEARCH_CHOSEN))
+        env.save_network(os.path.join(self.root_dir, files.SEARCH_CHOSEN))
     if not scored:
       return record.best, None, {"rule": "the search's best (no candidate network left)"}
     chosen = record.episodes[best["index"]]
@@ -489,7 +486,7 @@ class SearchRunner:
     episodes = self.record.episodes
     if self._warned_chance or len(episodes) < CHANCE_EPISODES:
       return
-    classes = int(self.env.controller.model.outputs[0].shape[-1])
+    classes = self.env.num_classes
     if all(retained_share(e.accuracy, self.env.dense_accuracy, classes) < NEAR_CHANCE_SHARE
            for e in episodes):
       self._warned_chance = True

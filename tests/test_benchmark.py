@@ -1,72 +1,133 @@
-"""tools/benchmark.py: the comparison table, episodes-to-best, plans and the profiler (no runs)."""
+"""purl_tf.benchmark (method against method, no runs) and purl_tf.markdown's sections."""
+import os
 import statistics
-import types
 
 import pytest
 
 import purl_tf  # noqa: F401
+from purl_tf import benchmark, files, markdown
 from purl_tf.errors import PurlError
+from purl_tf.results import reached_target
 
-from conftest import load_tool
-
-
-
-@pytest.fixture(scope="module")
-def benchmark():
-  """tools/benchmark.py's modules in tools/bench, loaded as the script loads them."""
-  load_tool("benchmark")
-  from bench import common, comparison  # pylint: disable=import-outside-toplevel
-  return types.SimpleNamespace(common=common, comparison=comparison)
+LAYERS = ("conv1", "conv2", "dense1", "dense2")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def episode(accuracy, sparsity, index=0, policy="collect"):
-  """An episodes.json record with what the table reads."""
+  """An episodes.json record (every search.Episode field)."""
   return {"episode": index, "policy": policy, "episode_return": 0.0, "accuracy": accuracy,
-          "sparsity": sparsity, "epsilon": 0.0, "seconds": 1.0, "allocation": {},
-          "levels": [0.5] * 4, "rewards": [0.0] * 4, "retrain_seconds": 0.5,
-          "measure_seconds": 0.1, "mask_seconds": 0.0}
+          "sparsity": sparsity, "epsilon": 0.0, "seconds": 1.0,
+          "allocation": {layer: sparsity for layer in LAYERS}, "levels": [0.5] * 4,
+          "rewards": [0.0] * 4, "retrain_seconds": 0.5, "measure_seconds": 0.1,
+          "mask_seconds": 0.0}
 
 
-def test_episodes_to_within_counts_evaluated_episodes_until_near_the_final_best(benchmark):
+def results(accuracy, target=0.95, sparsity=None, seconds=(100.0, 10.0), steps=(2000, 162),
+            dense=0.97):
+  """A results.json dict with every key cell_record reads."""
+  sparsity = target if sparsity is None else sparsity
+  return {"pruned_test_accuracy": accuracy, "dense_test_accuracy": dense,
+          "global_sparsity": sparsity, "reached_target": reached_target(sparsity, target),
+          "pruned_reward_accuracy": accuracy - 0.01,
+          "best_reward_accuracy_in_search": accuracy - 0.005,
+          "rescored_reward_accuracy": accuracy - 0.007,
+          "search_seconds": seconds[0], "finetune_seconds": seconds[1],
+          "search_retrain_steps": steps[0], "finetune_steps": steps[1],
+          "allocation": {layer: sparsity for layer in LAYERS}, "warnings": []}
+
+
+def cell(method, seed, accuracy, target=0.95, episodes=None, wall=None, **kwargs):
+  """cell_record of a Run with results(accuracy, target, **kwargs)."""
+  return benchmark.cell_record(benchmark.Run(method, target, seed,
+                                             results(accuracy, target, **kwargs),
+                                             episodes, wall))
+
+
+# Episodes at target 0.95 whose best so far comes within 0.5 pt at the 1st / 2nd / 4th.
+AT_1 = [episode(0.95, 0.96)] * 4
+AT_2 = [episode(0.9, 0.96), episode(0.95, 0.96), episode(0.951, 0.96)]
+AT_4 = [episode(0.9, 0.96)] * 3 + [episode(0.95, 0.96)]
+NEVER = [episode(0.99, 0.5)]
+
+
+def test_best_so_far_is_none_until_the_target_then_the_best_accuracy_at_it():
+  target = 0.9
+  episodes = [episode(0.99, 0.5),   # below the target: never the answer
+              episode(0.90, 0.92),  # 1st at target
+              episode(0.946, 0.95),
+              episode(0.80, 0.97),  # worse: the best stays
+              episode(0.999, 0.85),  # higher accuracy below the target: ignored
+              episode(0.95, 0.93, policy="greedy")]  # the final best
+  assert benchmark.best_so_far(episodes, target) == [None, 0.90, 0.946, 0.946, 0.946, 0.95]
+  assert benchmark.best_so_far(episodes[:1], target) == [None]
+  assert benchmark.best_so_far([], target) == []
+
+
+def test_episodes_to_within_counts_evaluated_episodes_until_near_the_final_best():
   target = 0.9
   episodes = [episode(0.99, 0.5),   # below the target: never the answer
               episode(0.90, 0.92),  # 1st at target, 5 points under the final best
               episode(0.946, 0.95),  # 0.4 points under 0.95: within 0.5 points
               episode(0.80, 0.97),
               episode(0.95, 0.93, policy="greedy")]  # the final best
-  assert benchmark.comparison.episodes_to_within(episodes, target) == 3
+  assert benchmark.episodes_to_within(episodes, target, benchmark.WITHIN) == 3
+  assert benchmark.episodes_to_within(episodes, target) == 3  # WITHIN by default
   # Exactly 0.5 points under counts as within; the margin is a parameter.
-  assert benchmark.comparison.episodes_to_within(episodes[:2] + [episode(0.945, 0.95)] + episodes[3:],
+  assert benchmark.episodes_to_within(episodes[:2] + [episode(0.945, 0.95)] + episodes[3:],
                                       target) == 3
-  assert benchmark.comparison.episodes_to_within(episodes, target, margin=0.0) == 5
-  assert benchmark.comparison.episodes_to_within(episodes[:1], target) is None  # never at the target
-  assert benchmark.comparison.episodes_to_within([], target) is None
+  assert benchmark.episodes_to_within(episodes, target, 0.0) == 5
+  assert benchmark.episodes_to_within(episodes, target, 0.05) == 2
+  assert benchmark.episodes_to_within(episodes[:1], target) is None  # never at the target
+  assert benchmark.episodes_to_within([], target) is None
 
 
-def run(benchmark, method, seed, accuracy, target=0.95, sparsity=None, episodes=None,
-        seconds=(100.0, 10.0), steps=(2000, 162)):
-  results = {"global_sparsity": sparsity or target, "pruned_test_accuracy": accuracy,
-             "dense_test_accuracy": 0.97, "search_seconds": seconds[0],
-             "finetune_seconds": seconds[1], "search_retrain_steps": steps[0],
-             "finetune_steps": steps[1]}
-  return benchmark.comparison.Run(method, target, seed, results, episodes)
+def test_cell_record_reads_results_and_episodes():
+  record = cell("purl", 1, 0.96, episodes=AT_2, wall=321.0, seconds=(100.0, 10.0),
+                steps=(2000, 162))
+  assert record == {
+      "method": "purl", "target": 0.95, "seed": 1, "test_accuracy": 0.96,
+      "dense_test_accuracy": 0.97, "sparsity": 0.95, "reached_target": True,
+      "reward_accuracy": pytest.approx(0.95),
+      "search_reward_accuracy": pytest.approx(0.955),
+      "rescored_reward_accuracy": pytest.approx(0.953), "episodes": 3,
+      "episodes_to_within": 2, "train_steps": 2162, "method_seconds": 110.0,
+      "wall_seconds": 321.0, "allocation": {layer: 0.95 for layer in LAYERS},
+      "warnings": []}
+  # One-shot methods have no episodes-to-best even if given episodes; older results
+  # without the optional keys still read.
+  one_shot = results(0.9, sparsity=0.93)
+  del one_shot["rescored_reward_accuracy"], one_shot["warnings"]
+  record = benchmark.cell_record(benchmark.Run("lamp", 0.95, 0, one_shot, AT_2))
+  assert record["episodes_to_within"] is None and record["reached_target"] is False
+  assert record["rescored_reward_accuracy"] is None and record["warnings"] == []
+  assert record["wall_seconds"] is None
+  assert cell("random", 0, 0.9, episodes=NEVER)["episodes_to_within"] is None
+  assert cell("episodic", 0, 0.9, episodes=None)["episodes"] == 0
 
 
-def test_table_gives_mean_spread_time_steps_and_episodes_to_best(benchmark):
-  near = [episode(0.9, 0.96), episode(0.95, 0.96), episode(0.951, 0.96)]  # 2 of 3
-  late = [episode(0.9, 0.96)] * 3 + [episode(0.95, 0.96)]  # 4 of 4
-  runs = [run(benchmark, "purl", 0, 0.96, episodes=near),
-          run(benchmark, "purl", 1, 0.97, episodes=late),
-          run(benchmark, "purl", 2, 0.95, episodes=near),
-          run(benchmark, "global_magnitude", 0, 0.90, seconds=(0.1, 9.9), steps=(0, 162)),
-          run(benchmark, "global_magnitude", 1, 0.92, seconds=(0.1, 9.9), steps=(0, 162))]
-  summary = benchmark.comparison.method_summary([r for r in runs if r.method == "purl"])
+def test_summary_and_table_give_mean_spread_time_steps_and_episodes_to_best():
+  cells = [cell("global_magnitude", 1, 0.92, seconds=(0.1, 9.9), steps=(0, 162)),
+           cell("global_magnitude", 0, 0.90, seconds=(0.1, 9.9), steps=(0, 162)),
+           cell("purl", 2, 0.95, episodes=AT_2),
+           cell("purl", 0, 0.96, episodes=AT_2),
+           cell("purl", 1, 0.97, episodes=AT_4),
+           cell("random", 0, 0.80, episodes=NEVER),
+           cell("purl", 0, 0.50, target=0.98, episodes=AT_2)]  # another target: not shown
+  summary = benchmark.summary([c for c in cells if c["method"] == "purl"
+                               and c["target"] == 0.95])
+  assert summary["seeds"] == [0, 1, 2]  # sorted by seed
   assert summary["accuracy"].mean == pytest.approx(0.96)
   assert summary["accuracy"].std == pytest.approx(statistics.stdev([0.96, 0.97, 0.95]))
   assert (summary["accuracy"].low, summary["accuracy"].high) == (0.95, 0.97)
-  assert summary["to_within"] == [2, 4, 2]
-  table = benchmark.comparison.comparison_table(runs, 0.95).splitlines()
-  assert len(table) == 4  # header, rule, purl, global magnitude
+  assert summary["accuracy"].count == 3
+  assert summary["to_within"] == [2, 4, 2] and summary["episodes"] == [3, 4, 3]
+  assert summary["seconds"].mean == pytest.approx(110.0)
+  assert summary["steps"].mean == pytest.approx(2162)
+  assert benchmark.summary([c for c in cells if c["method"] == "global_magnitude"]
+                           )["to_within"] is None
+  table = benchmark.table(cells, 0.95).splitlines()
+  assert len(table) == 5  # header, rule, then METHOD_ORDER: purl, random, global magnitude
+  assert table[1] == "| --- | --- | --- | --- | --- | --- |"
   purl_row = table[2].split(" | ")
   assert purl_row[0] == "| PuRL (dense reward)"
   assert purl_row[1] == "0.9500"
@@ -74,56 +135,272 @@ def test_table_gives_mean_spread_time_steps_and_episodes_to_best(benchmark):
   assert purl_row[3] == "110 s"
   assert purl_row[4] == "2,162"
   assert purl_row[5] == "2.7 (2, 4, 2) of 4 |"
-  global_row = table[3].split(" | ")
+  random_row = table[3].split(" | ")
+  assert random_row[0] == "| random search" and random_row[1] == "0.9500"
+  assert random_row[2] == "80.00 ± 0.00 (80.00–80.00)"
+  assert random_row[5] == "n/a (not reached) of 1 |"
+  global_row = table[4].split(" | ")
+  assert global_row[0] == "| global magnitude"
   assert global_row[2] == "91.00 ± 1.41 (90.00–92.00)"
+  assert global_row[3] == "10 s"
   assert global_row[4] == "162" and global_row[5] == "— |"
 
 
-def test_goals_say_met_or_not_met_with_the_numbers(benchmark):
-  fast = [episode(0.95, 0.96)] * 4  # within at 1
-  slow = [episode(0.9, 0.96)] * 3 + [episode(0.95, 0.96)]  # within at 4
-  runs = [run(benchmark, "purl", 0, 0.96, episodes=fast),
-          run(benchmark, "episodic", 0, 0.96, episodes=slow),
-          run(benchmark, "global_magnitude", 0, 0.97),
-          run(benchmark, "uniform", 0, 0.90, sparsity=0.93)]
-  lines = benchmark.comparison.goals(runs, 0.95)
-  assert "global magnitude: NOT MET (96.00 % vs 97.00 %" in lines[0]
-  assert "uniform: MET (96.00 % vs 90.00 %" in lines[1]
-  assert "episodic reward: MET (1.0 vs 4.0 evaluated episodes" in lines[2]
-  assert "Below the target sparsity: uniform seed 0 (0.930)" in lines[3]
-  never = [episode(0.99, 0.5)]
-  lines = benchmark.comparison.goals([run(benchmark, "purl", 0, 0.9, episodes=never),
-                           run(benchmark, "episodic", 0, 0.9, episodes=slow)], 0.95)
-  assert "not comparable" in lines[0]
+def rivals_at(target, accuracies, **kwargs):
+  """Cells of every rival: {method: [accuracy of seed 0, 1, ...]}."""
+  return [cell(method, seed, accuracy, target, **kwargs)
+          for method, values in accuracies.items() for seed, accuracy in enumerate(values)]
 
 
-def test_plan_checks_its_flags_and_lays_out_the_runs(benchmark, tmp_path):
-  plan = benchmark.comparison.make_plan("mnist5k", str(tmp_path), ["0", "2"], 7, False, ["x = 1"])
-  assert plan.seeds == (0, 2) and plan.episodes == 7
+def test_goals_at_the_highest_target_need_the_margin_and_every_seed(monkeypatch):
+  target = 0.95
+  rivals = {"global_magnitude": [0.960, 0.962, 0.964], "lamp": [0.940, 0.945, 0.950],
+            "erk": [0.940, 0.941, 0.942], "random": [0.900, 0.900, 0.900]}
+  searches = ([cell("purl", s, a, target, episodes=AT_2) for s, a in
+               enumerate([0.966, 0.968, 0.970])]
+              + [cell("episodic", s, 0.9, target, episodes=AT_4) for s in range(3)])
+  uniform = [cell("uniform", s, 0.999, target) for s in range(3)]  # not a rival
+  cells = searches + rivals_at(target, rivals) + uniform
+  lines = benchmark.goals(cells, target, highest=True)
+  assert len(lines) == 2
+  assert lines[0] == (
+      "- PuRL at least 0.5 pt above the best rival (global magnitude) and ahead of every "
+      "rival on every seed: MET (96.80 vs 96.20 %, lead +0.60 pt; PuRL minus the best "
+      "rival of each seed: seed 0: +0.60, seed 1: +0.60, seed 2: +0.60 pt).")
+  assert lines[1] == (
+      "- Dense reward within 0.5 pt of its best in at most half the episodes of the "
+      "episodic reward: MET (2.0 vs 4.0 evaluated episodes, means over seeds).")
+  # The same numbers with a larger required lead fall short.
+  monkeypatch.setattr(benchmark, "MARGIN", 0.007)
+  assert ": NOT MET (96.80 vs 96.20 %, lead +0.60 pt" in benchmark.goals(cells, target,
+                                                                         True)[0]
+  monkeypatch.undo()
+  # The mean lead is still enough (+0.60 pt over global magnitude) but LAMP, not the best
+  # rival on the mean, beats PuRL on seed 2: paired against every rival, NOT MET.
+  rivals["lamp"][2] = 0.972
+  lines = benchmark.goals(searches + rivals_at(target, rivals) + uniform, target, True)
+  assert lines[0] == (
+      "- PuRL at least 0.5 pt above the best rival (global magnitude) and ahead of every "
+      "rival on every seed: NOT MET (96.80 vs 96.20 %, lead +0.60 pt; PuRL minus the best "
+      "rival of each seed: seed 0: +0.60, seed 1: +0.60, seed 2: -0.20 pt).")
+  # A lead under the margin on the mean is NOT MET even when every seed wins.
+  close = [cell("purl", s, a, target, episodes=AT_2) for s, a in
+           enumerate([0.964, 0.966, 0.968])]
+  rivals["lamp"][2] = 0.950
+  lines = benchmark.goals(close + rivals_at(target, rivals), target, True)
+  assert "NOT MET (96.60 vs 96.20 %, lead +0.40 pt" in lines[0]
+  assert "seed 0: +0.40, seed 1: +0.40, seed 2: +0.40 pt" in lines[0]
+
+
+def test_the_speed_goal_needs_half_the_episodes_of_the_episodic_reward():
+  target = 0.98
+  rivals = rivals_at(target, {"global_magnitude": [0.9]})
+
+  def speed(purl_episodes, episodic_episodes):
+    cells = [cell("purl", 0, 0.95, target, episodes=e) for e in [purl_episodes]]
+    cells += [cell("episodic", 0, 0.95, target, episodes=episodic_episodes)]
+    return benchmark.goals(cells + rivals, target, True)[1]
+
+  at = lambda n: [episode(0.9, 0.99)] * (n - 1) + [episode(0.95, 0.99)]  # noqa: E731
+  assert "episodic reward: MET (2.0 vs 4.0 evaluated" in speed(at(2), at(4))  # exactly half
+  assert "episodic reward: NOT MET (3.0 vs 4.0 evaluated" in speed(at(3), at(4))
+  assert "episodic reward: MET (1.0 vs 4.0 evaluated" in speed(at(1), at(4))
+  assert speed(NEVER, at(4)) == ("- Episodes to the best: not comparable (a search never "
+                                 "reached the target).")
+  assert "not comparable" in speed(at(1), NEVER)
+  # Means over the seeds that reached the target.
+  cells = [cell("purl", s, 0.95, target, episodes=e) for s, e in enumerate([at(1), at(3)])]
+  cells += [cell("episodic", s, 0.95, target, episodes=e)
+            for s, e in enumerate([at(4), NEVER, at(4)])]
+  assert "MET (2.0 vs 4.0 evaluated" in benchmark.goals(cells + rivals, target, True)[1]
+
+
+def test_goals_at_other_targets_allow_the_best_rivals_std_and_name_missed_targets():
+  target = 0.9
+  rivals = {"global_magnitude": [0.96, 0.97, 0.98], "lamp": [0.95, 0.95, 0.95]}
+  purl = [cell("purl", s, 0.961, target, episodes=AT_4) for s in range(3)]
+  lines = benchmark.goals(purl + rivals_at(target, rivals), target, highest=False)
+  assert lines == [
+      "- PuRL not below the best rival (global magnitude) by more than its std: MET (96.10 "
+      "vs 97.00 ± 1.00 %; PuRL minus the best rival of each seed: seed 0: +0.10, seed 1: "
+      "-0.90, seed 2: -1.90 pt)."]  # no speed goal below the highest target
+  low = [cell("purl", s, 0.959, target, episodes=AT_4) for s in range(3)]
+  assert ": NOT MET (95.90 vs 97.00 ± 1.00 %" in benchmark.goals(
+      low + rivals_at(target, rivals), target, False)[0]
+  # Cells below the target sparsity are named, whatever the method, at either kind of
+  # target; cells of other targets are not.
+  missed = [cell("uniform", 0, 0.90, target, sparsity=0.85),
+            cell("gradual", 2, 0.90, target, sparsity=0.8),
+            cell("erk", 0, 0.90, 0.95, sparsity=0.5)]
+  cells = purl + rivals_at(target, rivals) + missed
+  for highest in (False, True):
+    assert benchmark.goals(cells, target, highest)[-1] == (
+        "- Below the target sparsity: uniform seed 0 (0.850), gradual (tfmot PolynomialDecay) seed 2 "
+        "(0.800).")
+  assert not any("Below" in line for line in
+                 benchmark.goals(purl + rivals_at(target, rivals), target, False))
+  assert benchmark.goals(purl, target, True) == [
+      "- Goals: not evaluated (PuRL or its rivals missing at this target)."]
+  assert "not evaluated" in benchmark.goals(rivals_at(target, rivals), target, True)[0]
+
+
+def bound(bindings, name):
+  """The value bound to `name` in a list of 'name = value' bindings (the last one)."""
+  values = [b.split(" = ", 1)[1] for b in bindings if b.split(" = ", 1)[0] == name]
+  assert values, f"{name} is not bound"
+  return values[-1]
+
+
+def test_plan_lays_out_the_cells_with_honest_seeds(tmp_path):
+  plan = benchmark.make_plan("mnist5k", str(tmp_path), ["0", "2"], 7, False,
+                             extra_bindings=["x = 1"])
+  assert plan.seeds == (0, 2) and plan.targets == (0.95, 0.98) and plan.episodes == 7
+  assert plan.name == "mnist5k" and not plan.mock and not plan.quick
+  assert plan.root_dir == str(tmp_path / "mnist5k")
   assert plan.run_dir(0.98, 2, "random") == str(tmp_path / "mnist5k" / "target0.98" / "seed2"
                                                 / "random")
+  cells = plan.cells()
+  assert len(cells) == 2 * 2 * len(benchmark.METHOD_ORDER)
+  assert cells[0] == (0, 0.95, "purl") and cells[-1] == (2, 0.98, "gradual")
+  assert [c[0] for c in cells] == sorted(c[0] for c in cells)  # seed by seed
+  assert plan.dense_dir(2) == plan.run_dir(0.95, 2, "purl")  # the seed's first cell
+  for seed in plan.seeds:
+    for target in plan.targets:
+      bindings = plan.bindings(target, seed)
+      for name in ("train_eval.seed", "load_splits.reward_seed", "load_splits.shuffle_seed"):
+        assert bound(bindings, name) == str(seed)
+      assert bound(bindings, "train_eval.target_sparsity") == str(target)
+      assert bound(bindings, "SearchRunner.num_episodes") == "7"
   bindings = plan.bindings(0.98, 2)
-  assert bindings[-4:] == ["train_eval.target_sparsity = 0.98", "train_eval.seed = 2",
+  assert bindings[-6:] == ["train_eval.target_sparsity = 0.98", "train_eval.seed = 2",
+                           "load_splits.reward_seed = 2", "load_splits.shuffle_seed = 2",
                            "SearchRunner.num_episodes = 7", "x = 1"]
-  assert any(b.startswith("PruningEnv.levels = (0.0, 0.5") for b in bindings)
-  mock = benchmark.comparison.make_plan("imagenet_resnet50", str(tmp_path), ["0"], None, True)
+  assert bindings[:len(benchmark.SUITES["mnist5k"].bindings)] == list(
+      benchmark.SUITES["mnist5k"].bindings)
+  assert not set(benchmark.MOCK_BINDINGS) & set(bindings)
+  default = benchmark.make_plan("mnist_resnet20", str(tmp_path), ["1"], None, False)
+  assert default.episodes == benchmark.SUITES["mnist_resnet20"].episodes
+  assert default.targets == (0.9, 0.95, 0.98)
+
+
+def test_quick_keeps_the_first_seed_and_the_highest_target(tmp_path):
+  for suite, highest in (("mnist5k", 0.98), ("mnist_resnet20", 0.98)):
+    plan = benchmark.make_plan(suite, str(tmp_path), ["3", "1"], None, False, quick=True)
+    assert plan.seeds == (3,) and plan.targets == (highest,) and plan.quick
+    assert plan.name == f"{suite}_quick"
+    assert [c[:2] for c in plan.cells()] == [(3, highest)] * len(benchmark.METHOD_ORDER)
+    assert plan.run_dir(highest, 3, "purl") == str(tmp_path / suite / f"target{highest}"
+                                                   / "seed3" / "purl")
+    assert plan.dense_dir(3) == plan.run_dir(highest, 3, "purl")
+    assert bound(plan.bindings(highest, 3), "load_splits.shuffle_seed") == "3"
+
+
+def test_mock_plan_runs_elsewhere_on_tiny_budgets(tmp_path, monkeypatch):
+  mock = benchmark.make_plan("imagenet_resnet50", str(tmp_path), ["0"], None, True)
   assert mock.root_dir == str(tmp_path / "mock" / "imagenet_resnet50")
-  assert "resnet50.weights = None" in mock.bindings(0.8, 0)
-  for seeds, message in ((["a"], "must be integers"), (["1", "1"], "each once"),
+  assert mock.name == "imagenet_resnet50_mock" and mock.episodes == 1
+  bindings = mock.bindings(0.8, 0)
+  assert "resnet50.weights = None" in bindings
+  assert set(benchmark.MOCK_BINDINGS) <= set(bindings)
+  quick = benchmark.make_plan("mnist5k", str(tmp_path), ["0"], 3, True, quick=True)
+  assert quick.name == "mnist5k_quick_mock" and quick.episodes == 3
+  assert quick.root_dir == str(tmp_path / "mock" / "mnist5k")
+  monkeypatch.chdir(tmp_path)  # no --root_dir: runs/benchmark under the current folder
+  plan = benchmark.make_plan("mnist5k", None, ["0"], None, False)
+  assert plan.root_dir == str(tmp_path / "runs" / "benchmark" / "mnist5k")
+
+
+def test_plan_checks_its_flags(tmp_path):
+  for seeds, message in ((["a"], "must be integers"), (["1.5"], "must be integers"),
+                         (["1", "1"], "each once"), (["0", "1", "0"], "each once"),
                          ([], "at least one")):
     with pytest.raises(PurlError, match=message):
-      benchmark.comparison.make_plan("mnist5k", str(tmp_path), seeds, None, False)
-  with pytest.raises(PurlError, match="at least 1"):
-    benchmark.comparison.make_plan("mnist5k", str(tmp_path), ["0"], 0, False)
-  with pytest.raises(PurlError, match="--mock"):  # no GPU on the test machines
-    benchmark.comparison.make_plan("imagenet_resnet50", str(tmp_path), ["0"], None, False)
+      benchmark.make_plan("mnist5k", str(tmp_path), seeds, None, False)
+  for episodes in (0, -3):
+    with pytest.raises(PurlError, match="at least 1"):
+      benchmark.make_plan("mnist5k", str(tmp_path), ["0"], episodes, False)
+  for suite in ("imagenet_resnet50", "imagenet_mobilenet_v2", "cifar10"):
+    with pytest.raises(PurlError, match="--mock"):  # no GPU on the test machines
+      benchmark.make_plan(suite, str(tmp_path), ["0"], None, False)
+  with pytest.raises(PurlError, match="unknown"):
+    benchmark.make_plan("mnist", str(tmp_path), ["0"], None, False)
+  assert not os.listdir(tmp_path)  # a plan writes nothing
 
 
-def test_write_section_replaces_only_its_own_section(benchmark, tmp_path):
-  path = str(tmp_path / "b.md")
-  benchmark.common.write_section(path, benchmark.common.Section("A", "one\n\n### sub\n\ntext"))
-  benchmark.common.write_section(path, benchmark.common.Section("B", "two"))
-  benchmark.common.write_section(path, benchmark.common.Section("A", "three"))
-  text = open(path).read()
-  assert "one" not in text and "### sub" not in text
-  assert text.index("## A") < text.index("three") < text.index("## B") < text.index("two")
+def finish(plan, seed, target, method, seconds):
+  """Fakes a finished cell's wall time, as run_cell leaves it beside the cell's folder."""
+  files.write_json(plan.run_dir(target, seed, method) + ".elapsed.json", {"seconds": seconds})
+
+
+def test_eta_uses_each_methods_mean_else_the_mean_of_all(tmp_path):
+  plan = benchmark.make_plan("mnist5k", str(tmp_path), ["0", "1"], 1, False)
+  remaining = [(1, 0.95, "purl"), (1, 0.95, "lamp"), (1, 0.95, "erk")]
+  assert benchmark.eta_seconds(plan, remaining) is None  # nothing finished
+  finish(plan, 0, 0.95, "purl", 10.0)
+  assert benchmark.eta_seconds(plan, remaining) == pytest.approx(30.0)
+  finish(plan, 0, 0.98, "purl", 20.0)
+  finish(plan, 0, 0.95, "lamp", 3.0)
+  # purl: mean 15; lamp: 3; erk (none finished): the mean of all, 11.
+  assert benchmark.eta_seconds(plan, remaining) == pytest.approx(15.0 + 3.0 + 11.0)
+  assert benchmark.eta_seconds(plan, remaining[1:2]) == pytest.approx(3.0)
+  assert benchmark.eta_seconds(plan, []) == 0
+
+
+def test_report_writes_the_results_file_figures_and_section(tmp_path):
+  plan = benchmark.make_plan("mnist5k", str(tmp_path / "runs"), ["0", "1"], 4, False)
+  expected = {}
+  for number, (seed, target, method) in enumerate(plan.cells()):
+    if (seed, target, method) == (1, 0.95, "gradual"):
+      continue  # not finished: left out
+    folder = plan.run_dir(target, seed, method)
+    accuracy = round(0.9 + 0.001 * number, 4)
+    expected[(method, target, seed)] = accuracy
+    files.write_json(os.path.join(folder, files.RESULTS), results(accuracy, target))
+    if method in benchmark.SEARCHES:
+      files.write_json(os.path.join(folder, files.EPISODES),
+                       [episode(0.9, 0.99, i) for i in range(3)] + [episode(0.95, 0.99, 3)])
+    finish(plan, seed, target, method, 60.0)
+  output = tmp_path / "docs" / "benchmarks.md"
+  results_dir = tmp_path / "docs" / "benchmarks"
+  section = benchmark.report(plan, str(output), str(results_dir))
+
+  written = files.read_json(str(results_dir / "mnist5k.json"))
+  assert written["benchmark"] == "mnist5k" and written["seeds"] == [0, 1]
+  assert written["targets"] == [0.95, 0.98] and written["episodes"] == 4
+  assert not written["quick"] and not written["mock"]
+  got = {(c["method"], c["target"], c["seed"]): c["test_accuracy"] for c in written["cells"]}
+  assert got == expected
+  purl = next(c for c in written["cells"] if (c["method"], c["seed"]) == ("purl", 0))
+  assert purl["episodes"] == 4 and purl["episodes_to_within"] == 4
+  assert purl["wall_seconds"] == 60.0
+  for kind in ("accuracy", "layers", "progress"):
+    with open(results_dir / f"mnist5k_{kind}.png", "rb") as handle:
+      assert handle.read(len(PNG_MAGIC)) == PNG_MAGIC
+
+  assert section.heading == "mnist5k: LeNet-5 at 0.95 and 0.98"
+  cells = written["cells"]
+  for target in plan.targets:
+    assert f"### Target sparsity {target}" in section.body
+    assert benchmark.table(cells, target) in section.body
+    for line in benchmark.goals(cells, target, target == 0.98):
+      assert line in section.body
+  for kind in ("accuracy", "layers", "progress"):  # relative to the markdown file
+    assert f"![mnist5k_{kind}.png](benchmarks/mnist5k_{kind}.png)" in section.body
+  assert f"35 of {len(plan.cells())} cell processes took 35 min" in section.body
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+  path = str(tmp_path / "docs" / "b.md")
+  quick = "A: LeNet-5 (quick: one seed, one target)"  # a heading with regex characters
+  markdown.write_section(path, markdown.Section("A", "alpha\n\n### sub\n\ntext"))
+  markdown.write_section(path, markdown.Section(quick, "q-old"))
+  markdown.write_section(path, markdown.Section("B", "bee"))
+  markdown.write_section(path, markdown.Section("A", "gamma"))
+  markdown.write_section(path, markdown.Section(quick, "q-new"))
+  text = open(path, encoding="utf-8").read()
+  assert text.startswith("# Benchmarks\n")
+  assert "alpha" not in text and "### sub" not in text and "q-old" not in text
+  assert text.count("## A\n") == 1 and text.count(f"## {quick}\n") == 1
+  assert (text.index("## A\n") < text.index("gamma") < text.index(f"## {quick}")
+          < text.index("q-new") < text.index("## B") < text.index("bee"))
+  assert not os.path.exists(path + ".partial")
