@@ -5,9 +5,12 @@ r"""Method against method: every allocation method over targets and seeds, one t
   python -m purl_tf.benchmark --benchmark=imagenet_resnet50 --mock  # a GPU suite, checked
 
 Each cell (method, target, seed) is one `python -m purl_tf.train` process in
---root_dir/<benchmark>/target<t>/seed<s>/<method>, its log beside it; a finished cell is
-reused, so a killed benchmark continues where it stopped. The first cell of a seed
-pre-trains the dense model every other cell of that seed starts from. A seed changes the
+--root_dir/<benchmark>/target<t>/seed<s>/<method>, its log beside it. A finished cell is
+never run again: its folder's results.json, or its record in the results file (which is
+committed, so a benchmark continues in a fresh clone of the repository where the last
+one stopped). The first cell of a seed pre-trains the dense model every other cell of
+that seed starts from; its weights are kept beside the results file
+(<benchmark>_dense/seed<s>.h5) for the same reason. A seed changes the
 reward split (load_splits.reward_seed), the pre-training and retraining order
 (load_splits.shuffle_seed), the search and the fine-tune (train_eval.seed).
 
@@ -169,17 +172,23 @@ def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
               mock, quick, tuple(extra_bindings))
 
 
-def run_cell(plan: Plan, seed: int, target: float, method: str) -> str:
-  """Runs one cell in a `python -m purl_tf.train` process unless it finished before.
-  Returns its folder; raises PurlError naming the log on failure."""
+def kept_dense(plan: Plan, results_dir: str, seed: int) -> str:
+  """Where the dense weights of a seed are kept beside the results file."""
+  return os.path.join(results_dir, f"{plan.name}_dense", f"seed{seed}.h5")
+
+
+def run_cell(plan: Plan, seed: int, target: float, method: str, results_dir: str) -> str:
+  """Runs one cell in a `python -m purl_tf.train` process unless its folder holds a
+  finished run. Every cell of a seed starts from the dense weights kept for the seed
+  (kept_dense), which the seed's first cell writes. Returns the cell's folder; raises
+  PurlError naming the log on failure."""
   folder = plan.run_dir(target, seed, method)
   if os.path.exists(os.path.join(folder, files.RESULTS)):
     return folder
-  dense = os.path.join(plan.dense_dir(seed), files.DENSE_WEIGHTS)
-  if folder != plan.dense_dir(seed) and not os.path.exists(
-      os.path.join(folder, files.DENSE_WEIGHTS)):
-    os.makedirs(os.path.join(folder, os.path.dirname(files.DENSE_WEIGHTS)), exist_ok=True)
-    shutil.copyfile(dense, os.path.join(folder, files.DENSE_WEIGHTS))
+  kept, weights = kept_dense(plan, results_dir, seed), os.path.join(folder, files.DENSE_WEIGHTS)
+  if os.path.exists(kept) and not os.path.exists(weights):
+    os.makedirs(os.path.dirname(weights), exist_ok=True)
+    shutil.copyfile(kept, weights)
   command = [sys.executable, "-m", "purl_tf.train", f"--root_dir={folder}",
              f"--gin_file={os.path.join(REPO, plan.suite.gin_file)}"]
   command += [f"--gin_bindings={b}" for b in plan.bindings(target, seed)]
@@ -200,6 +209,9 @@ def run_cell(plan: Plan, seed: int, target: float, method: str) -> str:
     raise PurlError(f"{method} (target {target}, seed {seed}) failed with exit code {code}: "
                     f"{tail[0] if tail else ''} (log: {log}).")
   files.write_json(folder.rstrip(os.sep) + ELAPSED, {"seconds": time.time() - started})
+  if not os.path.exists(kept):
+    os.makedirs(os.path.dirname(kept), exist_ok=True)
+    shutil.copyfile(weights, kept)
   return folder
 
 
@@ -209,12 +221,16 @@ def cell_seconds(plan: Plan, seed: int, target: float, method: str) -> Optional[
   return None if record is None else record["seconds"]
 
 
-def eta_seconds(plan: Plan, remaining: Sequence[Tuple[int, float, str]]) -> Optional[float]:
+def eta_seconds(plan: Plan, remaining: Sequence[Tuple[int, float, str]],
+                known: Optional[dict] = None) -> Optional[float]:
   """Wall seconds the `remaining` cells should take: each at the mean of the finished
-  cells of its method (else of all finished cells); None before any finished."""
+  cells of its method (else of all finished cells; `known` cells of the results file
+  count too); None before any finished."""
   done: Dict[str, List[float]] = {}
   for seed, target, method in plan.cells():
     seconds = cell_seconds(plan, seed, target, method)
+    if seconds is None and (seed, target, method) in (known or {}):
+      seconds = known[(seed, target, method)]["wall_seconds"]
     if seconds is not None:
       done.setdefault(method, []).append(seconds)
   every = [s for values in done.values() for s in values]
@@ -223,23 +239,39 @@ def eta_seconds(plan: Plan, remaining: Sequence[Tuple[int, float, str]]) -> Opti
   return sum(statistics.fmean(done.get(method, every)) for _, _, method in remaining)
 
 
-def run_plan(plan: Plan, after_cell=lambda: None):
-  """Runs every cell, seed by seed; finished cells are reused. One line per cell;
-  `after_cell()` runs after each cell run here (e.g. to rewrite the results)."""
-  cells = plan.cells()
+def results_path(plan: Plan, results_dir: str) -> str:
+  return os.path.join(results_dir, f"{plan.name}.json")
+
+
+def recorded(plan: Plan, results_dir: str) -> Dict[Tuple[int, float, str], dict]:
+  """The cells the results file holds, by (seed, target, method); none when it was
+  written with other bindings or episodes (its cells then measure something else)."""
+  written = files.read_json(results_path(plan, results_dir))
+  if not written or (written["bindings"], written["episodes"]) != (
+      plan.bindings("<target>", "<seed>"), plan.episodes):
+    return {}
+  return {(c["seed"], c["target"], c["method"]): c for c in written["cells"]}
+
+
+def run_plan(plan: Plan, results_dir: str, after_cell=lambda: None):
+  """Runs every cell, seed by seed; a cell finished before (in its folder or in the
+  results file) is not run again. One line per cell; `after_cell()` runs after each
+  cell run here (e.g. to rewrite the results)."""
+  cells, known = plan.cells(), recorded(plan, results_dir)
   for number, (seed, target, method) in enumerate(cells, 1):
     folder = plan.run_dir(target, seed, method)
-    reused = os.path.exists(os.path.join(folder, files.RESULTS))
+    before = known.get((seed, target, method))
+    reused = before is not None or os.path.exists(os.path.join(folder, files.RESULTS))
     began = time.time()
     if not reused:
-      eta = eta_seconds(plan, cells[number - 1:])
+      eta = eta_seconds(plan, cells[number - 1:], known)
       print(f"[{number:2d}/{len(cells)}] seed {seed}, target {target}: {method} ... "
             f"(log {folder}.log; ETA {'?' if eta is None else _duration(eta)})", flush=True)
-    run_cell(plan, seed, target, method)
-    results = files.read_json(os.path.join(folder, files.RESULTS))
+    if before is None:
+      run_cell(plan, seed, target, method, results_dir)
+      before = cell_record(read_run(plan, seed, target, method))
     print(f"[{number:2d}/{len(cells)}] seed {seed}, target {target}: {method:17s} "
-          f"test {results['pruned_test_accuracy']:.4f} at sparsity "
-          f"{results['global_sparsity']:.4f}"
+          f"test {before['test_accuracy']:.4f} at sparsity {before['sparsity']:.4f}"
           + ("  (finished before)" if reused else f"  in {time.time() - began:.0f} s"),
           flush=True)
     if not reused:
@@ -257,17 +289,27 @@ class Run:
   seconds: Optional[float] = None  # the process's wall time
 
 
-def collect(plan: Plan) -> List[Run]:
-  """Reads every finished cell of the plan."""
-  runs = []
-  for seed, target, method in plan.cells():
-    folder = plan.run_dir(target, seed, method)
-    results = files.read_json(os.path.join(folder, files.RESULTS))
-    if results is not None:
-      runs.append(Run(method, target, seed, results,
-                      files.read_json(os.path.join(folder, files.EPISODES)),
-                      cell_seconds(plan, seed, target, method)))
-  return runs
+def read_run(plan: Plan, seed: int, target: float, method: str) -> Optional[Run]:
+  """The finished cell in its folder; None when it has not finished there."""
+  folder = plan.run_dir(target, seed, method)
+  results = files.read_json(os.path.join(folder, files.RESULTS))
+  if results is None:
+    return None
+  return Run(method, target, seed, results, files.read_json(os.path.join(folder, files.EPISODES)),
+             cell_seconds(plan, seed, target, method))
+
+
+def collect(plan: Plan, results_dir: str) -> List[dict]:
+  """The record of every finished cell of the plan, in plan order: from its folder, else
+  from the results file."""
+  known = recorded(plan, results_dir)
+  cells = []
+  for key in plan.cells():
+    run = read_run(plan, *key)
+    record = cell_record(run) if run else known.get(key)
+    if record is not None:
+      cells.append(record)
+  return cells
 
 
 def best_so_far(episodes: Sequence[dict], target: float) -> List[Optional[float]]:
@@ -331,6 +373,8 @@ def cell_record(run: Run) -> dict:
       "episodes": len(run.episodes) if run.episodes else 0,
       "episodes_to_within": (episodes_to_within(run.episodes or [], run.target)
                              if run.method in SEARCHES else None),
+      "best_so_far": (best_so_far(run.episodes or [], run.target)
+                      if run.method in SEARCHES else None),
       "train_steps": results["search_retrain_steps"] + results["finetune_steps"],
       "method_seconds": results["search_seconds"] + results["finetune_seconds"],
       "wall_seconds": run.seconds, "allocation": results["allocation"],
@@ -441,8 +485,7 @@ def _speed_goal(cells, target) -> List[str]:
           "evaluated episodes, means over seeds)."]
 
 
-def write_figures(plan: Plan, runs: Sequence[Run], cells: Sequence[dict],
-                  folder: str) -> List[str]:
+def write_figures(plan: Plan, cells: Sequence[dict], folder: str) -> List[str]:
   """The three PNGs (paths): accuracy against target per method; per-layer sparsity of
   PuRL, LAMP and global magnitude at the highest target (first seed); best-so-far
   reward-split accuracy against episode, dense and episodic reward (mean over seeds)."""
@@ -475,8 +518,8 @@ def write_figures(plan: Plan, runs: Sequence[Run], cells: Sequence[dict],
     save("layers", plots.allocations(layers, f"per-layer sparsity at {highest}, seed {first}"))
   progress = {}
   for method in ("purl", "episodic"):
-    series = [best_so_far(r.episodes or [], highest) for r in runs
-              if r.method == method and r.target == highest]
+    series = [c.get("best_so_far") for c in cells
+              if c["method"] == method and c["target"] == highest]
     series = [s for s in series if s]
     if series:
       length = min(len(s) for s in series)
@@ -494,7 +537,7 @@ def write_figures(plan: Plan, runs: Sequence[Run], cells: Sequence[dict],
   return paths
 
 
-def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_path: str,
+def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_file: str,
          output: Optional[str]) -> str:
   """The markdown section: how it was run, a table and goals per target, the figures."""
   parts = []
@@ -528,7 +571,7 @@ def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_path
       "", "How it was run:", "",
       f"- Command: `{command_line()}`; a rerun reuses the finished cells in "
       f"`{os.path.relpath(plan.root_dir)}` (delete it to measure again).",
-      f"- Every cell's numbers: `{os.path.relpath(results_path, where)}`.",
+      f"- Every cell's numbers: `{os.path.relpath(results_file, where)}`.",
       f"- Time: {len(seconds)} of {len(plan.cells())} cell processes took "
       f"{sum(seconds) / 60:.0f} min in all.",
       f"- Config: `{plan.suite.gin_file}` plus, for every cell, "
@@ -542,16 +585,15 @@ def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_path
 
 def report(plan: Plan, output: Optional[str], results_dir: str) -> Section:
   """Writes the results file and figures of the finished cells; their section."""
-  runs = collect(plan)
-  cells = [cell_record(r) for r in runs]
-  results_path = files.write_json(os.path.join(results_dir, f"{plan.name}.json"), {
+  cells = collect(plan, results_dir)
+  written = files.write_json(results_path(plan, results_dir), {
       "benchmark": plan.suite.name, "quick": plan.quick, "mock": plan.mock,
       "seeds": list(plan.seeds), "targets": list(plan.targets), "episodes": plan.episodes,
       "bindings": plan.bindings("<target>", "<seed>"), "cells": cells})
-  figures = write_figures(plan, runs, cells, results_dir)
+  figures = write_figures(plan, cells, results_dir)
   title = plan.suite.title + (" (quick: one seed, one target)" if plan.quick else "") + (
       " (mock data check)" if plan.mock else "")
-  return Section(heading=title, body=body(plan, cells, figures, results_path, output))
+  return Section(heading=title, body=body(plan, cells, figures, written, output))
 
 
 def _duration(seconds: float) -> str:
@@ -593,7 +635,7 @@ def main(argv):
         write_section(output, section)
       return section
 
-    run_plan(plan, after_cell=publish)
+    run_plan(plan, options.results_dir, after_cell=publish)
     section = publish()
   except PurlError as error:
     print(f"benchmark: error: {str(error).splitlines()[0]}", file=sys.stderr)

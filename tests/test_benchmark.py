@@ -90,7 +90,7 @@ def test_cell_record_reads_results_and_episodes():
       "reward_accuracy": pytest.approx(0.95),
       "search_reward_accuracy": pytest.approx(0.955),
       "rescored_reward_accuracy": pytest.approx(0.953), "episodes": 3,
-      "episodes_to_within": 2, "train_steps": 2162, "method_seconds": 110.0,
+      "episodes_to_within": 2, "best_so_far": [0.9, 0.95, 0.951], "train_steps": 2162, "method_seconds": 110.0,
       "wall_seconds": 321.0, "allocation": {layer: 0.95 for layer in LAYERS},
       "warnings": []}
   # One-shot methods have no episodes-to-best even if given episodes; older results
@@ -387,6 +387,36 @@ def test_report_writes_the_results_file_figures_and_section(tmp_path):
   for kind in ("accuracy", "layers", "progress"):  # relative to the markdown file
     assert f"![mnist5k_{kind}.png](benchmarks/mnist5k_{kind}.png)" in section.body
   assert f"35 of {len(plan.cells())} cell processes took 35 min" in section.body
+
+
+def test_cells_in_the_committed_results_file_are_not_run_again(tmp_path, capsys):
+  """A fresh clone has no cell folders, only the results file: its cells count as done
+  (none is run: after_cell is never called), the report keeps them, and a file written
+  with other bindings is not trusted."""
+  plan = benchmark.make_plan("mnist5k", str(tmp_path / "runs"), ["0"], 4, False, quick=True)
+  results_dir = str(tmp_path / "docs" / "benchmarks")
+  for seed, target, method in plan.cells():
+    folder = plan.run_dir(target, seed, method)
+    files.write_json(os.path.join(folder, files.RESULTS), results(0.9, target))
+    if method in benchmark.SEARCHES:
+      files.write_json(os.path.join(folder, files.EPISODES),
+                       [episode(a, 0.99) for a in (0.9, 0.95, 0.951)])
+    finish(plan, seed, target, method, 30.0)
+  benchmark.report(plan, None, results_dir)
+  written = files.read_json(benchmark.results_path(plan, results_dir))
+  purl = next(c for c in written["cells"] if c["method"] == "purl")
+  assert purl["best_so_far"] == [0.9, 0.95, 0.951]
+  assert next(c for c in written["cells"] if c["method"] == "lamp")["best_so_far"] is None
+
+  os.rename(plan.root_dir, plan.root_dir + ".gone")  # as in a fresh clone
+  ran = []
+  benchmark.run_plan(plan, results_dir, after_cell=lambda: ran.append(1))
+  assert not ran and "(finished before)" in capsys.readouterr().out
+  assert benchmark.collect(plan, results_dir) == written["cells"]
+  assert benchmark.eta_seconds(plan, plan.cells()[:2],
+                               benchmark.recorded(plan, results_dir)) == pytest.approx(60.0)
+  other = benchmark.make_plan("mnist5k", str(tmp_path / "runs"), ["0"], 5, False, quick=True)
+  assert benchmark.recorded(other, results_dir) == {}  # 5 episodes, not 4: measure again
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):
