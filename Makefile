@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 	$(PY) tools/report.py $(ROOT_DIR)
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) *.egg-info
