@@ -11,7 +11,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import files
+from purl_tf import files, keras3
 from purl_tf.errors import PurlError
 
 
@@ -113,7 +113,8 @@ def lenet5(input_shape: Sequence[int], num_classes: int):
 @gin.configurable
 def saved_model(input_shape: Sequence[int], num_classes: int, path: str = gin.REQUIRED,
                 safe_mode: bool = True):
-  """A user's model from a .keras / .h5 file or a SavedModel folder saved by tf-keras.
+  """A user's model from a .keras / .h5 file or a SavedModel folder saved by tf-keras, or
+  from a .keras / .h5 file saved by Keras 3 (translated to tf-keras by keras3.load).
 
   Its input and output must match the data; `check_compatible` says so otherwise. A model
   saved with inputs of unknown size, e.g. (None, None, 3), is given the data's size
@@ -131,6 +132,8 @@ def saved_model(input_shape: Sequence[int], num_classes: int, path: str = gin.RE
   if not os.path.exists(path):
     raise PurlError(f"saved_model.path={path!r} does not exist: point it at a .keras/.h5 "
                     "file or a SavedModel folder.")
+  if keras3.is_keras3_file(path):
+    return _fix_input_size(keras3.load(path, safe_mode), input_shape)
   try:
     model = keras.models.load_model(path, compile=False, safe_mode=safe_mode)
   except Exception as error:
@@ -218,7 +221,9 @@ def pretrain(model: keras.Model, splits, root_dir: str, epochs: int = 3,
     model: the dense model (its weights are changed in place).
     splits: data.Splits.
     root_dir: run folder; the dense weights (trained or as given) are kept in
-      root_dir/dense/weights.h5 and loaded from there on a rerun.
+      root_dir/dense/weights.h5 and loaded from there on a rerun, and a model translated
+      from Keras 3 keeps its original there (keras3.keep_original) to be written back as
+      Keras 3 when pruned.
     epochs: passes over the train split; 0 keeps the weights the model came with.
     learning_rate: of the optimizer (initial, with cosine_decay).
     optimizer: 'adam' or 'sgd' (momentum 0.9).
@@ -227,6 +232,7 @@ def pretrain(model: keras.Model, splits, root_dir: str, epochs: int = 3,
   Returns:
     accuracy on the reward split, a fraction.
   """
+  keras3.keep_original(model, root_dir)
   path = os.path.join(root_dir, files.DENSE_WEIGHTS)
   if cosine_decay:
     steps = max(epochs * (splits.num_examples["train"] // splits.batch_size), 1)
