@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import files, interrupt, pruning
+from purl_tf import files, interrupt, keras3, pruning
 from purl_tf.data import Splits
 from purl_tf.errors import PurlError
 from purl_tf.training import MaskedTrainer
@@ -55,8 +55,9 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
       start from instead.
   Returns:
     dict with dense_test_accuracy, pruned_test_accuracy, pruned_reward_accuracy,
-    finetune_steps, finetune_restarts, finetune_seconds, pruned_model (path) and the
-    costs of the pruning.
+    finetune_steps, finetune_restarts, finetune_seconds, pruned_model (path),
+    pruned_model_keras3 (path, None unless the model came from Keras 3) and the costs of
+    the pruning.
   """
   if epochs < 0:
     raise PurlError(f"finetune.epochs={epochs} must not be negative.")
@@ -116,6 +117,7 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
     manager.save(checkpoint_number=int(done))
 
   path = pruning.save(controller.model, os.path.join(root_dir, files.PRUNED_MODEL))
+  keras3_path = keras3.write_pruned(pruning.strip(controller.model), root_dir)
   results = {
       "dense_test_accuracy": dense_test,
       "pruned_test_accuracy": trainer.evaluate(test),
@@ -124,6 +126,7 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
       "finetune_restarts": int(restarts),
       "finetune_seconds": time.time() - start,
       "pruned_model": path,
+      "pruned_model_keras3": keras3_path,
       "allocation": controller.allocation(),
   }
   results.update(controller.costs())

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from purl_tf import files, interrupt, models, pruning
+from purl_tf import files, interrupt, keras3, models, pruning
 from purl_tf.errors import PurlError
 from purl_tf.training import MaskedTrainer
 
@@ -120,6 +120,7 @@ def gradual(dense: keras.Model, controller: pruning.PruningController,
     _train(model, splits, seed, steps, progress, names, sizes)
   allocation = mask_sparsities(model, names)
   path = pruning.save(model, os.path.join(root_dir, files.PRUNED_MODEL))
+  keras3_path = keras3.write_pruned(pruning.strip(model), root_dir)
   with strategy.scope():
     pruned = MaskedTrainer(pruning.strip(model), strategy)
     dense_trainer = MaskedTrainer(dense, strategy)
@@ -129,6 +130,7 @@ def gradual(dense: keras.Model, controller: pruning.PruningController,
            "pruned_reward_accuracy": pruned.evaluate(pruned.distribute(splits.reward)),
            "finetune_steps": tune_steps, "finetune_restarts": 0,
            "finetune_seconds": time.time() - started, "pruned_model": path,
+           "pruned_model_keras3": keras3_path,
            "allocation": allocation}
   tuned.update(pruning.costs(controller.infos, [allocation[n] for n in names],
                              controller.total_params))

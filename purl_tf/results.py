@@ -58,6 +58,7 @@ class RunResult:
   rescored_reward_accuracy: Optional[float] = None  # the chosen candidate's re-score
   selection: dict = dataclasses.field(default_factory=dict)  # how a search chose
   warnings: List[str] = dataclasses.field(default_factory=list)  # what makes it doubtful
+  pruned_model_keras3: Optional[str] = None  # the pruned model as Keras 3, for a Keras 3 input
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)

@@ -13,11 +13,16 @@ import os
 import sys
 import time
 
-import purl_tf  # pylint: disable=unused-import  (selects tf-keras before TensorFlow loads)
+from purl_tf import console  # first: importing purl_tf selects tf-keras before TensorFlow
+
+if __name__ == "__main__":
+  console.install()  # before TensorFlow loads: its libraries print while they load
+
+# pylint: disable=wrong-import-position
 from absl import app, flags, logging
 import tensorflow_datasets as tfds
 
-from purl_tf import export, files, interrupt, pipeline
+from purl_tf import distribute, export, files, interrupt, pipeline
 from purl_tf.errors import PurlError
 from purl_tf.results import RunResult
 
@@ -30,6 +35,8 @@ flags.DEFINE_integer("mock_examples", 0, "Check a config end to end without its 
                      "tfds.testing.mock_data with this many random examples per split.")
 flags.DEFINE_bool("overwrite", False, "Start over in a root_dir that holds a run with another "
                   "config (its files are deleted).")
+
+LOG = "run.log"  # everything a run printed, noise included, appended run after run
 
 
 def summary(root_dir: str, result: RunResult) -> str:
@@ -46,10 +53,18 @@ def summary(root_dir: str, result: RunResult) -> str:
       f"Results               {os.path.join(root_dir, files.RESULTS)}",
       f"Best allocation       {os.path.join(root_dir, files.BEST_ALLOCATION)}",
       f"Pruned model          {result.pruned_model}",
+      *([f"Pruned model, Keras 3 {result.pruned_model_keras3}"]
+        if result.pruned_model_keras3 else []),
       *([f"TFLite                {os.path.join(root_dir, files.TFLITE_DIR)}/*.tflite",
          "", export.table(result.tflite)] if result.tflite else []),
       f"TensorBoard           tensorboard --logdir {root_dir}",
   ])
+
+
+def log_path(root_dir: str) -> str:
+  """Where this process's log goes: in the folder it writes (distribute.run_dir)."""
+  root_dir = os.path.abspath(os.path.expanduser(root_dir))
+  return os.path.join(distribute.run_dir(root_dir, distribute.make_strategy()), LOG)
 
 
 def main(argv):
@@ -62,6 +77,7 @@ def main(argv):
   interrupt.install()
   try:
     pipeline.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+    console.log_to(log_path(FLAGS.root_dir))
     if FLAGS.mock_examples:
       with tfds.testing.mock_data(num_examples=FLAGS.mock_examples):
         result = pipeline.train_eval(FLAGS.root_dir, overwrite=FLAGS.overwrite)
