@@ -25,7 +25,9 @@ def _select_legacy_keras():
           "purl_tf needs tf-keras (Keras 2), but TensorFlow was imported with Keras "
           f"{getattr(tf.keras, '__version__', '3')}: import purl_tf before tensorflow/keras, "
           "or set TF_USE_LEGACY_KERAS=1 in the environment.")
-  # TensorFlow's C++ info lines (oneDNN, CUDA probing) drown the progress display.
+  # Hides TensorFlow's C++ info and warning lines (CPU features, ...), which drown the
+  # progress display. The lines its libraries print while they load (oneDNN, CUDA drivers)
+  # come through Abseil before logging is set up and ignore it: purl_tf.console drops them.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
