@@ -134,11 +134,19 @@ def train_command(root, data_dir, *extra_bindings):
 
 
 @pytest.fixture(scope="session")
-def finished_run(data_dir, tmp_path_factory):
-  """(root_dir, results) of one uninterrupted train_command run in a fresh process."""
+def finished_process(data_dir, tmp_path_factory):
+  """(root_dir, subprocess.CompletedProcess) of one uninterrupted train_command run in a
+  fresh process: its console is the process's stdout and stderr."""
   root = str(tmp_path_factory.mktemp("finished") / "run")
   run = subprocess.run(train_command(root, data_dir), capture_output=True, text=True,
                        cwd=REPO, timeout=600)
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+  return root, run
+
+
+@pytest.fixture(scope="session")
+def finished_run(finished_process):
+  """(root_dir, results) of finished_process."""
+  root, _ = finished_process
   with open(os.path.join(root, "results.json")) as handle:
     return root, json.load(handle)
