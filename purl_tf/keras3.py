@@ -5,8 +5,8 @@ purl_tf runs on tf-keras (tfmot and tf-agents need it), but since TensorFlow 2.1
 `import keras` is Keras 3, so users' files are Keras 3 files. Keras 3 is imported inside
 these functions only: it lives beside tf_keras in one process, and tf.keras stays tf-keras.
 
-In (`load`): the Keras 3 model's functional graph is walked and every layer is rebuilt as
-its tf-keras twin from its config (dtype policies become their names; the activations
+In (`load`): the Keras 3 model's functional graph is walked (by Keras 3's own graph runner,
+as its clone_model does) and every layer is rebuilt as its tf-keras twin from its config (dtype policies become their names; the activations
 tf-keras lacks or defines otherwise, hard_sigmoid and hard_silu, become layers after the
 twin), nested functional and Sequential models become nested tf-keras models, keras.ops
 arithmetic (+, -, *, /) becomes TensorFlow op layers, and every twin takes its original's
@@ -39,7 +39,7 @@ OPERATIONS = {"Add": tf.math.add, "Subtract": tf.math.subtract,
               "TrueDivide": tf.math.truediv}
 # Keras 3 activations that tf-keras lacks or defines otherwise (its hard_sigmoid is
 # 0.2 x + 0.5), rebuilt from layers: hard_sigmoid(x) = clip(x / 6 + 1/2, 0, 1).
-LAYERED_ACTIVATIONS = ("hard_sigmoid", "hard_silu", "hard_swish")
+LAYERED_ACTIVATIONS = ("hard_sigmoid", "hard_silu")
 # Largest difference allowed between the outputs of a model and of its twin, relative to
 # the largest output magnitude (float32 round-off over a deep network).
 TOLERANCE = 1e-4
@@ -193,8 +193,8 @@ def _call_twin(operation, args, kwargs, twins):
     twin.set_weights(operation.get_weights())
   except ValueError as error:
     raise PurlError(f"layer {operation.name} ({type(operation).__name__}): its Keras 3 "
-                    "weights do not fit its tf-keras twin; purl_tf cannot translate it.") \
-        from error
+                    "weights do not fit its tf-keras twin: save the model with tf_keras "
+                    "instead.") from error
   return _activate(outputs, operation)
 
 
@@ -271,10 +271,11 @@ def _check_outputs(original, twin):
   inputs = [rng.uniform(0, 1, [2] + [d or 32 for d in x.shape[1:]]).astype(x.dtype)
             for x in original.inputs]
   inputs = inputs if len(inputs) > 1 else inputs[0]
-  expected = np.asarray(original(inputs, training=False))
-  got = twin(inputs, training=False).numpy()
-  difference = float(np.abs(expected - got).max())
-  if not difference <= TOLERANCE * max(1.0, float(np.abs(expected).max())):
+  expected = [np.asarray(x) for x in tf.nest.flatten(original(inputs, training=False))]
+  got = [np.asarray(x) for x in tf.nest.flatten(twin(inputs, training=False))]
+  difference = max(float(np.abs(e - g).max()) for e, g in zip(expected, got))
+  scale = max(float(np.abs(e).max()) for e in expected)
+  if not difference <= TOLERANCE * max(1.0, scale):
     raise PurlError(f"the tf-keras translation of {original.name} computes outputs up to "
                     f"{difference:.3g} away from Keras 3's: save the model with tf_keras "
                     "instead, and report this model to purl_tf.")
