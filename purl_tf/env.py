@@ -2,7 +2,8 @@
 
 An episode is one pass over the prunable layers in network order. At step t the action
 picks a level from a grid; layer t is pruned to it, the network is retrained for a few
-batches with all masks fixed, and its accuracy on the reward split is measured. The
+batches with all masks fixed, its batch-norm statistics are re-estimated on a few more
+(MaskedTrainer.recalibrate), and its accuracy on the reward split is measured. The
 reward (see rewards.py) follows at once. Reset restores the dense weights from memory.
 
 Observation: float32 (NUM_FEATURES,), each feature roughly in [0, 1], independent of
@@ -82,6 +83,9 @@ class PruningEnv(py_environment.PyEnvironment):
       |w| <= alpha * std(w)).
     levels: the action grid, ascending.
     retrain_steps: train batches after each pruning step (0: none).
+    recalibrate_batches: train batches whose batch-norm statistics replace the moving
+      ones before each measurement (forward passes only; 0: keep the moving statistics,
+      which lag far behind a freshly pruned network).
     reward_fn: a rewards.DenseReward or rewards.EpisodicReward (default DenseReward()).
     enforce_target: in sparsity mode, raise a chosen level to the lowest one that keeps the
       target reachable when every later layer takes the largest level (AMC's constraint),
@@ -98,7 +102,7 @@ class PruningEnv(py_environment.PyEnvironment):
   def __init__(self, controller: PruningController, trainer: MaskedTrainer, train_stream,
                reward_data, target_sparsity: float = 0.9, mode: str = SPARSITY,
                levels: Optional[Sequence[float]] = None, retrain_steps: int = 10,
-               reward_fn=None, enforce_target: bool = True, prior: Optional[str] = None,
+               recalibrate_batches: int = 2, reward_fn=None, enforce_target: bool = True, prior: Optional[str] = None,
                prior_factors: Sequence[float] = PRIOR_FACTORS):
     super().__init__(handle_auto_reset=True)
     if not 0.0 < target_sparsity < 1.0:
@@ -122,6 +126,11 @@ class PruningEnv(py_environment.PyEnvironment):
     # choices[layer, action]: the level each action sets on each layer, ascending.
     self._choices = self._action_levels(prior, tuple(float(f) for f in prior_factors))
     self.retrain_steps = int(retrain_steps)
+    if recalibrate_batches < 0 or retrain_steps < 0:
+      raise PurlError(f"PruningEnv.retrain_steps={retrain_steps} and "
+                      f"PruningEnv.recalibrate_batches={recalibrate_batches} must not be "
+                      "negative.")
+    self.recalibrate_batches = int(recalibrate_batches)
     self.reward_fn = reward_fn or rewards.DenseReward()
     self.enforce_target = bool(enforce_target) and mode == SPARSITY
     self.num_layers = controller.num_layers
@@ -231,15 +240,23 @@ class PruningEnv(py_environment.PyEnvironment):
     self._train = None
     self.train_position = int(position)
 
-  def retrain(self, steps: int) -> float:
-    """Trains the network as it is (masks fixed) on the stream's next `steps` batches;
-    their mean loss (0.0 for no steps)."""
-    if not steps:
-      return 0.0
+  def _next_batches(self, count: int):
+    """The train stream's iterator, after counting the `count` batches about to be drawn."""
     if self._train is None:
       self._train = self.trainer.stream(self._train_stream(self.train_position))
-    self.train_position += steps
-    return self.trainer.train(self._train, steps)
+    self.train_position += count
+    return self._train
+
+  def retrain(self, steps: int) -> float:
+    """Trains the network as it is (masks fixed) on the stream's next `steps` batches,
+    then re-estimates its batch-norm statistics on the next `recalibrate_batches`; the
+    mean train loss (0.0 for no steps; nan when training diverged, and then the
+    statistics are left alone)."""
+    loss = self.trainer.train(self._next_batches(steps), steps) if steps else 0.0
+    if np.isfinite(loss) and self.recalibrate_batches and self.trainer.has_batch_norm:
+      self.trainer.recalibrate(self._next_batches(self.recalibrate_batches),
+                               self.recalibrate_batches)
+    return loss
 
   def measure(self) -> float:
     """The network's accuracy on the reward split, as a fraction."""

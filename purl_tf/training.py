@@ -3,6 +3,13 @@
 One tf.function runs `steps` train steps (its trip count is a tensor, so changing it does
 not retrace) and re-applies every mask after each update, so weights stay exactly
 sparse. Evaluation counts correct predictions over a distributed dataset, batch by batch.
+
+Batch normalisation: pruning changes what every later layer sees, and a few retrain
+batches move the moving statistics (momentum 0.99) by a few percent only, so an
+inference-mode measurement right after a pruning step scores a network the statistics no
+longer describe (measured on ResNet-20, mnist_full, LAMP at 0.9 after 50 retrain batches:
+0.17 accuracy with the moving statistics, 0.97 with batch statistics). `recalibrate`
+re-estimates them from a few forward passes (no weight update) before measuring.
 """
 import gin
 import tensorflow as tf
@@ -42,6 +49,10 @@ class MaskedTrainer:
                                   autograph=False)
     self.train_function = tf.function(self._train_steps)
     self.eval_function = None  # compiled at the first evaluate, for its batches' spec
+    self._norms = [layer for layer in model.submodules
+                   if isinstance(layer, keras.layers.BatchNormalization)]
+    self._momentum = tf.Variable(0.0, trainable=False, name="recalibration_momentum")
+    self.recalibrate_function = tf.function(self._recalibrate_steps)
 
   def distribute(self, dataset: tf.data.Dataset):
     """The dataset split across replicas (global batches in, per-replica batches out).
@@ -85,6 +96,39 @@ class MaskedTrainer:
     The loss is nan when it or any weight stopped being finite.
     """
     return float(self.train_function(iterator, tf.constant(steps, tf.int32)))
+
+  def _replica_forward(self, images):
+    self.model(images, training=True)  # batch statistics fold into the moving ones
+    return tf.constant(0)
+
+  def _recalibrate_steps(self, iterator, batches):
+    """Traced with every batch-norm layer's momentum read from one variable, set per
+    batch for a running mean; the layers get their float momenta back once traced, so no
+    other function (nor the saved model) sees the variable."""
+    momenta = [layer.momentum for layer in self._norms]
+    for layer in self._norms:
+      layer.momentum = self._momentum
+    try:
+      for batch in tf.range(batches):
+        # The k-th batch (from 0) weighs 1 / (k + 1): a running mean of the batches.
+        self._momentum.assign(tf.cast(batch, tf.float32) / tf.cast(batch + 1, tf.float32))
+        images, _ = next(iterator)
+        self.strategy.run(self._replica_forward, args=(images,))
+    finally:
+      for layer, momentum in zip(self._norms, momenta):
+        layer.momentum = momentum
+    return tf.constant(0)
+
+  @property
+  def has_batch_norm(self) -> bool:
+    return bool(self._norms)
+
+  def recalibrate(self, iterator, batches: int):
+    """Sets every batch-norm layer's moving mean and variance to the mean of its batch
+    statistics over the next `batches` batches of `iterator` (forward passes in training
+    mode; no weight changes). Nothing happens for a model without batch normalisation."""
+    if self._norms and batches > 0:
+      self.recalibrate_function(iterator, tf.constant(batches, tf.int32))
 
   def _replica_eval_step(self, images, labels):
     outputs = self.model(images, training=False)

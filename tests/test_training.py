@@ -154,3 +154,55 @@ def test_make_strategy_hands_out_one_mirrored_strategy_per_process(mirrored_stra
       trainer.evaluate(trainer.distribute(data))
     losses.append(trainer.train(trainer.stream(data), 2))
   assert all(np.isfinite(losses))
+
+
+def _conv_bn_net(image_shape, num_classes):
+  inputs = tf.keras.Input(image_shape)
+  x = tf.keras.layers.Conv2D(6, 3, name="conv")(inputs)
+  x = tf.keras.layers.BatchNormalization(name="bn")(x)
+  x = tf.keras.layers.ReLU()(x)
+  x = tf.keras.layers.GlobalAveragePooling2D()(x)
+  return tf.keras.Model(inputs, tf.keras.layers.Dense(num_classes, name="head")(x))
+
+
+def test_recalibrate_sets_batch_norm_statistics_to_the_mean_of_its_batches(mnist5k_splits):
+  """The moving statistics become the mean of the batch statistics of the batches given
+  (the first BN's input is the conv output, computed here independently); training
+  afterwards still moves them with the layer's own momentum, and the model still
+  serialises."""
+  tf.keras.utils.set_random_seed(0)
+  strategy = tf.distribute.get_strategy()
+  wrapped, controller, trainer = _setup(
+      lambda: _conv_bn_net(mnist5k_splits.image_shape, mnist5k_splits.num_classes), strategy)
+  controller.apply([0.5, 0.5])
+  batches = list(mnist5k_splits.reward.take(3))
+  fed = lambda start, count: iter(trainer.distribute(mnist5k_splits.reward.skip(start).take(count)))
+  conv, bn = wrapped.get_layer("masked_pruning_conv"), wrapped.get_layer("bn")
+  statistics = [tf.nn.moments(conv(images), axes=[0, 1, 2]) for images, _ in batches[:2]]
+  trainer.recalibrate(fed(0, 2), 2)
+  np.testing.assert_allclose(bn.moving_mean.numpy(),
+                             np.mean([m.numpy() for m, _ in statistics], axis=0), atol=1e-5)
+  np.testing.assert_allclose(bn.moving_variance.numpy(),
+                             np.mean([v.numpy() for _, v in statistics], axis=0), rtol=2e-3)
+  assert isinstance(bn.momentum, float) and bn.momentum == 0.99
+  wrapped.to_json()  # no variable left in a layer's config
+
+  trainer.recalibrate(fed(0, 1), 1)  # one batch: exactly its statistics
+  before, (mean, _) = bn.moving_mean.numpy(), tf.nn.moments(conv(batches[0][0]), [0, 1, 2])
+  np.testing.assert_allclose(before, mean.numpy(), atol=1e-5)
+  # A train step's forward pass (before its update) moves them by 1 - 0.99 of the way.
+  step_mean, _ = tf.nn.moments(conv(batches[2][0]), [0, 1, 2])
+  trainer.train(fed(2, 1), 1)
+  np.testing.assert_allclose(bn.moving_mean.numpy(),
+                             0.99 * before + 0.01 * step_mean.numpy(), atol=1e-5)
+  assert trainer.recalibrate_function.experimental_get_tracing_count() == 1
+  assert trainer.tracing_counts()["train"] == 1
+
+
+def test_recalibrate_leaves_a_model_without_batch_norm_alone(default_setup, mnist5k_splits):
+  wrapped, _, trainer = default_setup
+  before = [v.numpy() for v in wrapped.variables]
+  trainer.recalibrate(iter(mnist5k_splits.reward), 2)
+  assert not trainer.has_batch_norm
+  for got, want in zip(wrapped.variables, before):
+    np.testing.assert_array_equal(got.numpy(), want)
