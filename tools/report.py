@@ -7,7 +7,12 @@ Works on a finished run (everything) and on a search still going (the episode cu
 import os
 import sys
 
-import purl_tf  # noqa: F401
+from purl_tf import console  # first: importing purl_tf selects tf-keras before TensorFlow
+
+if __name__ == "__main__":
+  console.install()  # before TensorFlow loads: its libraries print while they load
+
+# pylint: disable=wrong-import-position
 from absl import app
 
 from purl_tf import export, files, plots, search
