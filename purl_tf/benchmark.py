@@ -116,10 +116,18 @@ class Plan:
   mock: bool
   quick: bool = False
   extra_bindings: Tuple[str, ...] = ()
+  # A named variant of the searches: extra_bindings apply to the searched methods only,
+  # which run in root_dir/<variant>; the other cells are the plan's own, shared.
+  variant: str = ""
+
+  @property
+  def base_name(self) -> str:
+    """The name of the plain benchmark (whose dense models a variant shares)."""
+    return self.suite.name + ("_quick" if self.quick else "") + ("_mock" if self.mock else "")
 
   @property
   def name(self) -> str:
-    return self.suite.name + ("_quick" if self.quick else "") + ("_mock" if self.mock else "")
+    return self.base_name + (f"_{self.variant}" if self.variant else "")
 
   def cells(self) -> List[Tuple[int, float, str]]:
     """(seed, target, method) in the order they run."""
@@ -127,24 +135,26 @@ class Plan:
             for method in METHOD_ORDER]
 
   def run_dir(self, target: float, seed: int, method: str) -> str:
-    return os.path.join(self.root_dir, f"target{target}", f"seed{seed}", method)
+    varied = self.variant if method in SEARCHES else ""
+    return os.path.join(self.root_dir, varied, f"target{target}", f"seed{seed}", method)
 
   def dense_dir(self, seed: int) -> str:
     """The cell whose pre-trained dense model every cell of the seed starts from."""
     return self.run_dir(self.targets[0], seed, METHOD_ORDER[0])
 
-  def bindings(self, target, seed) -> List[str]:
-    """The gin bindings of every method's cell at (target, seed), in order."""
+  def bindings(self, target, seed, method: str = SEARCHES[0]) -> List[str]:
+    """The gin bindings of the method's cell at (target, seed), in order."""
     mock = (*MOCK_BINDINGS, *self.suite.mock_bindings) if self.mock else ()
+    extra = self.extra_bindings if not self.variant or method in SEARCHES else ()
     return [*self.suite.bindings, *mock, f"train_eval.target_sparsity = {target}",
             f"train_eval.seed = {seed}", f"load_splits.reward_seed = {seed}",
             f"load_splits.shuffle_seed = {seed}", f"SearchRunner.num_episodes = {self.episodes}",
-            *self.extra_bindings]
+            *extra]
 
 
 def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
               episodes: Optional[int], mock: bool, quick: bool = False,
-              extra_bindings: Sequence[str] = ()) -> Plan:
+              extra_bindings: Sequence[str] = (), variant: str = "") -> Plan:
   """Checks a benchmark's flags; one-line PurlErrors for bad ones."""
   if suite_name not in SUITES:
     raise PurlError(f"--benchmark={suite_name} is unknown: use one of {sorted(SUITES)}.")
@@ -157,6 +167,9 @@ def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
     raise PurlError(f"--seeds={','.join(seeds)} must name at least one seed, each once.")
   if episodes is not None and episodes < 1:
     raise PurlError(f"--episodes={episodes} must be at least 1.")
+  if variant and (not variant.isidentifier() or not extra_bindings):
+    raise PurlError(f"--variant={variant!r} must be a name (letters, digits, _) and come "
+                    "with the --gin_bindings that make the variant.")
   if not suite.runs_here and not mock:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     if not tf.config.list_physical_devices("GPU"):
@@ -169,12 +182,12 @@ def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
   base = os.path.abspath(os.path.expanduser(root_dir or os.path.join("runs", "benchmark")))
   folder = os.path.join(base, "mock" if mock else "", suite_name)
   return Plan(suite, folder, seed_values, targets, episodes or (1 if mock else suite.episodes),
-              mock, quick, tuple(extra_bindings))
+              mock, quick, tuple(extra_bindings), variant)
 
 
 def kept_dense(plan: Plan, results_dir: str, seed: int) -> str:
   """Where the dense weights of a seed are kept beside the results file."""
-  return os.path.join(results_dir, f"{plan.name}_dense", f"seed{seed}.h5")
+  return os.path.join(results_dir, f"{plan.base_name}_dense", f"seed{seed}.h5")
 
 
 def run_cell(plan: Plan, seed: int, target: float, method: str, results_dir: str) -> str:
@@ -191,7 +204,7 @@ def run_cell(plan: Plan, seed: int, target: float, method: str, results_dir: str
     shutil.copyfile(kept, weights)
   command = [sys.executable, "-m", "purl_tf.train", f"--root_dir={folder}",
              f"--gin_file={os.path.join(REPO, plan.suite.gin_file)}"]
-  command += [f"--gin_bindings={b}" for b in plan.bindings(target, seed)]
+  command += [f"--gin_bindings={b}" for b in plan.bindings(target, seed, method)]
   command.append(f"--gin_bindings=train_eval.method = '{method}'")
   if plan.mock:
     command.append(f"--mock_examples={MOCK_EXAMPLES}")
@@ -577,6 +590,9 @@ def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_file
       f"- Config: `{plan.suite.gin_file}` plus, for every cell, "
       + ", ".join(f"`{b}`" for b in plan.bindings("<target>", "<seed>"))
       + ", `train_eval.method = '<method>'`.",
+      *([f"- Variant `{plan.variant}`: the last {len(plan.extra_bindings)} bindings apply to "
+         "purl, episodic and random only; the other methods' cells are the plain "
+         "benchmark's."] if plan.variant else []),
       f"- Machine: {machine()}",
       f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
   ]
@@ -592,7 +608,9 @@ def report(plan: Plan, output: Optional[str], results_dir: str) -> Section:
       "bindings": plan.bindings("<target>", "<seed>"), "cells": cells})
   figures = write_figures(plan, cells, results_dir)
   title = plan.suite.title + (" (quick: one seed, one target)" if plan.quick else "") + (
-      " (mock data check)" if plan.mock else "")
+      " (mock data check)" if plan.mock else "") + (
+          f" (variant {plan.variant}: {', '.join(plan.extra_bindings)} on the searches)"
+          if plan.variant else "")
   return Section(heading=title, body=body(plan, cells, figures, written, output))
 
 
@@ -612,7 +630,12 @@ def _define_flags():
   flags.DEFINE_bool("mock", False, "Run on tfds mock data with tiny budgets (checks a GPU "
                     "benchmark's definition on any machine).")
   flags.DEFINE_string("root_dir", None, "Folder of the cells (default runs/benchmark).")
-  flags.DEFINE_multi_string("gin_bindings", [], "Further gin bindings of every cell.")
+  flags.DEFINE_multi_string("gin_bindings", [], "Further gin bindings of every cell (with "
+                            "--variant: of the searched methods only).")
+  flags.DEFINE_string("variant", "", "Name of a variant of the searches: --gin_bindings then "
+                      "apply to purl, episodic and random only, which run in "
+                      "<root_dir>/<benchmark>/<variant>; the other methods' cells are shared "
+                      "with the plain benchmark. Results go to <benchmark>_<variant>.json.")
   flags.DEFINE_string("output", "docs/benchmarks.md", "Markdown file whose section of this "
                       "benchmark is replaced (or appended); empty: print only.")
   flags.DEFINE_string("results_dir", "docs/benchmarks", "Folder of the results file and "
@@ -625,7 +648,7 @@ def main(argv):
   output = options.output or None
   try:
     plan = make_plan(options.benchmark, options.root_dir, options.seeds, options.episodes,
-                     options.mock, options.quick, options.gin_bindings)
+                     options.mock, options.quick, options.gin_bindings, options.variant)
     print(f"{plan.name}: {len(plan.seeds)} seeds x {len(plan.targets)} targets x "
           f"{len(METHOD_ORDER)} methods in {plan.root_dir}.", flush=True)
 

@@ -434,3 +434,25 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
   assert (text.index("## A\n") < text.index("gamma") < text.index(f"## {quick}")
           < text.index("q-new") < text.index("## B") < text.index("bee"))
   assert not os.path.exists(path + ".partial")
+
+
+def test_a_variant_changes_the_searches_and_shares_the_other_cells(tmp_path):
+  base = benchmark.make_plan("mnist5k", str(tmp_path), ["0"], 4, False, quick=True)
+  plan = benchmark.make_plan("mnist5k", str(tmp_path), ["0"], 4, False, quick=True,
+                             extra_bindings=["PruningEnv.prior = 'lamp'"], variant="prior")
+  assert plan.name == "mnist5k_quick_prior" and plan.base_name == base.name
+  for seed, target, method in plan.cells():
+    bindings = plan.bindings(target, seed, method)
+    if method in benchmark.SEARCHES:
+      assert plan.run_dir(target, seed, method) == os.path.join(
+          base.root_dir, "prior", f"target{target}", f"seed{seed}", method)
+      assert bindings == base.bindings(target, seed, method) + ["PruningEnv.prior = 'lamp'"]
+    else:
+      assert plan.run_dir(target, seed, method) == base.run_dir(target, seed, method)
+      assert bindings == base.bindings(target, seed, method)
+  results_dir = str(tmp_path / "docs")
+  assert benchmark.kept_dense(plan, results_dir, 0) == benchmark.kept_dense(base, results_dir, 0)
+  for name, bindings in (("bad name", ["x = 1"]), ("prior", [])):
+    with pytest.raises(PurlError, match="--variant"):
+      benchmark.make_plan("mnist5k", str(tmp_path), ["0"], 4, False, extra_bindings=bindings,
+                          variant=name)
