@@ -6,11 +6,12 @@ purl_tf runs on tf-keras (tfmot and tf-agents need it), but since TensorFlow 2.1
 these functions only: it lives beside tf_keras in one process, and tf.keras stays tf-keras.
 
 In (`load`): the Keras 3 model's functional graph is walked (by Keras 3's own graph runner,
-as its clone_model does) and every layer is rebuilt as its tf-keras twin from its config (dtype policies become their names; the activations
-tf-keras lacks or defines otherwise, hard_sigmoid and hard_silu, become layers after the
-twin), nested functional and Sequential models become nested tf-keras models, keras.ops
-arithmetic (+, -, *, /) becomes TensorFlow op layers, and every twin takes its original's
-weights. The twin's outputs are checked against Keras 3's before it is returned.
+as its clone_model does) and every layer is rebuilt as its tf-keras twin from its config
+(dtype policies become their names; the activations tf-keras lacks or defines otherwise,
+hard_sigmoid and hard_silu, become layers after the twin), nested functional and
+Sequential models become nested tf-keras models, keras.ops arithmetic (+, -, *, /)
+becomes TensorFlow op layers, and every twin takes its original's weights. The twin's
+outputs are checked against Keras 3's before it is returned.
 
 Out (`keep_original`, `write_pruned`): the Keras 3 model is kept in the run folder, and at
 the end the pruned tf-keras model's weights are copied into it, layer by layer by name,
