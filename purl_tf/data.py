@@ -2,15 +2,20 @@
 
   train   the source's training examples minus the held-out ones: retraining, fine-tuning.
   reward  `reward_size` examples chosen with `reward_seed`, never trained on: every accuracy
-          the search sees. Held out of the training split, or, with `reward_split` (e.g.
-          'validation'), drawn from that split, leaving the training split whole.
+          the search sees. Held out of the training split, or, with `reward_split`, drawn
+          from another split (e.g. 'validation'), leaving the training split whole. With
+          `reward_split` naming the test split (as for weights pretrained on all of the
+          training split), the reward is drawn from it and test is the rest of it.
   test    the source's test split ('validation' for imagenet2012), or, for a source
           without one, `test_size` more held-out training examples: final reporting only.
 
 Sources are read through tfds (image folders: file by file) with images still encoded, so
-that holding examples out (which needs only their position) decodes nothing. Images come
-out as float32 (batch, height, width, channels), normalised for the model; labels as int64
-(batch,).
+that holding examples out (which needs only their position) decodes nothing. The train
+split's files are read in a seeded order, reshuffled every pass, when no example is held
+out of it (held-out examples are named by position, which needs the files in order). The
+reward and test splits are cached decoded while together they fit `cache_eval_bytes`, and
+streamed from the files otherwise. Images come out as float32 (batch, height, width,
+channels), normalised for the model; labels as int64 (batch,).
 """
 import dataclasses
 import difflib
@@ -54,13 +59,14 @@ class Splits:
   """Batched datasets of (image float32 (B, H, W, C), label int64 (B,))."""
   train: tf.data.Dataset  # one shuffled epoch, full batches only; reshuffled each pass
   train_stream: Callable[..., tf.data.Dataset]  # (start batch, seed) -> endless batches
-  reward: tf.data.Dataset  # fixed order, cached
-  test: tf.data.Dataset  # fixed order, cached
+  reward: tf.data.Dataset  # fixed order; cached within cache_eval_bytes
+  test: tf.data.Dataset  # fixed order; cached with reward within cache_eval_bytes
   num_classes: int
   image_shape: Tuple[int, int, int]
   num_examples: dict  # split name -> number of examples
   batch_size: int  # global train batch (per-replica batch * replicas)
   name: str
+  reward_source: str  # the split the reward examples come from ('train': held out of it)
 
 
 @gin.configurable(denylist=["num_replicas"])
@@ -83,6 +89,7 @@ def load_splits(dataset: str = "mnist5k",
                 shuffle_buffer: int = 10_000,
                 shuffle_seed: int = 0,
                 cache_train: bool = True,
+                cache_eval_bytes: int = 2 * 2**30,
                 num_replicas: int = 1) -> Splits:
   """Builds the three splits.
 
@@ -109,11 +116,16 @@ def load_splits(dataset: str = "mnist5k",
     reward_size: examples in the reward split.
     reward_seed: seed choosing them.
     reward_split: None holds the reward examples out of the training split; a split name
-      (e.g. 'validation', not the test split) draws them from that split instead.
+      (e.g. 'validation') draws them from that split instead, leaving train whole. The
+      test split's name draws them from it and leaves its other examples as test: the
+      choice for weights pretrained on the whole training split (ImageNet weights).
     test_size: examples held out for `test` when the source has no test split.
     shuffle_buffer: train shuffle buffer (examples).
     shuffle_seed: seed of the train shuffle and augmentation.
     cache_train: keep decoded training images in memory (small data sets).
+    cache_eval_bytes: bound on the decoded reward and test images kept in memory (bytes,
+      height * width * channels each): the reward split is cached if it fits, the test
+      split too if both fit; a split that does not is decoded from its files every pass.
     num_replicas: replicas in sync; batches are per-replica sizes times this.
   """
   if preprocessing not in _NORMALISERS:
@@ -152,9 +164,17 @@ def load_splits(dataset: str = "mnist5k",
   global_eval_batch = (eval_batch_size or 2 * batch_size) * num_replicas
   geometry = _Geometry(shape, preprocessing, resize, augment)
 
-  examples = source.examples(source.train_split, roles, _TRAIN)
+  def read_train(seed):
+    """Train examples; with none held out, their files in an order `seed` fixes."""
+    if held_out:
+      return source.examples(source.train_split, roles, _TRAIN)
+    return source.examples(source.train_split, None, None, files_seed=seed)
+
   if cache_train:
-    examples = examples.map(source.decode, num_parallel_calls=AUTOTUNE).cache()
+    cached = read_train(shuffle_seed).map(source.decode, num_parallel_calls=AUTOTUNE).cache()
+    train_examples = lambda seed: cached
+  else:
+    train_examples = read_train
 
   def augmented(ds):
     """((example, (2,) int64 seed) -> augmented, normalised (image, label)."""
@@ -162,14 +182,19 @@ def load_splits(dataset: str = "mnist5k",
       ds = ds.map(lambda x, s: (source.decode(*x), s), num_parallel_calls=AUTOTUNE)
     return ds.map(lambda x, s: geometry.train(*x, seed=s), num_parallel_calls=AUTOTUNE)
 
+  def shuffled(seed):
+    return train_examples(seed).shuffle(shuffle_buffer, seed=seed,
+                                        reshuffle_each_iteration=True)
+
   def train_stream(start: int = 0, seed: Optional[int] = None) -> tf.data.Dataset:
     """Endless train batches from batch `start` of the sequence that `seed` (default
-    shuffle_seed) fixes: reshuffled every pass, the i-th image of the sequence augmented
-    by the seed (seed, i), so a stream started at any position gives the batches an
-    earlier stream gave there (a resumed search retrains on what it would have)."""
+    shuffle_seed) fixes: files and examples reshuffled every pass, the i-th image of the
+    sequence augmented by the seed (seed, i), so a stream started at any position gives
+    the batches an earlier stream gave there (a resumed search retrains on what it would
+    have), and a stream moves on through the whole split pass after pass."""
     seed = shuffle_seed if seed is None else int(seed)
     first = int(start) * global_batch
-    ds = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = shuffled(seed).repeat()
     ds = ds.skip(first).enumerate(first)  # skipped before decoding: positions are cheap
     ds = ds.map(lambda i, x: (x, tf.stack([tf.constant(seed, tf.int64), i])))
     return augmented(ds).batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
@@ -177,21 +202,30 @@ def load_splits(dataset: str = "mnist5k",
   def train_epochs() -> tf.data.Dataset:
     """One shuffled pass, reshuffled and augmented anew on every iteration (Keras fit)."""
     ds = tf.data.Dataset.zip((
-        examples.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True),
+        shuffled(shuffle_seed),
         tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True).batch(2)))
     return augmented(ds).batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
 
-  def evaluation(split, roles, role):
+  def evaluation(split, roles, role, cache):
     ds = source.examples(split, roles, role).map(source.decode, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(geometry.evaluation, num_parallel_calls=AUTOTUNE).cache()
+    ds = ds.map(geometry.evaluation, num_parallel_calls=AUTOTUNE)
+    ds = ds.cache() if cache else ds
     # Normalised a batch at a time: per image it cost as much as the model's forward pass.
     return ds.batch(global_eval_batch).map(geometry.normalise).prefetch(AUTOTUNE)
 
-  reward = evaluation(reward_split, reward_roles, _REWARD)
   if carve_test:
-    test, num_test = evaluation(source.train_split, roles, _TEST), test_size
+    test_from, test_roles, test_role, num_test = source.train_split, roles, _TEST, test_size
+  elif reward_split == source.test_split:  # test is the rest of the split
+    test_from, test_roles, test_role = source.test_split, reward_roles, _TRAIN
+    num_test = source.count(source.test_split) - reward_size
   else:
-    test, num_test = evaluation(source.test_split, None, None), source.count(source.test_split)
+    test_from, test_roles, test_role = source.test_split, None, None
+    num_test = source.count(source.test_split)
+  image_bytes = int(np.prod(shape))  # decoded uint8, as cached
+  cache_reward = reward_size * image_bytes <= cache_eval_bytes
+  cache_test = (reward_size * cache_reward + num_test) * image_bytes <= cache_eval_bytes
+  reward = evaluation(reward_split, reward_roles, _REWARD, cache_reward)
+  test = evaluation(test_from, test_roles, test_role, cache_test)
   counts = {"train": num_train - held_out, "reward": reward_size, "test": num_test}
   if counts["train"] < global_batch:
     raise PurlError(f"{dataset} leaves {counts['train']} training examples, fewer than one "
@@ -199,27 +233,31 @@ def load_splits(dataset: str = "mnist5k",
   return Splits(train=train_epochs(), train_stream=train_stream,
                 reward=reward, test=test, num_classes=source.num_classes,
                 image_shape=shape, num_examples=counts, batch_size=global_batch,
-                name=dataset)
+                name=dataset, reward_source=reward_split)
 
 
 def _check_reward_split(source, reward_split, reward_size):
-  """PurlError unless `reward_split` is a split of `source`, other than its train and test
-  splits, holding at least `reward_size` examples."""
+  """PurlError unless `reward_split` is a split of `source` other than its train split,
+  holding at least `reward_size` examples (more, for the test split: test is the rest)."""
   if reward_split not in source.split_names:
     raise PurlError(f"load_splits.reward_split={reward_split!r} is not a split of "
                     f"{source.name}: use one of {sorted(source.split_names)}, or None.")
-  if reward_split in (source.train_split, source.test_split):
-    raise PurlError(f"load_splits.reward_split={reward_split!r} is {source.name}'s "
-                    f"{'train' if reward_split == source.train_split else 'test'} split: "
-                    "use another split, or None to hold the reward out of train.")
+  if reward_split == source.train_split:
+    raise PurlError(f"load_splits.reward_split={reward_split!r} is {source.name}'s train "
+                    "split: use another split, or None to hold the reward out of train.")
   available = source.count(reward_split)
+  if reward_split == source.test_split and reward_size >= available:
+    raise PurlError(f"{source.name}'s {reward_split} split has {available} examples, too few "
+                    f"for load_splits.reward_size={reward_size} and a test split: lower "
+                    "reward_size.")
   if reward_size > available:
     raise PurlError(f"{source.name}'s {reward_split} split has {available} examples, fewer "
                     f"than load_splits.reward_size={reward_size}: lower reward_size.")
 
 
 def _roles(num_examples, reward_size, test_size, seed):
-  """Role of each example of a split by position: 0 train, 1 reward, 2 test. int8 (N,)."""
+  """Role of each example of a split by position: 0 the rest (train, or test when the
+  reward comes from the test split), 1 reward, 2 test. int8 (N,)."""
   roles = np.full(num_examples, _TRAIN, np.int8)
   chosen = np.random.default_rng(seed).permutation(num_examples)
   roles[chosen[:reward_size]] = _REWARD
@@ -283,18 +321,22 @@ class _Source:
       return cardinality
     return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
 
-  def _read(self, split):
+  def _read(self, split, files_seed=None):
+    """The split's examples, images encoded; None reads the files in order, a seed in an
+    order it fixes, reshuffled on every pass."""
+    config = tfds.ReadConfig(shuffle_seed=files_seed, shuffle_reshuffle_each_iteration=True)
     try:
       return self.builder.as_dataset(
-          split=split, shuffle_files=False,
+          split=split, shuffle_files=files_seed is not None, read_config=config,
           decoders={self.image_key: tfds.decode.SkipDecoding()})
     except Exception as error:  # tfds raises many types for a data set that is not there.
       raise PurlError(f"cannot read split '{split}' of {self.name}: "
                       f"{_first_line(error)}") from error
 
-  def examples(self, split, roles, role):
-    """(encoded image, label) of a split, keeping only examples of `role` (None: all)."""
-    ds = _with_role(self._read(split), roles, role)
+  def examples(self, split, roles, role, files_seed=None):
+    """(encoded image, label) of a split, keeping only examples of `role` (None: all), its
+    files read in order or shuffled by `files_seed`."""
+    ds = _with_role(self._read(split, files_seed), roles, role)
     return ds.map(lambda ex: (ex[self.image_key], ex[self.label_key]))
 
   def decode(self, encoded, label):
@@ -354,8 +396,9 @@ class _FolderSource:
   def count(self, split):
     return len(self._splits[split][0])
 
-  def examples(self, split, roles, role):
-    """(image path, label) of a split, keeping only examples of `role` (None: all)."""
+  def examples(self, split, roles, role, files_seed=None):  # pylint: disable=unused-argument
+    """(image path, label) of a split, keeping only examples of `role` (None: all); the
+    paths are already in a seeded order and are shuffled with the examples."""
     return _with_role(tf.data.Dataset.from_tensor_slices(self._splits[split]), roles, role)
 
   def decode(self, path, label):
