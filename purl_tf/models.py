@@ -248,6 +248,10 @@ def pretrain(model: keras.Model, splits, root_dir: str, epochs: int = 3,
   else:
     if epochs > 0:
       model.fit(splits.train, epochs=epochs, validation_data=splits.reward, verbose=verbose)
+    elif splits.reward_source == "train":
+      print("WARNING: pretrain.epochs = 0 and the reward is held out of the train split: if "
+            "the model was trained on that split, bind load_splits.reward_split to a split "
+            "it never saw (e.g. its test split).", flush=True)
     tf.io.gfile.makedirs(os.path.dirname(path))
     partial = path + ".partial.h5"
     model.save_weights(partial)

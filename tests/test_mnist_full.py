@@ -180,7 +180,9 @@ def test_without_reward_split_the_reward_is_held_out_of_train(synthetic):
 
 
 @pytest.mark.parametrize("bindings, expected", [
-    (dict(reward_split="test"), "'test' is mnist_full's test split"),
+    (dict(reward_split="test", reward_size=SIZES["test"]),
+     f"test split has {SIZES['test']} examples, too few for load_splits.reward_size="
+     f"{SIZES['test']}"),
     (dict(reward_split="train"), "'train' is mnist_full's train split"),
     (dict(reward_split="valid"), "use one of ['test', 'train', 'validation']"),
     (dict(reward_split="validation", reward_size=SIZES["validation"] + 1),

@@ -57,6 +57,15 @@ def test_pretrain_rejects_unknown_optimizer(mnist5k_splits, tmp_path):
   assert not os.path.exists(os.path.join(str(tmp_path), "dense"))
 
 
+def test_pretrain_without_epochs_warns_when_the_reward_is_held_out_of_train(
+    mnist5k_splits, tmp_path, capsys):
+  """Given weights (no pre-training) may have seen the train split the reward comes from."""
+  assert mnist5k_splits.reward_source == "train"
+  model = models.lenet5(mnist5k_splits.image_shape, mnist5k_splits.num_classes)
+  models.pretrain(model, mnist5k_splits, root_dir=str(tmp_path / "given"), epochs=0)
+  assert "bind load_splits.reward_split" in capsys.readouterr().out
+
+
 # --- Builders ------------------------------------------------------------------------------
 
 
