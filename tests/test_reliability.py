@@ -22,28 +22,6 @@ from purl_tf.training import MaskedTrainer
 from conftest import REPO, train_command
 
 
-def outcome(root):
-  """What a run decided: every episode's choices and scores, the best, the final model."""
-  results = json.load(open(os.path.join(root, files.RESULTS)))
-  episodes = json.load(open(os.path.join(root, files.EPISODES)))
-  return {
-      "episodes": [(e["episode"], e["policy"], e["levels"], e["rewards"], e["accuracy"])
-                   for e in episodes],
-      "best": json.load(open(os.path.join(root, files.BEST_ALLOCATION))),
-      "results": {k: results[k] for k in ("pruned_test_accuracy", "dense_test_accuracy",
-                                          "global_sparsity", "allocation", "comparison")},
-      "tflite": {k: v["bytes"] for k, v in results["tflite"].items()},
-  }
-
-
-# Where the run is stopped: a random moment after each marker line, by SIGKILL, SIGTERM,
-# SIGKILL. After "Search over" the first episode is retraining; after "[collect] episode
-# 1" the second episode runs or is being saved; after "[finetune]" fine-tuning or the
-# export runs.
-STOPS = (("Search over", signal.SIGKILL), ("[collect] episode    1", signal.SIGTERM),
-         ("[finetune]", signal.SIGKILL))
-
-
 def test_a_random_search_killed_at_a_random_moment_ends_as_an_uninterrupted_one(data_dir,
                                                                               tmp_path):
   extra = ("train_eval.method = 'random'", "train_eval.export_tflite = False",
@@ -71,41 +49,6 @@ def test_a_random_search_killed_at_a_random_moment_ends_as_an_uninterrupted_one(
                       for e in json.load(open(os.path.join(reference, files.EPISODES)))]
   assert (json.load(open(os.path.join(root, files.BEST_ALLOCATION)))
           == json.load(open(os.path.join(reference, files.BEST_ALLOCATION))))
-
-
-def test_runs_stopped_at_random_moments_end_as_an_uninterrupted_run(finished_run, data_dir,
-                                                                     tmp_path):
-  reference, _ = finished_run  # the same command, never interrupted
-  root = str(tmp_path / "stopped")
-  rng = random.Random(7)
-  resumed_after = []
-  for marker, stop in STOPS + ((None, None),):
-    saved = files.read_json(os.path.join(root, files.EPISODES), [])
-    collected = sum(e["policy"] == search.COLLECT for e in saved)
-    process = subprocess.Popen(train_command(root, data_dir), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    lines = []
-    for line in process.stdout:
-      lines.append(line)
-      if line.startswith("Resuming the search after episode"):
-        resumed_after.append((collected, int(line.split("episode ")[1].split("/")[0])))
-      if marker and line.startswith(marker):
-        time.sleep(rng.uniform(0.0, 1.5))
-        process.send_signal(stop)
-        break
-    output = "".join(lines) + process.communicate(timeout=600)[0]
-    if stop == signal.SIGTERM:  # stops at the next step boundary and says how to go on
-      assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
-      assert "rerun the same command to resume" in output
-    elif stop == signal.SIGKILL:
-      assert process.returncode == -signal.SIGKILL, output[-3000:]
-    else:
-      assert process.returncode == 0, output[-3000:]
-  # Each restart went on after the last episode saved before the stop (or the one after
-  # it, when a kill fell between the checkpoint and episodes.json).
-  assert resumed_after and all(n in (saved, saved + 1) for saved, n in resumed_after)
-  assert outcome(root) == outcome(reference)
-  assert not glob.glob(os.path.join(root, "**", "*.partial*"), recursive=True)
 
 
 @pytest.fixture
