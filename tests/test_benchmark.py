@@ -90,7 +90,8 @@ def test_cell_record_reads_results_and_episodes():
       "reward_accuracy": pytest.approx(0.95),
       "search_reward_accuracy": pytest.approx(0.955),
       "rescored_reward_accuracy": pytest.approx(0.953), "episodes": 3,
-      "episodes_to_within": 2, "best_so_far": [0.9, 0.95, 0.951], "train_steps": 2162, "method_seconds": 110.0,
+      "episodes_to_within": 2, "best_so_far": [0.9, 0.95, 0.951], "train_steps": 2162,
+      "method_seconds": 110.0,
       "wall_seconds": 321.0, "allocation": {layer: 0.95 for layer in LAYERS},
       "warnings": []}
   # One-shot methods have no episodes-to-best even if given episodes; older results
