@@ -3,8 +3,8 @@
 The fine-tune starts from the network a search measured for its chosen allocation (its
 masks and retrained weights, `start_state`), or, for a one-shot method, from the allocation
 applied to the dense weights (masks by magnitude, layer by layer); the network is trained
-for a gin-set budget under the run's tf.distribute strategy (cosine-decayed SGD), and the pruned model
-is saved without wrappers. Progress (weights, optimizer, steps done and restarts) is
+for a gin-set budget under the run's tf.distribute strategy (cosine-decayed SGD), and the
+pruned model is saved without wrappers. Progress (weights, optimizer, steps done and restarts) is
 checkpointed after every epoch in root_dir/finetune, so a rerun continues from the last
 finished epoch on the batches an uninterrupted run would have seen.
 """
