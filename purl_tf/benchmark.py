@@ -138,10 +138,6 @@ class Plan:
     varied = self.variant if method in SEARCHES else ""
     return os.path.join(self.root_dir, varied, f"target{target}", f"seed{seed}", method)
 
-  def dense_dir(self, seed: int) -> str:
-    """The cell whose pre-trained dense model every cell of the seed starts from."""
-    return self.run_dir(self.targets[0], seed, METHOD_ORDER[0])
-
   def bindings(self, target, seed, method: str = SEARCHES[0]) -> List[str]:
     """The gin bindings of the method's cell at (target, seed), in order."""
     mock = (*MOCK_BINDINGS, *self.suite.mock_bindings) if self.mock else ()

@@ -264,7 +264,6 @@ def test_plan_lays_out_the_cells_with_honest_seeds(tmp_path):
   assert len(cells) == 2 * 2 * len(benchmark.METHOD_ORDER)
   assert cells[0] == (0, 0.95, "purl") and cells[-1] == (2, 0.98, "gradual")
   assert [c[0] for c in cells] == sorted(c[0] for c in cells)  # seed by seed
-  assert plan.dense_dir(2) == plan.run_dir(0.95, 2, "purl")  # the seed's first cell
   for seed in plan.seeds:
     for target in plan.targets:
       bindings = plan.bindings(target, seed)
@@ -292,7 +291,6 @@ def test_quick_keeps_the_first_seed_and_the_highest_target(tmp_path):
     assert [c[:2] for c in plan.cells()] == [(3, highest)] * len(benchmark.METHOD_ORDER)
     assert plan.run_dir(highest, 3, "purl") == str(tmp_path / suite / f"target{highest}"
                                                    / "seed3" / "purl")
-    assert plan.dense_dir(3) == plan.run_dir(highest, 3, "purl")
     assert bound(plan.bindings(highest, 3), "load_splits.shuffle_seed") == "3"
 
 
