@@ -58,6 +58,7 @@ def summary(root_dir: str, result: RunResult) -> str:
       *([f"TFLite                {os.path.join(root_dir, files.TFLITE_DIR)}/*.tflite",
          "", export.table(result.tflite)] if result.tflite else []),
       f"TensorBoard           tensorboard --logdir {root_dir}",
+      *[f"WARNING               {line}" for line in result.warnings],
   ])
 
 

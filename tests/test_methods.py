@@ -11,12 +11,12 @@ import purl_tf  # noqa: F401
 import gin
 import tf_keras as keras
 
-from purl_tf import files, gradual, pipeline, search
+from purl_tf import files, gradual, pipeline, search, train
 from purl_tf.env import SPARSITY_LEVELS
 from purl_tf.errors import PurlError
 from purl_tf.results import RunResult
 
-from conftest import QUICKSTART
+from conftest import QUICKSTART, load_tool
 
 LAYERS = ("conv1", "conv2", "fc1", "predictions")
 RESCORE_STEPS = 3
@@ -184,3 +184,7 @@ def test_a_run_at_chance_says_so_while_it_searches_and_in_its_results(
   assert on_disk["warnings"] == result.warnings
   assert any(line.startswith("the pruned model is near chance") for line in result.warnings)
   assert f"WARNING: {result.warnings[0]}" in printed
+  # The summary closing the run and the report repeat it.
+  assert f"WARNING               {result.warnings[0]}" in train.summary(root, result)
+  with open(load_tool("report").write_report(root), encoding="utf-8") as report:
+    assert f"**Warning:** {result.warnings[0]}" in report.read()

@@ -62,6 +62,8 @@ def write_report(root_dir: str) -> str:
         f"Global sparsity {results['global_sparsity']:.4f}; search "
         f"{results['search_seconds']:.0f} s over {results['search_episodes']} episodes, "
         f"fine-tune {results['finetune_seconds']:.0f} s.", ""]
+    lines += [f"**Warning:** {line}" for line in results.get("warnings", [])]
+    lines += [""] if results.get("warnings") else []
   else:
     lines += ["The run has not finished: only the search so far is shown.", ""]
 
