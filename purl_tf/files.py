@@ -28,10 +28,15 @@ TENSORBOARD_DIRS = ("train", "eval")  # collect / greedy episodes
 
 def write_json(path: str, value) -> str:
   """Writes `value` as indented JSON to a temporary file beside `path`, then renames it."""
+  return write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path: str, text: str) -> str:
+  """Writes `text` to a temporary file beside `path`, then renames it."""
   tf.io.gfile.makedirs(os.path.dirname(os.path.abspath(path)))
   partial = path + ".partial"
   with tf.io.gfile.GFile(partial, "w") as handle:
-    handle.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    handle.write(text)
   tf.io.gfile.rename(partial, path, overwrite=True)
   return path
 

@@ -11,10 +11,10 @@ Its `learner` says what chooses the levels:
   'random'  random search: tf-agents' RandomPyPolicy, not trained, for as many evaluated
             episodes as the DQN search would run (collect plus greedy).
 
-After every episode the search record (every episode's allocation and scores, the best so
-far, the position in the train stream) is checkpointed with the agent and its replay
-buffer in root_dir/search/checkpoints; a rerun with the same root_dir resumes after the
-last finished episode and repeats what an uninterrupted search would have done: every
+After an episode, every `checkpoint_seconds`, the search record (every episode's
+allocation and scores, the best so far, the position in the train stream) is checkpointed
+with the agent and its replay buffer in root_dir/search/checkpoints; a rerun with the same
+root_dir resumes after the last checkpointed episode and repeats what an uninterrupted search would have done: every
 random draw of an episode is seeded by (seed, episode), and the train stream continues at
 its checkpointed position. A finished search is not redone.
 """
@@ -119,11 +119,16 @@ class SearchResult:
 
 
 class _Record:
-  """The search's progress, checkpointed as a JSON string variable."""
+  """The search's progress, checkpointed in two string variables: each episode's JSON
+  (serialised once, when it is added: a save costs no more as the search grows) and the
+  rest of the state as one JSON object."""
 
   def __init__(self):
     self.variable = tf.Variable("", dtype=tf.string, trainable=False, name="search_record")
+    self.episode_texts = tf.Variable(tf.zeros([0], tf.string), shape=tf.TensorShape([None]),
+                                     trainable=False, name="search_episodes")
     self.episodes: List[Episode] = []
+    self._texts: List[str] = []  # JSON of each episode
     self.best: Optional[Episode] = None
     self.collected = 0  # collect (or random) episodes finished
     self.seconds = 0.0
@@ -132,9 +137,17 @@ class _Record:
     self.phase_seconds = {"agent": 0.0, "checkpoint": 0.0, "summaries": 0.0}
     self.candidates: List[int] = []  # indices into episodes, best first (files saved)
 
+  def add(self, episode: Episode):
+    self.episodes.append(episode)
+    self._texts.append(json.dumps(dataclasses.asdict(episode), sort_keys=True))
+
+  def episodes_json(self) -> str:
+    """The episodes as a JSON list, one episode per line."""
+    return "[\n" + ",\n".join(self._texts) + "\n]\n"
+
   def store(self):
+    self.episode_texts.assign(tf.constant(self._texts, tf.string, shape=[len(self._texts)]))
     self.variable.assign(json.dumps({
-        "episodes": [dataclasses.asdict(e) for e in self.episodes],
         "best": dataclasses.asdict(self.best) if self.best else None,
         "collected": self.collected, "seconds": self.seconds,
         "failed_steps": self.failed_steps, "train_position": self.train_position,
@@ -145,7 +158,8 @@ class _Record:
     if not text:
       return
     state = json.loads(text)
-    self.episodes = [Episode(**e) for e in state["episodes"]]
+    self._texts = [t.decode() for t in self.episode_texts.numpy()]
+    self.episodes = [Episode(**json.loads(t)) for t in self._texts]
     self.best = Episode(**state["best"]) if state["best"] else None
     for name in ("collected", "seconds", "failed_steps", "train_position", "phase_seconds",
                  "candidates"):
@@ -184,6 +198,10 @@ class SearchRunner:
       is the allocation the run keeps, and its network is what the fine-tune starts from.
       (The best of many noisy estimates is biased upwards; a fresh, longer-trained
       measurement of a few candidates is not chosen among so many.)
+    checkpoint_seconds: checkpoint after an episode when this many seconds have passed
+      since the last checkpoint (and always after the last episode, and before stopping
+      on SIGINT/SIGTERM at an episode boundary). A kill loses at most this much finished
+      work besides the episode it interrupts; 0 checkpoints after every episode.
     seed: seeds every random draw of an episode with (seed, episode).
   """
 
@@ -192,7 +210,7 @@ class SearchRunner:
                agent_updates_per_episode: Optional[int] = None, batch_size: int = 64,
                best_criterion: str = "accuracy_at_target", log_every: int = 1,
                initial_policy: Optional[str] = None, candidates: int = 3,
-               rescore_steps: int = 50, seed: int = 0):
+               rescore_steps: int = 50, checkpoint_seconds: float = 10.0, seed: int = 0):
     if learner not in LEARNERS:
       raise PurlError(f"search learner {learner!r} is unknown: use one of {LEARNERS}.")
     if best_criterion not in CRITERIA:
@@ -201,9 +219,10 @@ class SearchRunner:
     if num_episodes < 1 or eval_interval < 1:
       raise PurlError("SearchRunner.num_episodes and SearchRunner.eval_interval must be at "
                       "least 1.")
-    if candidates < 1 or rescore_steps < 0:
-      raise PurlError(f"SearchRunner.candidates={candidates} must be at least 1 and "
-                      f"SearchRunner.rescore_steps={rescore_steps} not negative.")
+    if candidates < 1 or rescore_steps < 0 or checkpoint_seconds < 0:
+      raise PurlError(f"SearchRunner.candidates={candidates} must be at least 1, and "
+                      f"SearchRunner.rescore_steps={rescore_steps} and "
+                      f"SearchRunner.checkpoint_seconds={checkpoint_seconds} not negative.")
     if initial_policy and learner != DQN:
       raise PurlError("SearchRunner.initial_policy needs the DQN learner (method 'purl' or "
                       "'episodic').")
@@ -213,6 +232,7 @@ class SearchRunner:
     self.batch_size, self.criterion, self.log_every = batch_size, best_criterion, log_every
     self.initial_policy = initial_policy
     self.candidates, self.rescore_steps = candidates, rescore_steps
+    self.checkpoint_seconds = float(checkpoint_seconds)
     # Episodes of the collecting (or random) policy, and all episodes evaluated.
     evaluated = evaluated_episodes(num_episodes, eval_interval)
     self.planned = num_episodes if learner == DQN else evaluated
@@ -228,36 +248,61 @@ class SearchRunner:
   def run(self) -> SearchResult:
     """Runs the search to its end, resuming from root_dir's newest checkpoint."""
     self._setup()
-    record = self.record
     if not self._restore() and self.initial_policy:
       _load_policy(self.agent, self.initial_policy)
-    if self.initial_policy and not record.episodes:
-      first = self._episode(GREEDY)
-      with self._phase("summaries"):
-        self._keep(first)
-    while record.collected < self.planned:
-      started = time.time()
-      result = self._episode(COLLECT if self.learner == DQN else RANDOM)
+    try:
+      kind = self._next_kind()
+      while kind:
+        self._run_episode(kind)
+        kind = self._next_kind()
+    except interrupt.Interrupted:
+      # An episode changes the agent, the replay buffer and the record only once it has
+      # ended, so what is in memory now is the last finished episode's state.
+      if self._unsaved:
+        self._save()
+        self.checkpoint.sync()
+      raise
+    return self._finish()
+
+  def _next_kind(self) -> Optional[str]:
+    """The policy of the next episode (COLLECT, GREEDY, RANDOM); None once the search is
+    over. The DQN's greedy policy runs first (with an initial policy), after every
+    `eval_interval` collect episodes and after the last."""
+    record = self.record
+    last = record.episodes[-1] if record.episodes else None
+    if self.learner == DQN and record.collected and (
+        record.collected % self.eval_interval == 0 or record.collected == self.planned):
+      if last.policy != GREEDY:
+        return GREEDY
+    elif self.initial_policy and last is None:
+      return GREEDY
+    if record.collected < self.planned:
+      return COLLECT if self.learner == DQN else RANDOM
+    return None
+
+  def _run_episode(self, kind: str):
+    """One episode; then the agent's updates (after a collect episode), the record, the
+    summaries and, when due, the checkpoint."""
+    record = self.record
+    started = time.time()
+    result = self._episode(kind)
+    loss = None
+    if kind != GREEDY:
       record.collected += 1
       with self._phase("agent"):
         loss = self._train_agent() if self.learner == DQN else None
-      with self._phase("summaries"):
-        self._keep(result, loss)
-      greedy = None
-      if self.learner == DQN and (record.collected % self.eval_interval == 0
-                                  or record.collected == self.planned):
-        greedy = self._episode(GREEDY)
-        with self._phase("summaries"):
-          self._keep(greedy)
-      if greedy or record.collected == self.planned:
-        with self._phase("summaries"):
-          self._chart_best()
-      record.seconds += time.time() - started
+    with self._phase("summaries"):
+      self._keep(result, loss)
+      if kind == GREEDY or record.collected == self.planned:
+        self._chart_best()
+    record.seconds += time.time() - started
+    record.failed_steps = self.env.failed_steps
+    record.train_position = self.env.train_position
+    self._unsaved = True
+    if (time.time() - self._saved_at >= self.checkpoint_seconds
+        or self._next_kind() is None):
       self._save()
-      self._progress(result)
-      if greedy:
-        self._progress(greedy)
-    return self._finish()
+    self._progress(result)
 
   @contextlib.contextmanager
   def _phase(self, name: str):
@@ -270,7 +315,8 @@ class SearchRunner:
     """The agent (DQN), its replay buffer, policies and checkpoint, and the writers."""
     env = self.env
     self.record = _Record()
-    tracked = {"record": self.record.variable}
+    tracked = {"record": self.record.variable,
+               "episodes_record": self.record.episode_texts}
     if self.learner == DQN:
       self.agent, self.epsilon = agent_lib.make_agent(
           env.time_step_spec(), env.action_spec(), num_episodes=self.num_episodes,
@@ -280,10 +326,12 @@ class SearchRunner:
       self.sampler = agent_lib.ReplaySampler(self.replay, self.batch_size,
                                              self.agent.train_sequence_length)
       self.train_many = tf.function(self._train_many, autograph=False)  # as tf-agents' own
-      def add_batch(items):  # compiled: eager, its writes cost several ms a step
-        self.replay.add_batch(items)  # (an op, which a tf.function cannot return)
+      def add_episode(trajectories):  # compiled: eager, each write costs several ms
+        for step in range(self.env.num_layers):  # (an op: a tf.function cannot return it)
+          self.replay.add_batch(tf.nest.map_structure(lambda t, i=step: t[i:i + 1],
+                                                      trajectories))
 
-      self.add_batch = common.function(add_batch)
+      self.add_episode = common.function(add_episode)
       greedy = py_tf_eager_policy.PyTFEagerPolicy(self.agent.policy, use_tf_function=True)
       self.policies = {GREEDY: greedy,
                        COLLECT: agent_lib.EpsilonGreedyPyPolicy(greedy, self.epsilon.value)}
@@ -302,8 +350,10 @@ class SearchRunner:
                       for kind in files.TENSORBOARD_DIRS}
     self._chart_due = False
     self._first_observation = None
-    self._dropped: List[str] = []  # candidate files to delete once a checkpoint forgets them
+    self._dropped: List[str] = []  # candidate files no longer among the best
+    self._forgotten: List[str] = []  # ... and not named by the last checkpoint either
     self._warned_chance = False
+    self._saved_at, self._unsaved = time.time(), False
 
   def _restore(self) -> bool:
     """Continues from the newest readable checkpoint; False when there is none."""
@@ -325,17 +375,16 @@ class SearchRunner:
       self.policies[COLLECT].reseed(seed)
     return self.policies[kind]
 
-  def _add_to_replay(self, trajectory):
-    self.add_batch(nest_utils.batch_nested_array(trajectory))
-
   def _episode(self, kind: str) -> Episode:
     """One episode of the COLLECT, GREEDY or RANDOM policy."""
     start = time.time()
     interrupt.check()
     first = self.env.reset()
-    observers = [self._add_to_replay] if kind == COLLECT else []
-    py_driver.PyDriver(self.env, self._policy(kind), observers, max_episodes=1,
+    trajectories = []  # added to the replay buffer once the episode is whole
+    py_driver.PyDriver(self.env, self._policy(kind), [trajectories.append], max_episodes=1,
                        end_episode_on_boundary=False).run(first)
+    if kind == COLLECT:
+      self.add_episode(nest_utils.stack_nested_arrays(trajectories))
     steps = self.env.episode
     self._first_observation = first.observation
     return Episode(
@@ -371,7 +420,7 @@ class SearchRunner:
   def _keep(self, result: Episode, loss: Optional[float] = None):
     """Records an episode, updates the best, and writes its TensorBoard summaries."""
     record = self.record
-    record.episodes.append(result)
+    record.add(result)
     if is_better(result, record.best, self.env.target, self.criterion):
       record.best = result
       self._chart_due = True
@@ -461,25 +510,21 @@ class SearchRunner:
   def _save(self):
     """Checkpoints everything after an episode, then rewrites episodes.json."""
     record = self.record
-    record.failed_steps = self.env.failed_steps
-    record.train_position = self.env.train_position
     record.store()
     saving = time.time()
-    if self._dropped:
-      self.checkpoint.sync()  # the last checkpoint is whole: files it forgot can go
-      for path in self._dropped:
-        if tf.io.gfile.exists(path):
-          tf.io.gfile.remove(path)
-      self._dropped = []
+    if self._forgotten:
+      self.checkpoint.sync()  # the last checkpoint, which no longer names them, is whole
+      _remove(self._forgotten)
+    self._forgotten, self._dropped = self._dropped, []
     # Written in the background; a kill mid-write leaves a checkpoint that restore_latest
     # skips for the one before.
     self.manager.save(checkpoint_number=record.collected,
                       options=tf.train.CheckpointOptions(enable_async=True))
-    files.write_json(os.path.join(self.root_dir, files.EPISODES),
-                     [dataclasses.asdict(e) for e in record.episodes])
+    files.write_text(os.path.join(self.root_dir, files.EPISODES), record.episodes_json())
     saved = time.time() - saving  # stored with the next episode's checkpoint
     record.seconds += saved
     record.phase_seconds["checkpoint"] += saved
+    self._saved_at, self._unsaved = time.time(), False
 
   def _warn_if_all_near_chance(self):
     """Says once, while the search runs, when every episode so far ended near chance."""
@@ -515,6 +560,7 @@ class SearchRunner:
   def _finish(self) -> SearchResult:
     """Saves the greedy policy (DQN); the search's result."""
     self.checkpoint.sync()  # the last checkpoint written
+    _remove(self._forgotten)
     if self.learner == DQN:
       policy_saver.PolicySaver(self.agent.policy, batch_size=None).save(
           os.path.join(self.root_dir, files.POLICY_DIR))
@@ -535,6 +581,12 @@ def _write_summaries(step, scalars, layer_sparsities):
   for tag, value in scalars.items():
     tf.summary.scalar(tag, value, step=step)
   tf.summary.histogram("episode/layer_sparsity", layer_sparsities, step=step)
+
+
+def _remove(paths: List[str]):
+  for path in paths:
+    if tf.io.gfile.exists(path):
+      tf.io.gfile.remove(path)
 
 
 def _load_policy(agent, path: str):

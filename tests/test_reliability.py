@@ -25,7 +25,7 @@ from conftest import REPO, train_command
 def test_a_random_search_killed_at_a_random_moment_ends_as_an_uninterrupted_one(data_dir,
                                                                               tmp_path):
   extra = ("train_eval.method = 'random'", "train_eval.export_tflite = False",
-           "finetune.epochs = 0.1")
+           "finetune.epochs = 0.1", "SearchRunner.checkpoint_seconds = 0")
   reference, root = str(tmp_path / "reference"), str(tmp_path / "stopped")
   done = subprocess.run(train_command(reference, data_dir, *extra), capture_output=True,
                         text=True, cwd=REPO, timeout=600)
@@ -110,14 +110,15 @@ def test_a_corrupt_checkpoint_falls_back_to_the_one_before(lenet, tmp_path, caps
   trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
   env = PruningEnv(controller, trainer, splits.train_stream, splits.reward, retrain_steps=1)
   root = str(tmp_path)
-  search.SearchRunner(env, root, num_episodes=2, eval_interval=5, log_every=100).run()
+  search.SearchRunner(env, root, num_episodes=2, eval_interval=5, log_every=100,
+                      checkpoint_seconds=0).run()
   newest = sorted(glob.glob(os.path.join(root, files.SEARCH_CHECKPOINTS, "ckpt-2.data*")))
   for path in newest:
     with open(path, "r+b") as handle:
       handle.truncate(16)
   capsys.readouterr()
   result = search.SearchRunner(env, root, num_episodes=3, eval_interval=5,
-                               log_every=100).run()
+                               log_every=100, checkpoint_seconds=0).run()
   output = capsys.readouterr().out
   assert "skipped unreadable checkpoint(s) ckpt-2" in output
   assert "Resuming the search after episode 1/3" in output

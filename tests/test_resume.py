@@ -43,6 +43,7 @@ def test_runs_stopped_at_random_moments_end_as_an_uninterrupted_run(finished_run
   root = str(tmp_path / "stopped")
   rng = random.Random(7)
   resumed_after = []
+  previous_stop = None
   for marker, stop in STOPS + ((None, None),):
     saved = files.read_json(os.path.join(root, files.EPISODES), [])
     collected = sum(e["policy"] == search.COLLECT for e in saved)
@@ -58,6 +59,9 @@ def test_runs_stopped_at_random_moments_end_as_an_uninterrupted_run(finished_run
         process.send_signal(stop)
         break
     output = "".join(lines) + process.communicate(timeout=600)[0]
+    if previous_stop == signal.SIGTERM:  # it checkpointed the episodes it had finished
+      assert "Resuming the search after episode" in output, output[-3000:]
+    previous_stop = stop
     if stop == signal.SIGTERM:  # stops at the next step boundary and says how to go on
       assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
       assert "rerun the same command to resume" in output
