@@ -138,6 +138,21 @@ class EpsilonGreedyPyPolicy(py_policy.PyPolicy):
     return policy.action(time_step, policy_state)
 
 
+class AgreedPyPolicy(py_policy.PyPolicy):
+  """The wrapped policy, its actions replaced by `agree(action)`: the chief's, on every
+  worker of a multi-worker search (distribute.Lockstep.agree)."""
+
+  def __init__(self, policy: py_policy.PyPolicy, agree: Callable[[np.ndarray], np.ndarray]):
+    super().__init__(policy.time_step_spec, policy.action_spec, policy.policy_state_spec,
+                     policy.info_spec)
+    self._policy, self._agree = policy, agree
+
+  def _action(self, time_step, policy_state):
+    step = self._policy.action(time_step, policy_state)
+    action = np.asarray(step.action)
+    return step._replace(action=self._agree(action).astype(action.dtype))
+
+
 class ReplaySampler:
   """Uniform (batch_size, num_steps) samples of a replay buffer's trajectories, drawn with a
   NumPy generator (tf-agents' sampler draws from TensorFlow's global seed).

@@ -1,7 +1,9 @@
-"""Choosing the tf.distribute strategy that retraining, evaluation and fine-tuning run under."""
+"""The tf.distribute strategy that retraining, evaluation and fine-tuning run under, the
+run folder of each worker, and the decisions workers take in lockstep."""
 import os
 
 import gin
+import numpy as np
 import tensorflow as tf
 
 from purl_tf.errors import PurlError
@@ -61,6 +63,58 @@ def run_dir(root_dir: str, strategy: tf.distribute.Strategy) -> str:
     return root_dir
   resolver = strategy.cluster_resolver
   return os.path.join(root_dir, "workers", f"{resolver.task_type}_{resolver.task_id}")
+
+
+def chief_dir(run_dir_of_worker: str, strategy: tf.distribute.Strategy) -> str:
+  """The chief's run folder, seen from this worker's `run_dir` (the inverse of run_dir)."""
+  if is_chief(strategy):
+    return run_dir_of_worker
+  return os.path.dirname(os.path.dirname(run_dir_of_worker))
+
+
+class Lockstep:
+  """Decisions every worker of a multi-worker strategy must take alike, taken once.
+
+  Each worker runs the same program; whatever could differ between them (an exploration
+  draw, a Q-network trained with nondeterministic ops, a timer, a signal received by one
+  process) is passed through `agree` or `any`, collectives over all workers' replicas.
+  Call them at the same points on every worker. With one worker both return their input.
+  """
+
+  def __init__(self, strategy: tf.distribute.Strategy):
+    self.strategy = strategy
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver and resolver.task_type else {}
+    self.workers = sum(len(spec.get(kind, ())) for kind in ("chief", "worker")) or 1
+    self._sums = {}  # chief_only -> compiled all-reduce
+
+  @property
+  def active(self) -> bool:
+    return self.workers > 1
+
+  def _sum(self, values: np.ndarray, chief_only: bool) -> np.ndarray:
+    """float64 sum over every replica of `values` (only global replica 0's: the chief's,
+    when chief_only)."""
+    if chief_only not in self._sums:
+      def contribution(local):
+        if not chief_only:
+          return tf.identity(local)
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return local * tf.cast(tf.equal(replica, 0), tf.float64)
+
+      self._sums[chief_only] = tf.function(lambda local: self.strategy.reduce(
+          tf.distribute.ReduceOp.SUM, self.strategy.run(contribution, args=(local,)),
+          axis=None), autograph=False)
+    return self._sums[chief_only](tf.constant(values, tf.float64)).numpy()
+
+  def agree(self, values) -> np.ndarray:
+    """The chief's `values` (numbers of any shape, exact up to 2**53), on every worker."""
+    values = np.asarray(values, np.float64)
+    return self._sum(values, chief_only=True) if self.active else values
+
+  def any(self, flag: bool) -> bool:
+    """Whether `flag` is true on any worker."""
+    return bool(self._sum(np.float64(flag), chief_only=False) > 0) if self.active else flag
 
 
 def split_cpu(count: int):

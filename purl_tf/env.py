@@ -267,6 +267,10 @@ class PruningEnv(py_environment.PyEnvironment):
     """Classes of the network's output (chance accuracy is 1 / num_classes)."""
     return int(self.controller.model.outputs[0].shape[-1])
 
+  def mask_digest(self) -> np.ndarray:
+    """Per layer, the kept weights and a checksum of their positions (controller's)."""
+    return self.controller.mask_digest()
+
   def save_network(self, path: str):
     """Writes the network as it is now (masks and weights) to `path` (.npz)."""
     self.controller.save_state(path)

@@ -19,7 +19,7 @@ import dataclasses
 import time
 from typing import Optional
 
-from purl_tf import pruning, rewards, search
+from purl_tf import distribute, pruning, rewards, search
 from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 
@@ -60,8 +60,10 @@ class Choice:
   start_state: Optional[str] = None  # the network the search measured (.npz), to fine-tune
 
 
-def choose(method: str, env: PruningEnv, root_dir: str, seed: int) -> Choice:
-  """Runs (or resumes) `method`'s choice of an allocation at the environment's target.
+def choose(method: str, env: PruningEnv, root_dir: str, seed: int,
+           lockstep: Optional[distribute.Lockstep] = None) -> Choice:
+  """Runs (or resumes) `method`'s choice of an allocation at the environment's target
+  (a search in lockstep with the other workers when `lockstep` is given).
 
   Leaves the controller reset to the dense state.
   """
@@ -75,7 +77,7 @@ def choose(method: str, env: PruningEnv, root_dir: str, seed: int) -> Choice:
     controller.reset()
     return Choice(allocation, seconds=time.time() - started)
   runner = search.SearchRunner(env, root_dir, learner=SEARCHED.get(method, search.DQN),
-                               seed=seed)
+                               seed=seed, lockstep=lockstep)
   if method == GRADUAL:
     return Choice(None, retrain_steps=runner.planned_retrain_steps)
   found = runner.run()

@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 import gin
 import tensorflow as tf
 
-from purl_tf import (compare, data, distribute, export, files, finetune, gradual, methods,
-                     models, pruning)
+from purl_tf import (compare, data, distribute, export, files, finetune, gradual, interrupt,
+                     methods, models, pruning)
 from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 from purl_tf.results import RunResult, doubts, reached_target
@@ -101,6 +101,8 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
     raise PurlError(f"train_eval.target_sparsity={target_sparsity} is outside (0, 1): bind "
                     "it to a fraction such as 0.9.")
   strategy = distribute.make_strategy()  # first: multi-worker must start before other ops
+  lockstep = distribute.Lockstep(strategy)
+  interrupt.share(lockstep.any if lockstep.active else None)  # a stop is the cluster's
   root_dir = distribute.run_dir(os.path.abspath(os.path.expanduser(root_dir)), strategy)
   claim(root_dir, gin.config_str(), overwrite)
   results_path = os.path.join(root_dir, files.RESULTS)
@@ -113,7 +115,7 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
     tf.config.experimental.enable_op_determinism()
   parts = build(root_dir, model_builder, target_sparsity, seed, strategy,
                 methods.reward_fn(method))
-  choice = methods.choose(method, parts.env, root_dir, seed)
+  choice = methods.choose(method, parts.env, root_dir, seed, lockstep)
   if choice.allocation is None:  # gradual: prunes while it trains
     tuned = _gradual(parts, model_builder, root_dir, target_sparsity, choice, seed)
   else:

@@ -26,13 +26,14 @@ import time
 from typing import List, Optional
 
 import gin
+import numpy as np
 import tensorflow as tf
 from tf_agents.drivers import py_driver
 from tf_agents.policies import policy_saver, py_tf_eager_policy
 from tf_agents.utils import common, nest_utils
 
 from purl_tf import agent as agent_lib
-from purl_tf import files, interrupt, plots, rewards
+from purl_tf import distribute, files, interrupt, plots, rewards
 from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 from purl_tf.results import NEAR_CHANCE_SHARE, reached_target, retained_share
@@ -172,7 +173,7 @@ def evaluated_episodes(num_episodes: int, eval_interval: int) -> int:
   return num_episodes + -(-num_episodes // eval_interval)
 
 
-@gin.configurable(denylist=["env", "root_dir", "learner", "seed"])
+@gin.configurable(denylist=["env", "root_dir", "learner", "seed", "lockstep"])
 class SearchRunner:
   """Runs (or resumes) the search of one run folder; `run()` returns its SearchResult.
 
@@ -203,6 +204,10 @@ class SearchRunner:
       on SIGINT/SIGTERM at an episode boundary). A kill loses at most this much finished
       work besides the episode it interrupts; 0 checkpoints after every episode.
     seed: seeds every random draw of an episode with (seed, episode).
+    lockstep: in a multi-worker run, the distribute.Lockstep of its strategy: every
+      worker takes the chief's actions, checkpoints when the chief does and resumes from
+      the chief's checkpoint (root_dir is then this worker's run_dir), and the search
+      stops with an error when the workers' masks differ after an episode.
   """
 
   def __init__(self, env: PruningEnv, root_dir: str, learner: str = DQN,
@@ -210,7 +215,8 @@ class SearchRunner:
                agent_updates_per_episode: Optional[int] = None, batch_size: int = 64,
                best_criterion: str = "accuracy_at_target", log_every: int = 1,
                initial_policy: Optional[str] = None, candidates: int = 3,
-               rescore_steps: int = 50, checkpoint_seconds: float = 10.0, seed: int = 0):
+               rescore_steps: int = 50, checkpoint_seconds: float = 10.0, seed: int = 0,
+               lockstep: Optional[distribute.Lockstep] = None):
     if learner not in LEARNERS:
       raise PurlError(f"search learner {learner!r} is unknown: use one of {LEARNERS}.")
     if best_criterion not in CRITERIA:
@@ -233,6 +239,7 @@ class SearchRunner:
     self.initial_policy = initial_policy
     self.candidates, self.rescore_steps = candidates, rescore_steps
     self.checkpoint_seconds = float(checkpoint_seconds)
+    self.lockstep = lockstep if lockstep and lockstep.active else None
     # Episodes of the collecting (or random) policy, and all episodes evaluated.
     evaluated = evaluated_episodes(num_episodes, eval_interval)
     self.planned = num_episodes if learner == DQN else evaluated
@@ -299,8 +306,11 @@ class SearchRunner:
     record.failed_steps = self.env.failed_steps
     record.train_position = self.env.train_position
     self._unsaved = True
-    if (time.time() - self._saved_at >= self.checkpoint_seconds
-        or self._next_kind() is None):
+    due = (time.time() - self._saved_at >= self.checkpoint_seconds
+           or self._next_kind() is None)
+    if self.lockstep:  # the chief's clock decides
+      due = bool(self.lockstep.agree(due))
+    if due:
       self._save()
     self._progress(result)
 
@@ -357,7 +367,12 @@ class SearchRunner:
 
   def _restore(self) -> bool:
     """Continues from the newest readable checkpoint; False when there is none."""
-    restored = files.restore_latest(self.checkpoint, self.manager, validate=self.record.load)
+    manager = self.manager
+    if self.lockstep:  # every worker resumes from the chief's state
+      chief = distribute.chief_dir(self.root_dir, self.lockstep.strategy)
+      manager = tf.train.CheckpointManager(
+          self.checkpoint, os.path.join(chief, files.SEARCH_CHECKPOINTS), max_to_keep=2)
+    restored = files.restore_latest(self.checkpoint, manager, validate=self.record.load)
     self.env.failed_steps = self.record.failed_steps
     self.env.seek(self.record.train_position)
     if self.record.collected:
@@ -381,8 +396,12 @@ class SearchRunner:
     interrupt.check()
     first = self.env.reset()
     trajectories = []  # added to the replay buffer once the episode is whole
-    py_driver.PyDriver(self.env, self._policy(kind), [trajectories.append], max_episodes=1,
+    policy = self._policy(kind)
+    if self.lockstep:
+      policy = agent_lib.AgreedPyPolicy(policy, self.lockstep.agree)
+    py_driver.PyDriver(self.env, policy, [trajectories.append], max_episodes=1,
                        end_episode_on_boundary=False).run(first)
+    self._check_masks()
     if kind == COLLECT:
       self.add_episode(nest_utils.stack_nested_arrays(trajectories))
     steps = self.env.episode
@@ -397,6 +416,17 @@ class SearchRunner:
         retrain_seconds=sum(s.retrain_seconds for s in steps),
         measure_seconds=sum(s.measure_seconds for s in steps),
         mask_seconds=sum(s.mask_seconds for s in steps))
+
+  def _check_masks(self):
+    """Multi-worker: raises PurlError on every worker when any worker's masks differ from
+    the chief's."""
+    if not self.lockstep:
+      return
+    local = self.env.mask_digest()
+    if self.lockstep.any(not np.array_equal(local, self.lockstep.agree(local))):
+      raise PurlError(f"the workers' masks differ after episode {self.record.collected}: "
+                      "the workers drifted apart. Check that every worker runs the same "
+                      "config and code, and rerun to resume from the chief's checkpoint.")
 
   def _train_agent(self) -> Optional[float]:
     """DQN updates on the replay buffer; their mean loss (None: too few transitions yet)."""
@@ -464,7 +494,10 @@ class SearchRunner:
     scored = []
     for index in record.candidates:
       path = self._candidate_file(index)
-      if not tf.io.gfile.exists(path):
+      missing = not tf.io.gfile.exists(path)
+      if self.lockstep:  # all workers re-score the same candidates
+        missing = self.lockstep.any(missing)
+      if missing:
         print(f"WARNING: the network of candidate episode {index} is missing ({path}); "
               "it is not re-scored.", flush=True)
         continue

@@ -58,6 +58,7 @@ class PruningController:
     self._step_mask = self._step_threshold = self._step_layer = None
     self._writers = {}  # layer -> its compiled _write
     self._kept_at_step = self._kept.copy()
+    self._digest = None  # mask_digest's compiled function, made on first use
 
   @property
   def num_layers(self) -> int:
@@ -211,8 +212,26 @@ class PruningController:
     return np.array([float(tf.reduce_mean(tf.cast(tf.equal(w, 0.0), tf.float32)))
                      for w, _, _ in self._vars])
 
+  def mask_digest(self) -> np.ndarray:
+    """float64 (num_layers, 2): per layer, the weights its mask keeps and a checksum of
+    where they are (sum of kept positions modulo 65521: exact in float64), read from the
+    masks on this process's device. Two processes with equal digests hold equal masks but
+    for a collision of the checksum."""
+    if self._digest is None:
+      self._digest = tf.function(lambda: tf.stack([_digest(mask) for _, mask, _ in self._vars]),
+                                 autograph=False)
+    return self._digest().numpy()
+
   def apply(self, levels: Sequence[float], mode: str = SPARSITY) -> np.ndarray:
     """Sets every layer's level in order; returns the sparsities reached."""
     if len(levels) != self.num_layers:
       raise PurlError(f"{len(levels)} levels given for {self.num_layers} prunable layers.")
     return np.array([self.set_level(i, level, mode) for i, level in enumerate(levels)])
+
+
+def _digest(mask: tf.Variable) -> tf.Tensor:
+  """float64 (2,): the ones in `mask` and the sum of their flat positions modulo 65521."""
+  kept = tf.reshape(tf.cast(mask, tf.float64) > 0.5, [-1])
+  positions = tf.cast(tf.range(tf.size(kept, out_type=tf.int64)) % 65521, tf.float64)
+  return tf.stack([tf.reduce_sum(tf.cast(kept, tf.float64)),
+                   tf.reduce_sum(tf.where(kept, positions, 0.0))])

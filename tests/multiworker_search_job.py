@@ -1,0 +1,62 @@
+"""One process of the multi-worker search test: a small PuRL search of LeNet-5.
+
+Arguments: strategy name ('multi_worker' with TF_CONFIG set by the test, or 'default' for
+the one-process reference), the tfds data_dir, the dense weights, the run folder.
+
+Worker k explores with seed k (the reference with seed 0): a stand-in for whatever can make
+workers decide differently (a replay sampler's draws, a nondeterministic op), so that the
+workers stay in lockstep only if every worker takes the chief's decisions. Retraining is
+off, so that the reference, which sees the same global batches on one device, measures
+exactly the same accuracies. It prints what this process holds locally: the digest of its
+own masks after every episode (distribute.Lockstep does not see these).
+"""
+import functools
+import json
+import sys
+
+import purl_tf  # noqa: F401
+from purl_tf import distribute
+
+strategy = distribute.make_strategy(sys.argv[1])  # first: multi-worker starts before ops
+
+import tensorflow as tf  # noqa: E402
+
+from purl_tf import data, models, pruning, search  # noqa: E402
+from purl_tf.env import PruningEnv  # noqa: E402
+from purl_tf.training import MaskedTrainer  # noqa: E402
+
+
+class RecordingEnv(PruningEnv):
+  """Keeps this process's mask digest after the last step of every episode."""
+
+  digests = []
+
+  def _step(self, action):
+    step = super()._step(action)
+    if step.is_last():
+      self.digests.append(self.controller.mask_digest().tolist())
+    return step
+
+
+data_dir, weights, root = sys.argv[2:5]
+resolver = getattr(strategy, "cluster_resolver", None)
+worker = resolver.task_id if resolver and resolver.task_type else 0
+splits = data.load_splits("mnist5k", data_dir=data_dir, batch_size=32, reward_size=500,
+                          num_replicas=strategy.num_replicas_in_sync)
+with strategy.scope():
+  model = models.lenet5(splits.image_shape, splits.num_classes)
+  model.load_weights(weights)
+  controller = pruning.PruningController(pruning.wrap(model))
+  trainer = MaskedTrainer(controller.model, strategy)
+env = RecordingEnv(controller, trainer, functools.partial(splits.train_stream, seed=0),
+                   splits.reward, target_sparsity=0.9, retrain_steps=0)
+tf.keras.utils.set_random_seed(0)  # the agent's initial Q-network, as in the reference
+runner = search.SearchRunner(env, distribute.run_dir(root, strategy), num_episodes=4,
+                             eval_interval=2, batch_size=8, rescore_steps=0,
+                             checkpoint_seconds=0, seed=worker,
+                             lockstep=distribute.Lockstep(strategy))
+result = runner.run()
+print("RESULT " + json.dumps({
+    "digests": env.digests, "levels": [e.levels for e in result.episodes],
+    "accuracies": [e.accuracy for e in result.episodes], "best": result.best.allocation,
+    "chosen": result.chosen.allocation}))
