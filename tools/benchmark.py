@@ -13,6 +13,9 @@ Benchmarks:
       the per-episode cost of the ImageNet configs, from step costs measured here.
   pruning_speed
       setting every ResNet-50 layer's level against one forward pass.
+  allocation_recovery
+      how fast one-shot and random-search allocations recover with retraining: does the
+      search's measurement tell allocations apart?
 
 Each benchmark is a function of its module in tools/bench/ returning a `Section` (a level-2
 heading and its markdown body); `--output` replaces that heading's section in the file (or
@@ -26,7 +29,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from bench import common, projection, pruning_speed, search_speed
+from bench import common, projection, pruning_speed, recovery, search_speed
 from purl_tf import train  # noqa: F401  (defines --root_dir, --gin_file, --gin_bindings)
 from purl_tf.errors import PurlError
 
@@ -36,6 +39,7 @@ BENCHMARKS = {
     "pruning_speed": pruning_speed.pruning_speed,
     "search_speed": search_speed.search_speed,
     "imagenet_projection": projection.imagenet_projection,
+    "allocation_recovery": recovery.allocation_recovery,
 }
 
 flags.DEFINE_enum("benchmark", "pruning_speed", sorted(BENCHMARKS), "Benchmark to run.")

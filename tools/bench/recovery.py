@@ -1,0 +1,104 @@
+"""How the reward-split accuracy of pruned allocations recovers with retraining.
+
+Does a search's measurement (PruningEnv.retrain_steps batches after a step, then the
+reward split) tell allocations apart? For the one-shot allocations and for allocations
+drawn as random search draws them (uniform actions; later levels raised so that the
+target stays reachable), each put on the dense weights, the reward-split accuracy after
+each of `--recovery_batches` retrain batches (batch-norm statistics recalibrated as in the
+search). A config whose good allocations still sit near chance after the search's retrain
+steps gives its agent rewards that are mostly noise.
+"""
+import os
+import shutil
+import tempfile
+
+import purl_tf  # noqa: F401  (must come before tensorflow: selects tf-keras)
+
+from absl import flags
+import gin
+import numpy as np
+
+from bench.common import command_line, machine, REPO, Section
+from purl_tf import files, pipeline, pruning
+from purl_tf.errors import PurlError
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("recovery_gin_file", "gin/mnist_resnet20.gin",
+                    "allocation_recovery: the config whose network and MDP are measured.")
+flags.DEFINE_string("recovery_dense", "docs/benchmarks/mnist_resnet20_dense/seed0.h5",
+                    "allocation_recovery: dense weights of that config's network.")
+flags.DEFINE_float("recovery_target", 0.9, "allocation_recovery: target sparsity.")
+flags.DEFINE_list("recovery_batches", ["2", "5", "10", "20", "50"],
+                  "allocation_recovery: retrain batches after which accuracy is measured.")
+flags.DEFINE_integer("recovery_random", 6, "allocation_recovery: random-search allocations.")
+
+ONE_SHOT = ("erk", "lamp", "global_magnitude")
+
+
+def _recovery(env, sparsities, checkpoints):
+  """Reward-split accuracies after each number of retrain batches in `checkpoints`, for
+  `sparsities` put on the dense weights."""
+  controller = env.controller
+  controller.reset()
+  for layer, level in enumerate(sparsities):
+    controller.set_sparsity(layer, float(level))
+  env.trainer.reset_optimizer()
+  accuracies, done = [], 0
+  for batches in checkpoints:
+    env.retrain(batches - done)
+    done = batches
+    accuracies.append(env.measure())
+  return accuracies
+
+
+def _random_allocation(env, rng):
+  """A random-search episode's allocation (and what that episode measured)."""
+  env.reset()
+  for _ in range(env.num_layers):
+    env.step(np.int64(rng.integers(0, env.action_spec().maximum + 1)))
+  return env.controller.sparsities(), env.episode[-1].accuracy
+
+
+def allocation_recovery() -> Section:
+  checkpoints = sorted(int(b) for b in FLAGS.recovery_batches)
+  dense = os.path.join(REPO, FLAGS.recovery_dense)
+  if not os.path.exists(dense):
+    raise PurlError(f"--recovery_dense={FLAGS.recovery_dense} does not exist: run the "
+                    "config's benchmark first (it keeps each seed's dense weights).")
+  root = tempfile.mkdtemp(prefix="recovery")
+  try:
+    os.makedirs(os.path.join(root, "dense"))
+    shutil.copyfile(dense, os.path.join(root, files.DENSE_WEIGHTS))
+    gin.clear_config()
+    pipeline.parse_gin([os.path.join(REPO, FLAGS.recovery_gin_file)], FLAGS.gin_bindings)
+    builder = pipeline.bound(pipeline.train_eval, "model_builder")
+    builder = getattr(builder, "scoped_configurable_fn", builder)
+    parts = pipeline.build(root, builder, FLAGS.recovery_target, seed=FLAGS.seed)
+    env, rng = parts.env, np.random.default_rng(FLAGS.seed)
+    rows = []
+    for name in ONE_SHOT:
+      env.controller.reset()
+      getattr(pruning, name)(env.controller, env.target)
+      rows.append((name, None, _recovery(env, env.controller.sparsities(), checkpoints)))
+    for index in range(FLAGS.recovery_random):
+      sparsities, measured = _random_allocation(env, rng)
+      rows.append((f"random search draw {index + 1}", measured,
+                   _recovery(env, sparsities, checkpoints)))
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  header = ("| allocation | measured in its episode | "
+            + " | ".join(f"after {b} batches" for b in checkpoints) + " |")
+  lines = [header, "| --- " * (len(checkpoints) + 2) + "|"]
+  for name, measured, accuracies in rows:
+    lines.append(f"| {name} | {'—' if measured is None else f'{measured:.3f}'} | "
+                 + " | ".join(f"{a:.3f}" for a in accuracies) + " |")
+  body = "\n".join([
+      f"Reward-split accuracy of allocations at {FLAGS.recovery_target} put on the dense "
+      f"weights ({FLAGS.recovery_dense}) of `{FLAGS.recovery_gin_file}` and retrained "
+      f"(its MaskedTrainer, batch-norm statistics recalibrated before each measurement); "
+      f"the random-search draws also show what their own episode measured (layer by layer, "
+      f"{env.retrain_steps} batches after each step). Chance is {1 / env.num_classes:.2f}.",
+      "", *lines, "", f"- Command: `{command_line()}`", f"- Machine: {machine()}"])
+  return Section(heading=f"Allocation recovery ({os.path.basename(FLAGS.recovery_gin_file)},"
+                 f" target {FLAGS.recovery_target})", body=body)
