@@ -14,9 +14,9 @@ Its `learner` says what chooses the levels:
 After an episode, every `checkpoint_seconds`, the search record (every episode's
 allocation and scores, the best so far, the position in the train stream) is checkpointed
 with the agent and its replay buffer in root_dir/search/checkpoints; a rerun with the same
-root_dir resumes after the last checkpointed episode and repeats what an uninterrupted search would have done: every
-random draw of an episode is seeded by (seed, episode), and the train stream continues at
-its checkpointed position. A finished search is not redone.
+root_dir resumes after the last checkpointed episode and repeats what an uninterrupted
+search would have done: every random draw of an episode is seeded by (seed, episode), and
+the train stream continues at its checkpointed position. A finished search is not redone.
 """
 import contextlib
 import dataclasses
@@ -201,8 +201,8 @@ class SearchRunner:
       measurement of a few candidates is not chosen among so many.)
     checkpoint_seconds: checkpoint after an episode when this many seconds have passed
       since the last checkpoint (and always after the last episode, and before stopping
-      on SIGINT/SIGTERM at an episode boundary). A kill loses at most this much finished
-      work besides the episode it interrupts; 0 checkpoints after every episode.
+      on SIGINT/SIGTERM). A kill loses at most this much finished work besides the
+      episode it interrupts; 0 checkpoints after every episode.
     seed: seeds every random draw of an episode with (seed, episode).
     lockstep: in a multi-worker run, the distribute.Lockstep of its strategy: every
       worker takes the chief's actions, checkpoints when the chief does and resumes from
