@@ -17,7 +17,8 @@ strategy = distribute.make_strategy("multi_worker")
 
 import numpy as np  # noqa: E402
 
-from purl_tf import data, finetune, models, pruning  # noqa: E402
+from multiworker_lenet import pretrained_lenet  # noqa: E402
+from purl_tf import finetune, pruning  # noqa: E402
 
 
 def variables_digest(model):
@@ -41,12 +42,7 @@ def local_sparsities(model):
 
 
 data_dir, weights, root, allocation = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-splits = data.load_splits("mnist5k", data_dir=data_dir, batch_size=32, reward_size=500,
-                          num_replicas=strategy.num_replicas_in_sync)
-with strategy.scope():
-  model = models.lenet5(splits.image_shape, splits.num_classes)
-  model.load_weights(weights)
-  controller = pruning.PruningController(pruning.wrap(model))
+splits, controller = pretrained_lenet(strategy, data_dir, weights)
 start_digest = variables_digest(controller.model)
 results = finetune.finetune(controller, strategy, splits, allocation,
                             distribute.run_dir(root, strategy), epochs=1.0, seed=0)

@@ -21,7 +21,8 @@ strategy = distribute.make_strategy(sys.argv[1])  # first: multi-worker starts b
 
 import tensorflow as tf  # noqa: E402
 
-from purl_tf import data, models, pruning, search  # noqa: E402
+from multiworker_lenet import pretrained_lenet  # noqa: E402
+from purl_tf import search  # noqa: E402
 from purl_tf.env import PruningEnv  # noqa: E402
 from purl_tf.training import MaskedTrainer  # noqa: E402
 
@@ -41,12 +42,8 @@ class RecordingEnv(PruningEnv):
 data_dir, weights, root = sys.argv[2:5]
 resolver = getattr(strategy, "cluster_resolver", None)
 worker = resolver.task_id if resolver and resolver.task_type else 0
-splits = data.load_splits("mnist5k", data_dir=data_dir, batch_size=32, reward_size=500,
-                          num_replicas=strategy.num_replicas_in_sync)
+splits, controller = pretrained_lenet(strategy, data_dir, weights)
 with strategy.scope():
-  model = models.lenet5(splits.image_shape, splits.num_classes)
-  model.load_weights(weights)
-  controller = pruning.PruningController(pruning.wrap(model))
   trainer = MaskedTrainer(controller.model, strategy)
 env = RecordingEnv(controller, trainer, functools.partial(splits.train_stream, seed=0),
                    splits.reward, target_sparsity=0.9, retrain_steps=0)
