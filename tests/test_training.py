@@ -199,6 +199,34 @@ def test_recalibrate_sets_batch_norm_statistics_to_the_mean_of_its_batches(mnist
   assert trainer.tracing_counts()["train"] == 1
 
 
+def test_recalibrate_on_two_replicas_gives_each_the_statistics_of_its_batches(
+    mirrored_strategy, mnist5k_splits):
+  """Under MirroredStrategy each replica normalises its half of every global batch, and
+  keeps its own moving statistics (Keras' on-read variables): after recalibration each
+  replica's are the mean of its halves' statistics, and the value read across replicas
+  (what a saved model keeps) is their mean."""
+  tf.keras.utils.set_random_seed(0)
+  wrapped, controller, trainer = _setup(
+      lambda: _conv_bn_net(mnist5k_splits.image_shape, mnist5k_splits.num_classes),
+      mirrored_strategy)
+  controller.apply([0.5, 0.5])
+  batches = [images for images, _ in mnist5k_splits.reward.take(2)]
+  conv, bn = wrapped.get_layer("masked_pruning_conv"), wrapped.get_layer("bn")
+  # moments[replica] = [(mean, variance) of its half of each batch]
+  moments = [[tf.nn.moments(conv(tf.split(images, 2)[replica]), axes=[0, 1, 2])
+              for images in batches] for replica in range(2)]
+  trainer.recalibrate(iter(trainer.distribute(mnist5k_splits.reward.take(2))), 2)
+  for index, name in enumerate(("moving_mean", "moving_variance")):
+    variable = getattr(bn, name)
+    per_replica = [np.mean([m[index].numpy() for m in halves], axis=0) for halves in moments]
+    for value, want in zip(mirrored_strategy.experimental_local_results(variable),
+                           per_replica):
+      np.testing.assert_allclose(value.numpy(), want, rtol=2e-3, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(variable.numpy(), np.mean(per_replica, axis=0), rtol=2e-3,
+                               atol=1e-5, err_msg=name)
+  assert isinstance(bn.momentum, float) and bn.momentum == 0.99
+
+
 def test_recalibrate_leaves_a_model_without_batch_norm_alone(default_setup, mnist5k_splits):
   wrapped, _, trainer = default_setup
   before = [v.numpy() for v in wrapped.variables]
