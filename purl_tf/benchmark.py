@@ -27,13 +27,18 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import purl_tf  # noqa: F401  pylint: disable=unused-import  (selects tf-keras first)
-from absl import app, flags
+from purl_tf import console  # first: importing purl_tf selects tf-keras before TensorFlow
 
-from purl_tf import files, plots, search
-from purl_tf.errors import PurlError
-from purl_tf.markdown import command_line, machine, Section, write_section
-from purl_tf.results import reached_target
+if __name__ == "__main__":
+  console.install()  # before TensorFlow loads: its libraries print while they load
+
+# pylint: disable=wrong-import-position
+from absl import app, flags  # noqa: E402
+
+from purl_tf import files, plots, search  # noqa: E402
+from purl_tf.errors import PurlError  # noqa: E402
+from purl_tf.markdown import command_line, machine, Section, write_section  # noqa: E402
+from purl_tf.results import reached_target  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
