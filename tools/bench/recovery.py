@@ -19,7 +19,7 @@ import gin
 import numpy as np
 
 from bench.common import command_line, machine, REPO, Section
-from purl_tf import files, pipeline, pruning
+from purl_tf import files, methods, pipeline
 from purl_tf.errors import PurlError
 
 FLAGS = flags.FLAGS
@@ -33,16 +33,14 @@ flags.DEFINE_list("recovery_batches", ["2", "5", "10", "20", "50"],
                   "allocation_recovery: retrain batches after which accuracy is measured.")
 flags.DEFINE_integer("recovery_random", 6, "allocation_recovery: random-search allocations.")
 
-ONE_SHOT = ("erk", "lamp", "global_magnitude")
+ONE_SHOT = ("erk", "lamp", "global_magnitude")  # of methods.ONE_SHOT
 
 
 def _recovery(env, sparsities, checkpoints):
   """Reward-split accuracies after each number of retrain batches in `checkpoints`, for
   `sparsities` put on the dense weights."""
-  controller = env.controller
-  controller.reset()
-  for layer, level in enumerate(sparsities):
-    controller.set_sparsity(layer, float(level))
+  env.controller.reset()
+  env.controller.apply(sparsities)
   env.trainer.reset_optimizer()
   accuracies, done = [], 0
   for batches in checkpoints:
@@ -79,7 +77,7 @@ def allocation_recovery() -> Section:
     rows = []
     for name in ONE_SHOT:
       env.controller.reset()
-      getattr(pruning, name)(env.controller, env.target)
+      methods.ONE_SHOT[name](env.controller, env.target)
       rows.append((name, None, _recovery(env, env.controller.sparsities(), checkpoints)))
     for index in range(FLAGS.recovery_random):
       sparsities, measured = _random_allocation(env, rng)
