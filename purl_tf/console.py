@@ -11,7 +11,8 @@ silences known third-party noise in two places:
   only a level that hides every C++ error would stop; gym prints its notice on import;
   the TFLite converter and LiteRT print from C++. fd 1 and fd 2 become pipes; a thread
   per pipe forwards what arrives to the terminal, less the `NOISE` lines on fd 2, and
-  appends all of it to the log file that `log_to` names (held in memory till then).
+  appends all of it to the log file that `log_to` names (held in memory till then), a
+  whole line at a time, so that lines of fd 1 and fd 2 never mix within one line.
 """
 import atexit
 import logging
@@ -118,6 +119,32 @@ class NoiseFilter:
     return any(pattern.fullmatch(text) for pattern in self._noise)
 
 
+class WholeLines:
+  """Passes a byte stream on up to its last \\n; `flush` lets the rest through.
+
+  What the log gets: one line of fd 1 or fd 2 (a progress bar's \\r updates included)
+  stays whole even when the other descriptor writes while it is being printed.
+  """
+
+  def __init__(self):
+    self._partial = b""
+
+  def feed(self, data: bytes) -> bytes:
+    data = self._partial + data
+    end = data.rfind(b"\n") + 1
+    self._partial = data[end:]
+    return data[:end]
+
+  def flush(self) -> bytes:
+    partial, self._partial = self._partial, b""
+    return partial
+
+  @property
+  def holding(self) -> bool:
+    """Whether an unfinished line is held back."""
+    return bool(self._partial)
+
+
 class Log:
   """Appends to a file once `attach` names it; keeps what comes before in memory.
 
@@ -131,6 +158,8 @@ class Log:
     self._path = None
 
   def write(self, data: bytes):
+    if not data:
+      return
     with self._lock:
       self._held.append(data)
       self._write_held()
@@ -157,6 +186,7 @@ class Pump:
 
   def __init__(self, fd: int, log: Log, noise=()):
     self._fd, self._log, self._filter = fd, log, NoiseFilter(noise)
+    self._log_lines = WholeLines()
     self._terminal = os.fdopen(os.dup(fd), "wb")
     self._read, write = os.pipe()
     os.dup2(write, fd)
@@ -166,17 +196,22 @@ class Pump:
 
   def _run(self):
     while True:
-      timeout = IDLE_SECONDS if self._filter.holding else None
-      if not select.select([self._read], [], [], timeout)[0]:
-        self._show(self._filter.flush())
+      holding = self._filter.holding or self._log_lines.holding
+      if not select.select([self._read], [], [], IDLE_SECONDS if holding else None)[0]:
+        self._flush()
         continue
       data = os.read(self._read, 1 << 16)
       if not data:  # every writer closed fd: `stop` ran
         break
-      self._log.write(data)
+      self._log.write(self._log_lines.feed(data))
       self._show(self._filter.feed(data))
-    self._show(self._filter.flush())
+    self._flush()
     os.close(self._read)
+
+  def _flush(self):
+    """Lets an unfinished line through, to the log and (unless noise) to the terminal."""
+    self._log.write(self._log_lines.flush())
+    self._show(self._filter.flush())
 
   def _show(self, data: bytes):
     if data:

@@ -122,6 +122,20 @@ def test_a_crash_shows_its_traceback_keeps_its_exit_code_and_everything_is_logge
   assert "\rprogress 1/2" in logged and re.search(TRACEBACK, logged)
 
 
+def test_the_log_keeps_each_line_whole_when_stdout_and_stderr_interleave(tmp_path):
+  """As unbuffered Python prints (PYTHONUNBUFFERED): a line's text and its end are two
+  writes, and stderr can write between them."""
+  log = str(tmp_path / "run.log")
+  process = run_installed(
+      "os.write(1, b'first half'); time.sleep(0.05)\n"
+      "os.write(2, b'a warning\\n'); time.sleep(0.05)\n"
+      "os.write(1, b', second half\\n'); time.sleep(0.05)", log)
+  out, err = process.communicate(timeout=60)
+  assert process.returncode == 0 and out.endswith(b"first half, second half\n"), (out, err)
+  logged = open(log).read()
+  assert "first half, second half\n" in logged and "\na warning\n" in logged, logged
+
+
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_keeps_its_message_and_exit_code(tmp_path, number):
   """As purl_tf.train.main answers Ctrl-C and SIGTERM: a line on stderr, 128 + signal."""
