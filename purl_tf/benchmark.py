@@ -57,6 +57,9 @@ METHOD_NAMES = {
     "gradual": "gradual (tfmot PolynomialDecay)",
 }
 SEARCHES = ("purl", "episodic", "random")  # methods that leave search/episodes.json
+# Methods whose cell depends on the search's settings: the searches, and gradual, whose
+# ramp has the search's retrain budget (a variant's bindings apply to these).
+VARIED = (*SEARCHES, "gradual")
 RIVALS = ("global_magnitude", "lamp", "erk", "random")  # what PuRL must beat
 WITHIN = 0.005  # "within 0.5 points": reward-split accuracy, as a fraction
 MARGIN = 0.005  # PuRL's required lead at the highest target, as a fraction
@@ -121,7 +124,7 @@ class Plan:
   mock: bool
   quick: bool = False
   extra_bindings: Tuple[str, ...] = ()
-  # A named variant of the searches: extra_bindings apply to the searched methods only,
+  # A named variant of the searches: extra_bindings apply to the VARIED methods only,
   # which run in root_dir/<variant>; the other cells are the plan's own, shared.
   variant: str = ""
 
@@ -140,13 +143,13 @@ class Plan:
             for method in METHOD_ORDER]
 
   def run_dir(self, target: float, seed: int, method: str) -> str:
-    varied = self.variant if method in SEARCHES else ""
+    varied = self.variant if method in VARIED else ""
     return os.path.join(self.root_dir, varied, f"target{target}", f"seed{seed}", method)
 
   def bindings(self, target, seed, method: str = SEARCHES[0]) -> List[str]:
     """The gin bindings of the method's cell at (target, seed), in order."""
     mock = (*MOCK_BINDINGS, *self.suite.mock_bindings) if self.mock else ()
-    extra = self.extra_bindings if not self.variant or method in SEARCHES else ()
+    extra = self.extra_bindings if not self.variant or method in VARIED else ()
     return [*self.suite.bindings, *mock, f"train_eval.target_sparsity = {target}",
             f"train_eval.seed = {seed}", f"load_splits.reward_seed = {seed}",
             f"load_splits.shuffle_seed = {seed}", f"SearchRunner.num_episodes = {self.episodes}",
@@ -592,8 +595,8 @@ def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_file
       + ", ".join(f"`{b}`" for b in plan.bindings("<target>", "<seed>"))
       + ", `train_eval.method = '<method>'`.",
       *([f"- Variant `{plan.variant}`: the last {len(plan.extra_bindings)} bindings apply to "
-         "purl, episodic and random only; the other methods' cells are the plain "
-         "benchmark's."] if plan.variant else []),
+         f"{', '.join(VARIED)} only (gradual's ramp is the search's retrain budget); the "
+         "other methods' cells are the plain benchmark's."] if plan.variant else []),
       f"- Machine: {machine()}",
       f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
   ]
@@ -632,9 +635,9 @@ def _define_flags():
                     "benchmark's definition on any machine).")
   flags.DEFINE_string("root_dir", None, "Folder of the cells (default runs/benchmark).")
   flags.DEFINE_multi_string("gin_bindings", [], "Further gin bindings of every cell (with "
-                            "--variant: of the searched methods only).")
+                            "--variant: of the searches and gradual only).")
   flags.DEFINE_string("variant", "", "Name of a variant of the searches: --gin_bindings then "
-                      "apply to purl, episodic and random only, which run in "
+                      "apply to purl, episodic, random and gradual only, which run in "
                       "<root_dir>/<benchmark>/<variant>; the other methods' cells are shared "
                       "with the plain benchmark. Results go to <benchmark>_<variant>.json.")
   flags.DEFINE_string("output", "docs/benchmarks.md", "Markdown file whose section of this "
