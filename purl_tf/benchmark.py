@@ -613,8 +613,8 @@ def report(plan: Plan, output: Optional[str], results_dir: str) -> Section:
   figures = write_figures(plan, cells, results_dir)
   title = plan.suite.title + (" (quick: one seed, one target)" if plan.quick else "") + (
       " (mock data check)" if plan.mock else "") + (
-          f" (variant {plan.variant}: {', '.join(plan.extra_bindings)} on the searches)"
-          if plan.variant else "")
+          f" (variant {plan.variant}: {', '.join(plan.extra_bindings)} on the searches and "
+          "gradual)" if plan.variant else "")
   return Section(heading=title, body=body(plan, cells, figures, written, output))
 
 
