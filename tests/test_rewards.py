@@ -130,6 +130,21 @@ def test_reward_stops_paying_for_sparsity_beyond_the_target():
   assert at_target == pytest.approx(1.0)
 
 
+def test_an_overshoot_weight_charges_sparsity_past_the_target_at_the_step_that_adds_it():
+  reward = rewards.DenseReward(overshoot_weight=1.0)
+  episodic = rewards.EpisodicReward(overshoot_weight=1.0)
+  at_target = _episode([0.5, 0.9, 0.9], [0.95, 0.95, 0.95])
+  beyond = _episode([0.5, 0.92, 0.92], [0.95, 0.95, 0.95])
+  # 0.02 past 0.9 is a fifth of the density 0.9 leaves: it costs 0.2 * w_over.
+  assert sum(map(reward, beyond)) == pytest.approx(sum(map(reward, at_target)) - 0.2)
+  assert sum(map(episodic, beyond)) == pytest.approx(sum(map(reward, beyond)))
+  # The step that went past the target pays it; the step after changed nothing.
+  assert reward(beyond[1]) == pytest.approx(reward(at_target[1]) - 0.2)
+  assert reward(beyond[2]) == pytest.approx(0.0)
+  # Sparsity up to the target is paid as before.
+  assert sum(map(reward, at_target)) == pytest.approx(1.0)
+
+
 def test_missing_the_target_costs_more_than_its_share_of_progress():
   reward = rewards.DenseReward()
   short = _episode([0.5, 0.8], [0.95, 0.95])
