@@ -249,7 +249,7 @@ class SearchRunner:
   def planned_retrain_steps(self) -> int:
     """Train batches the whole search spends retraining: every step of every episode,
     and the candidates' re-scores."""
-    return (self.planned_evaluated * self.env.num_layers * self.env.retrain_steps
+    return (self.planned_evaluated * self.env.episode_retrain_steps
             + self.candidates * self.rescore_steps)
 
   def run(self) -> SearchResult:
@@ -603,8 +603,7 @@ class SearchRunner:
                         selection=selection, episodes=record.episodes,
                         seconds=record.seconds, failed_steps=record.failed_steps,
                         phase_seconds=dict(record.phase_seconds),
-                        retrain_steps=sum(len(e.levels) for e in record.episodes)
-                        * self.env.retrain_steps
+                        retrain_steps=len(record.episodes) * self.env.episode_retrain_steps
                         + len(selection.get("candidates", ())) * self.rescore_steps)
 
 

@@ -225,8 +225,9 @@ def test_a_prior_turns_each_action_into_a_scaling_of_that_allocation(lenet_parts
 def test_a_batch_norm_network_is_recalibrated_on_the_stream_before_each_measurement(
     mnist5k_splits):
   """Each step draws retrain_steps + recalibrate_batches batches from the train stream
-  when the network has batch normalisation, and its moving mean is then the mean of the
-  pruned network's batch means over the recalibration batches."""
+  when the network has batch normalisation (the last step final_retrain_steps more), and
+  its moving mean is then the mean of the pruned network's batch means over the
+  recalibration batches."""
   inputs = tf.keras.Input(mnist5k_splits.image_shape)
   x = tf.keras.layers.Conv2D(4, 3, name="conv")(inputs)
   x = tf.keras.layers.BatchNormalization(name="bn")(x)
@@ -236,7 +237,8 @@ def test_a_batch_norm_network_is_recalibrated_on_the_stream_before_each_measurem
   controller = pruning.PruningController(wrapped)
   trainer = MaskedTrainer(wrapped, tf.distribute.get_strategy())
   env = make_env((controller, trainer, mnist5k_splits), retrain_steps=1,
-                 recalibrate_batches=3, target_sparsity=0.5, enforce_target=False)
+                 final_retrain_steps=2, recalibrate_batches=3, target_sparsity=0.5,
+                 enforce_target=False)
   bn, conv = wrapped.get_layer("bn"), wrapped.get_layer("masked_pruning_conv")
   env.reset()
   env.step(np.int64(len(env.levels) - 1))
@@ -245,7 +247,9 @@ def test_a_batch_norm_network_is_recalibrated_on_the_stream_before_each_measurem
   means = [tf.reduce_mean(conv(images), axis=[0, 1, 2]).numpy()
            for images, _ in mnist5k_splits.train_stream(1).take(3)]
   np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean(means, axis=0), atol=1e-5)
-  env.step(np.int64(0))
-  assert env.train_position == 2 * (1 + 3)
-  with pytest.raises(PurlError, match="must not be negative"):
-    make_env((controller, trainer, mnist5k_splits), recalibrate_batches=-1)
+  env.step(np.int64(0))  # the last of the two prunable layers
+  assert env.train_position == (1 + 3) + (1 + 2 + 3)
+  assert env.episode_retrain_steps == 2 * 1 + 2
+  for knob in ("recalibrate_batches", "final_retrain_steps"):
+    with pytest.raises(PurlError, match="must not be negative"):
+      make_env((controller, trainer, mnist5k_splits), **{knob: -1})

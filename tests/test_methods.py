@@ -20,16 +20,18 @@ from conftest import QUICKSTART, load_tool
 
 LAYERS = ("conv1", "conv2", "fc1", "predictions")
 RESCORE_STEPS = 3
+FINAL_STEPS = 2  # PruningEnv.final_retrain_steps
 CANDIDATES = 3  # SearchRunner.candidates' default
 
 
 def tiny(data_dir, method, target=0.9):
   """The quickstart shrunk to seconds: 2 collect + 2 greedy episodes of 1 retrain step per
-  layer, a fine-tune of 6 steps (0.1 epoch of 3,500 examples in batches of 64)."""
+  layer and FINAL_STEPS more after the last, a fine-tune of 6 steps (0.1 epoch of 3,500 examples in batches of 64)."""
   return [f"load_splits.data_dir = '{data_dir}'", "make_strategy.name = 'default'",
           "train_eval.export_tflite = False", f"train_eval.target_sparsity = {target}",
           f"train_eval.method = '{method}'", "SearchRunner.num_episodes = 2",
           "SearchRunner.eval_interval = 1", "PruningEnv.retrain_steps = 1",
+          f"PruningEnv.final_retrain_steps = {FINAL_STEPS}",
           f"SearchRunner.rescore_steps = {RESCORE_STEPS}", "finetune.epochs = 0.1"]
 
 
@@ -86,8 +88,10 @@ def test_searched_methods_share_the_purl_budget(finished):
   root, random = finished("random")
   # 2 collect + 2 greedy episodes of the DQN search: 4 random allocations.
   assert random.search_episodes == search.evaluated_episodes(2, 1) == 4
-  # Every step of the 4 episodes, then the re-score of each of the 3 candidates.
-  assert random.search_retrain_steps == 4 * len(LAYERS) * 1 + CANDIDATES * RESCORE_STEPS
+  # Every step of the 4 episodes and their final retrains, then the re-score of each of
+  # the 3 candidates.
+  assert random.search_retrain_steps == (4 * (len(LAYERS) * 1 + FINAL_STEPS)
+                                         + CANDIDATES * RESCORE_STEPS)
   episodes = json.load(open(os.path.join(root, files.EPISODES)))
   assert [e["policy"] for e in episodes] == [search.RANDOM] * 4
   assert all(level in SPARSITY_LEVELS for e in episodes for level in e["levels"])

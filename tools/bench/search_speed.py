@@ -116,7 +116,8 @@ def search_speed() -> Section:
     by_part = found.seconds_by_part
     steps = sum(len(e.levels) for e in found.episodes)
     retrain_steps = parts.env.retrain_steps
-    ours = {"train": by_part["retrain"] / (steps * retrain_steps),
+    batches = len(found.episodes) * parts.env.episode_retrain_steps
+    ours = {"train": by_part["retrain"] / batches,
             "eval": by_part["measure"] / (steps * keras_seconds["batches"])}
     rows = ["| part | seconds | share of the search | per search step |",
             "| --- | --- | --- | --- |"]
