@@ -127,8 +127,9 @@ class PruningEnv(py_environment.PyEnvironment):
     self.mode = mode
     self.levels = levels
     self.prior = prior
+    self.prior_factors = tuple(float(f) for f in prior_factors)
     # choices[layer, action]: the level each action sets on each layer, ascending.
-    self._choices = self._action_levels(prior, tuple(float(f) for f in prior_factors))
+    self._choices = self._action_levels(prior, self.prior_factors)
     self.retrain_steps = int(retrain_steps)
     self.final_retrain_steps = int(final_retrain_steps)
     if min(recalibrate_batches, retrain_steps, final_retrain_steps) < 0:

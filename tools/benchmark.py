@@ -16,6 +16,10 @@ Benchmarks:
   allocation_recovery
       how fast one-shot and random-search allocations recover with retraining: does the
       search's measurement tell allocations apart?
+  measurement_noise
+      one allocation replayed as whole episodes: the spread of what the episodes measure.
+  allocation_transfer
+      finished runs' allocations fine-tuned from the dense weights, beside their results.
 
 Each benchmark is a function of its module in tools/bench/ returning a `Section` (a level-2
 heading and its markdown body); `--output` replaces that heading's section in the file (or
@@ -29,7 +33,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from bench import common, projection, pruning_speed, recovery, search_speed
+from bench import common, projection, pruning_speed, recovery, search_speed, transfer
 from purl_tf import train  # noqa: F401  (defines --root_dir, --gin_file, --gin_bindings)
 from purl_tf.errors import PurlError
 
@@ -40,6 +44,8 @@ BENCHMARKS = {
     "search_speed": search_speed.search_speed,
     "imagenet_projection": projection.imagenet_projection,
     "allocation_recovery": recovery.allocation_recovery,
+    "measurement_noise": recovery.measurement_noise,
+    "allocation_transfer": transfer.allocation_transfer,
 }
 
 flags.DEFINE_enum("benchmark", "pruning_speed", sorted(BENCHMARKS), "Benchmark to run.")

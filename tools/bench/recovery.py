@@ -1,13 +1,21 @@
-"""How the reward-split accuracy of pruned allocations recovers with retraining.
+"""How far a search's measurement can be trusted: allocation_recovery and measurement_noise.
 
-Does a search's measurement (PruningEnv.retrain_steps batches after a step, then the
-reward split) tell allocations apart? For the one-shot allocations and for allocations
+allocation_recovery: how the reward-split accuracy of pruned allocations recovers with
+retraining. Does a search's measurement (PruningEnv.retrain_steps batches after a step,
+then the reward split) tell allocations apart? For the one-shot allocations and for allocations
 drawn as random search draws them (uniform actions; later levels raised so that the
 target stays reachable), each put on the dense weights, the reward-split accuracy after
 each of `--recovery_batches` retrain batches (batch-norm statistics recalibrated as in the
 search). A config whose good allocations still sit near chance after the search's retrain
 steps gives its agent rewards that are mostly noise.
+
+measurement_noise: one allocation (the prior's own, every action of factor 1.0) replayed
+as whole episodes: the spread of the final reward-split accuracy an episode measures
+(PruningEnv.final_retrain_steps included), and of the same after `--noise_batches` more
+retrain batches. Two episodes of one allocation differ only by the train batches they
+draw; that spread is the noise in every return the agent learns from.
 """
+import contextlib
 import os
 import shutil
 import tempfile
@@ -32,6 +40,9 @@ flags.DEFINE_float("recovery_target", 0.9, "allocation_recovery: target sparsity
 flags.DEFINE_list("recovery_batches", ["2", "5", "10", "20", "50"],
                   "allocation_recovery: retrain batches after which accuracy is measured.")
 flags.DEFINE_integer("recovery_random", 6, "allocation_recovery: random-search allocations.")
+flags.DEFINE_integer("noise_episodes", 6, "measurement_noise: episodes replayed.")
+flags.DEFINE_integer("noise_batches", 24, "measurement_noise: further retrain batches after "
+                     "each episode before measuring again.")
 
 ONE_SHOT = ("erk", "lamp", "global_magnitude")  # of methods.ONE_SHOT
 
@@ -58,8 +69,10 @@ def _random_allocation(env, rng):
   return env.controller.sparsities(), env.episode[-1].accuracy
 
 
-def allocation_recovery() -> Section:
-  checkpoints = sorted(int(b) for b in FLAGS.recovery_batches)
+@contextlib.contextmanager
+def _built_env():
+  """The PruningEnv of --recovery_gin_file (and --gin_bindings) at --recovery_target on the
+  dense weights --recovery_dense, in a temporary run folder removed afterwards."""
   dense = os.path.join(REPO, FLAGS.recovery_dense)
   if not os.path.exists(dense):
     raise PurlError(f"--recovery_dense={FLAGS.recovery_dense} does not exist: run the "
@@ -72,8 +85,15 @@ def allocation_recovery() -> Section:
     pipeline.parse_gin([os.path.join(REPO, FLAGS.recovery_gin_file)], FLAGS.gin_bindings)
     builder = pipeline.bound(pipeline.train_eval, "model_builder")
     builder = getattr(builder, "scoped_configurable_fn", builder)
-    parts = pipeline.build(root, builder, FLAGS.recovery_target, seed=FLAGS.seed)
-    env, rng = parts.env, np.random.default_rng(FLAGS.seed)
+    yield pipeline.build(root, builder, FLAGS.recovery_target, seed=FLAGS.seed).env
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def allocation_recovery() -> Section:
+  checkpoints = sorted(int(b) for b in FLAGS.recovery_batches)
+  with _built_env() as env:
+    rng = np.random.default_rng(FLAGS.seed)
     rows = []
     for name in ONE_SHOT:
       env.controller.reset()
@@ -83,8 +103,6 @@ def allocation_recovery() -> Section:
       sparsities, measured = _random_allocation(env, rng)
       rows.append((f"random search draw {index + 1}", measured,
                    _recovery(env, sparsities, checkpoints)))
-  finally:
-    shutil.rmtree(root, ignore_errors=True)
   header = ("| allocation | measured in its episode | "
             + " | ".join(f"after {b} batches" for b in checkpoints) + " |")
   lines = [header, "| --- " * (len(checkpoints) + 2) + "|"]
@@ -100,3 +118,38 @@ def allocation_recovery() -> Section:
       "", *lines, "", f"- Command: `{command_line()}`", f"- Machine: {machine()}"])
   return Section(heading=f"Allocation recovery ({os.path.basename(FLAGS.recovery_gin_file)},"
                  f" target {FLAGS.recovery_target})", body=body)
+
+
+def measurement_noise() -> Section:
+  with _built_env() as env:
+    if env.prior is None or 1.0 not in env.prior_factors:
+      raise PurlError("measurement_noise replays the prior's allocation: bind "
+                      "PruningEnv.prior (e.g. --gin_bindings=\"PruningEnv.prior = 'erk'\") "
+                      "with 1.0 among PruningEnv.prior_factors.")
+    keep = np.int64(list(env.prior_factors).index(1.0))
+    finals, longer = [], []
+    for _ in range(FLAGS.noise_episodes):
+      env.reset()
+      for _ in range(env.num_layers):
+        env.step(keep)
+      finals.append(env.episode[-1].accuracy)
+      env.retrain(FLAGS.noise_batches)
+      longer.append(env.measure())
+      print(f"measurement_noise: episode {len(finals)}: {finals[-1]:.3f}, after "
+            f"{FLAGS.noise_batches} more batches {longer[-1]:.3f}", flush=True)
+  rows = ["| measured | mean ± std | range | per episode |", "| --- | --- | --- | --- |"]
+  for label, values in ((f"at the episode's end ({env.retrain_steps} batches a step, "
+                         f"{env.final_retrain_steps} more at the last)", finals),
+                        (f"after {FLAGS.noise_batches} more batches", longer)):
+    rows.append(f"| {label} | {np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} | "
+                f"{min(values):.3f}–{max(values):.3f} | "
+                + ", ".join(f"{v:.3f}" for v in values) + " |")
+  body = "\n".join([
+      f"The prior's allocation ({env.prior} at {FLAGS.recovery_target}, every action "
+      f"keeping its level) replayed as {FLAGS.noise_episodes} whole episodes of "
+      f"`{FLAGS.recovery_gin_file}` on the dense weights {FLAGS.recovery_dense}: the "
+      "episodes differ only by the train batches they draw, so the spread of what they "
+      "measure is the noise in the returns the agent learns from.", "", *rows, "",
+      f"- Command: `{command_line()}`", f"- Machine: {machine()}"])
+  return Section(heading=f"Measurement noise ({os.path.basename(FLAGS.recovery_gin_file)}, "
+                 f"{env.prior} at {FLAGS.recovery_target})", body=body)
