@@ -147,6 +147,9 @@ class AgreedPyPolicy(py_policy.PyPolicy):
                      policy.info_spec)
     self._policy, self._agree = policy, agree
 
+  def _get_initial_state(self, batch_size):
+    return self._policy.get_initial_state(batch_size)
+
   def _action(self, time_step, policy_state):
     step = self._policy.action(time_step, policy_state)
     action = np.asarray(step.action)

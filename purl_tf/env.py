@@ -183,6 +183,13 @@ class PruningEnv(py_environment.PyEnvironment):
     return np.clip(levels, 0.0, most[:, None])
 
   @property
+  def prior_action(self) -> Optional[int]:
+    """The action that keeps the prior's level (factor 1.0); None without such a prior."""
+    if self.prior is None or 1.0 not in self.prior_factors:
+      return None
+    return self.prior_factors.index(1.0)
+
+  @property
   def episode_retrain_steps(self) -> int:
     """Train batches one episode spends retraining (recalibration not counted)."""
     return self.num_layers * self.retrain_steps + self.final_retrain_steps

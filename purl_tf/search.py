@@ -11,6 +11,10 @@ Its `learner` says what chooses the levels:
   'random'  random search: tf-agents' RandomPyPolicy, not trained, for as many evaluated
             episodes as the DQN search would run (collect plus greedy).
 
+With `prior_episode` (and PruningEnv.prior set) the first episode of either learner plays
+the prior's own allocation (every action keeps the prior's level, tf-agents'
+ScriptedPyPolicy): the DQN learns from it, and it competes as a candidate like any other.
+
 After an episode, every `checkpoint_seconds`, the search record (every episode's
 allocation and scores, the best so far, the position in the train stream) is checkpointed
 with the agent and its replay buffer in root_dir/search/checkpoints; a rerun with the same
@@ -29,7 +33,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 from tf_agents.drivers import py_driver
-from tf_agents.policies import policy_saver, py_tf_eager_policy
+from tf_agents.policies import policy_saver, py_tf_eager_policy, scripted_py_policy
 from tf_agents.utils import common, nest_utils
 
 from purl_tf import agent as agent_lib
@@ -38,7 +42,7 @@ from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 from purl_tf.results import NEAR_CHANCE_SHARE, reached_target, retained_share
 
-COLLECT, GREEDY, RANDOM = "collect", "greedy", "random"  # an episode's policy
+COLLECT, GREEDY, RANDOM, PRIOR = "collect", "greedy", "random", "prior"  # episode policies
 CHANCE_EPISODES = 3  # this many episodes, all near chance, and the search warns
 DQN = "dqn"
 LEARNERS = (DQN, RANDOM)
@@ -192,6 +196,8 @@ class SearchRunner:
     initial_policy: a policy saved by an earlier search (its root_dir/policy) whose
       Q-network starts this one; it may come from another network, but needs the same
       action grid size and Q-network layers. Its greedy policy runs once first.
+    prior_episode: with PruningEnv.prior set, play the prior's own allocation first (one
+      more evaluated episode, for either learner); see the module docstring.
     candidates: how many of the best episodes keep their network (masks and retrained
       weights, in root_dir/search/candidates) to be re-scored when the search ends.
     rescore_steps: train batches each candidate's network gets, from one common stream
@@ -214,7 +220,8 @@ class SearchRunner:
                num_episodes: int = 100, eval_interval: int = 10,
                agent_updates_per_episode: Optional[int] = None, batch_size: int = 64,
                best_criterion: str = "accuracy_at_target", log_every: int = 1,
-               initial_policy: Optional[str] = None, candidates: int = 3,
+               initial_policy: Optional[str] = None, prior_episode: bool = False,
+               candidates: int = 3,
                rescore_steps: int = 50, checkpoint_seconds: float = 10.0, seed: int = 0,
                lockstep: Optional[distribute.Lockstep] = None):
     if learner not in LEARNERS:
@@ -237,13 +244,17 @@ class SearchRunner:
     self.updates = agent_updates_per_episode or 4 * env.num_layers
     self.batch_size, self.criterion, self.log_every = batch_size, best_criterion, log_every
     self.initial_policy = initial_policy
+    self.prior_episode = bool(prior_episode)
+    if self.prior_episode and env.prior_action is None:
+      raise PurlError("SearchRunner.prior_episode needs PruningEnv.prior (e.g. 'erk') with "
+                      "1.0 among PruningEnv.prior_factors: bind both, or unbind it.")
     self.candidates, self.rescore_steps = candidates, rescore_steps
     self.checkpoint_seconds = float(checkpoint_seconds)
     self.lockstep = lockstep if lockstep and lockstep.active else None
     # Episodes of the collecting (or random) policy, and all episodes evaluated.
     evaluated = evaluated_episodes(num_episodes, eval_interval)
     self.planned = num_episodes if learner == DQN else evaluated
-    self.planned_evaluated = evaluated + (1 if initial_policy else 0)
+    self.planned_evaluated = evaluated + int(bool(initial_policy)) + int(self.prior_episode)
 
   @property
   def planned_retrain_steps(self) -> int:
@@ -272,16 +283,19 @@ class SearchRunner:
     return self._finish()
 
   def _next_kind(self) -> Optional[str]:
-    """The policy of the next episode (COLLECT, GREEDY, RANDOM); None once the search is
-    over. The DQN's greedy policy runs first (with an initial policy), after every
-    `eval_interval` collect episodes and after the last."""
+    """The policy of the next episode (PRIOR, COLLECT, GREEDY, RANDOM); None once the
+    search is over. The prior's episode comes first (with prior_episode); the DQN's greedy
+    policy runs next (with an initial policy), after every `eval_interval` collect
+    episodes and after the last."""
     record = self.record
     last = record.episodes[-1] if record.episodes else None
+    if self.prior_episode and last is None:
+      return PRIOR
     if self.learner == DQN and record.collected and (
         record.collected % self.eval_interval == 0 or record.collected == self.planned):
       if last.policy != GREEDY:
         return GREEDY
-    elif self.initial_policy and last is None:
+    elif self.initial_policy and (last is None or last.policy == PRIOR):
       return GREEDY
     if record.collected < self.planned:
       return COLLECT if self.learner == DQN else RANDOM
@@ -294,7 +308,7 @@ class SearchRunner:
     started = time.time()
     result = self._episode(kind)
     loss = None
-    if kind != GREEDY:
+    if kind in (COLLECT, RANDOM):
       record.collected += 1
       with self._phase("agent"):
         loss = self._train_agent() if self.learner == DQN else None
@@ -383,7 +397,11 @@ class SearchRunner:
   def _policy(self, kind: str):
     """The episode's policy, its random draws seeded by (seed, episode, kind)."""
     seed = (self.seed, self.record.collected, LEARNERS.index(self.learner),
-            (COLLECT, GREEDY, RANDOM).index(kind))
+            (COLLECT, GREEDY, RANDOM).index(kind) if kind != PRIOR else 3)
+    if kind == PRIOR:
+      return scripted_py_policy.ScriptedPyPolicy(
+          self.env.time_step_spec(), self.env.action_spec(),
+          [(self.env.num_layers, self.env.prior_action)])
     if kind == RANDOM:
       return agent_lib.random_policy(self.env.time_step_spec(), self.env.action_spec(), seed)
     if kind == COLLECT:
@@ -391,7 +409,7 @@ class SearchRunner:
     return self.policies[kind]
 
   def _episode(self, kind: str) -> Episode:
-    """One episode of the COLLECT, GREEDY or RANDOM policy."""
+    """One episode of the PRIOR, COLLECT, GREEDY or RANDOM policy."""
     start = time.time()
     interrupt.check()
     first = self.env.reset()
@@ -400,9 +418,9 @@ class SearchRunner:
     if self.lockstep:
       policy = agent_lib.AgreedPyPolicy(policy, self.lockstep.agree)
     py_driver.PyDriver(self.env, policy, [trajectories.append], max_episodes=1,
-                       end_episode_on_boundary=False).run(first)
+                       end_episode_on_boundary=False).run(first, policy.get_initial_state(1))
     self._check_masks()
-    if kind == COLLECT:
+    if kind == COLLECT or (kind == PRIOR and self.learner == DQN):
       self.add_episode(nest_utils.stack_nested_arrays(trajectories))
     steps = self.env.episode
     self._first_observation = first.observation

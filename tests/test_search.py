@@ -13,10 +13,13 @@ import pytest
 
 import purl_tf  # noqa: F401
 import gin
+import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import export, files, pipeline, search
+from purl_tf import export, files, pipeline, pruning, search
+from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
+from purl_tf.training import MaskedTrainer
 
 from conftest import QUICKSTART, REPO, load_tool, quick_bindings, train_command
 
@@ -121,3 +124,29 @@ def test_bad_input_prints_one_line_and_exits_non_zero(data_dir, tmp_path):
   assert result.returncode == 1
   errors = [line for line in result.stderr.splitlines() if line.startswith("purl_tf: error:")]
   assert len(errors) == 1 and "outside (0, 1)" in errors[0]
+
+
+@pytest.mark.parametrize("learner", [search.DQN, search.RANDOM])
+def test_the_prior_episode_comes_first_plays_the_prior_and_counts_in_the_budget(
+    learner, pretrained_lenet, tmp_path):
+  wrapped = pruning.wrap(pretrained_lenet())
+  controller = pruning.PruningController(wrapped)
+  trainer = MaskedTrainer(wrapped, tf.distribute.get_strategy())
+  splits = pretrained_lenet.splits
+  env = PruningEnv(controller, trainer, splits.train_stream, splits.reward, retrain_steps=1,
+                   target_sparsity=0.9, prior="lamp")
+  runner = search.SearchRunner(env, str(tmp_path), learner=learner, num_episodes=2,
+                               eval_interval=2, log_every=100, prior_episode=True)
+  result = runner.run()
+  assert [e.policy for e in result.episodes][0] == search.PRIOR
+  assert len(result.episodes) == runner.planned_evaluated == search.evaluated_episodes(2, 2) + 1
+  assert sum(e.policy == search.PRIOR for e in result.episodes) == 1
+  controller.reset()
+  pruning.lamp(controller, 0.9)  # the prior's allocation, computed apart from the search
+  np.testing.assert_allclose(list(result.episodes[0].allocation.values()),
+                             controller.sparsities(), atol=2e-3)
+  if learner == search.DQN:  # the DQN learned from it: 2 collect episodes and the prior's
+    assert runner.replay.num_frames() == 3 * env.num_layers
+  with pytest.raises(PurlError, match="prior_episode needs PruningEnv.prior"):
+    search.SearchRunner(PruningEnv(controller, trainer, splits.train_stream, splits.reward),
+                        str(tmp_path / "no_prior"), prior_episode=True)

@@ -122,11 +122,11 @@ def allocation_recovery() -> Section:
 
 def measurement_noise() -> Section:
   with _built_env() as env:
-    if env.prior is None or 1.0 not in env.prior_factors:
+    if env.prior_action is None:
       raise PurlError("measurement_noise replays the prior's allocation: bind "
                       "PruningEnv.prior (e.g. --gin_bindings=\"PruningEnv.prior = 'erk'\") "
                       "with 1.0 among PruningEnv.prior_factors.")
-    keep = np.int64(list(env.prior_factors).index(1.0))
+    keep = np.int64(env.prior_action)
     finals, longer = [], []
     for _ in range(FLAGS.noise_episodes):
       env.reset()
