@@ -70,7 +70,7 @@ class SyntheticPruningEnv(py_environment.PyEnvironment):
     self.levels = tuple(SPARSITY_LEVELS)
     self.target = target
     self.num_layers = len(SIZES)
-    self.retrain_steps = 0
+    self.retrain_steps = self.episode_retrain_steps = 0  # no network to retrain
     self.train_position = 0
     self.failed_steps = 0
     self.seeks = []
