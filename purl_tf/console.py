@@ -156,11 +156,17 @@ class Log:
     self._lock = threading.Lock()
     self._held = []
     self._path = None
+    self._unfinished = None  # the source whose last write left its line open
 
-  def write(self, data: bytes):
+  def write(self, data: bytes, source: int = 0):
+    """Appends `data` of descriptor `source`. A line another source left open (a progress
+    bar between updates) is ended first, so the two never share a line."""
     if not data:
       return
     with self._lock:
+      if self._unfinished not in (None, source):
+        self._held.append(b"\n")
+      self._unfinished = None if data.endswith((b"\n", b"\r")) else source
       self._held.append(data)
       self._write_held()
 
@@ -203,14 +209,14 @@ class Pump:
       data = os.read(self._read, 1 << 16)
       if not data:  # every writer closed fd: `stop` ran
         break
-      self._log.write(self._log_lines.feed(data))
+      self._log.write(self._log_lines.feed(data), self._fd)
       self._show(self._filter.feed(data))
     self._flush()
     os.close(self._read)
 
   def _flush(self):
     """Lets an unfinished line through, to the log and (unless noise) to the terminal."""
-    self._log.write(self._log_lines.flush())
+    self._log.write(self._log_lines.flush(), self._fd)
     self._show(self._filter.flush())
 
   def _show(self, data: bytes):

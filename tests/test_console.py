@@ -136,6 +136,19 @@ def test_the_log_keeps_each_line_whole_when_stdout_and_stderr_interleave(tmp_pat
   assert "first half, second half\n" in logged and "\na warning\n" in logged, logged
 
 
+def test_a_line_left_open_by_one_descriptor_is_ended_before_the_other_writes(tmp_path):
+  """A progress bar waits between updates with its line open; a line of the other
+  descriptor then starts a line of its own in the log, as on a terminal."""
+  log, path = console.Log(), str(tmp_path / "run.log")
+  log.attach(path)
+  log.write(b"\rGenerating: 1 examples", 2)
+  log.write(b"prepared.\n", 1)
+  log.write(b"\rGenerating: 2 examples", 2)
+  log.write(b", done\n", 2)  # the same descriptor continues its own line
+  assert open(path, "rb").read() == (b"\rGenerating: 1 examples\nprepared.\n"
+                                     b"\rGenerating: 2 examples, done\n")
+
+
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_keeps_its_message_and_exit_code(tmp_path, number):
   """As purl_tf.train.main answers Ctrl-C and SIGTERM: a line on stderr, 128 + signal."""
@@ -156,7 +169,11 @@ def test_a_stop_signal_keeps_its_message_and_exit_code(tmp_path, number):
   name = signal.Signals(number).name
   assert process.returncode == 128 + number
   assert err.decode() == f"purl_tf: stopped by {name}\n" and f"{name} received" in out.decode()
-  assert open(log).read().endswith(f"purl_tf: stopped by {name}\n")
+  # Both lines reach the log whole; their order there is the pumps' (stdout and stderr are
+  # two pipes), not the order they were written in.
+  lines = open(log).read().splitlines()
+  assert f"purl_tf: stopped by {name}" in lines, lines[-3:]
+  assert any(line.startswith(f"{name} received") for line in lines), lines[-3:]
 
 
 def test_a_bad_binding_prints_its_error_line_and_nothing_else(tmp_path):
