@@ -158,8 +158,10 @@ class Plan:
 
 def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
               episodes: Optional[int], mock: bool, quick: bool = False,
-              extra_bindings: Sequence[str] = (), variant: str = "") -> Plan:
-  """Checks a benchmark's flags; one-line PurlErrors for bad ones."""
+              extra_bindings: Sequence[str] = (), variant: str = "",
+              targets: Sequence[str] = ()) -> Plan:
+  """Checks a benchmark's flags; one-line PurlErrors for bad ones. `targets` (empty: all
+  of the suite's) picks some of the suite's targets."""
   if suite_name not in SUITES:
     raise PurlError(f"--benchmark={suite_name} is unknown: use one of {sorted(SUITES)}.")
   suite = SUITES[suite_name]
@@ -179,7 +181,15 @@ def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
     if not tf.config.list_physical_devices("GPU"):
       raise PurlError(f"--benchmark={suite_name} is sized for GPU machines and this one has "
                       "none: add --mock to check it on tfds mock data.")
-  targets = suite.targets
+  known = ", ".join(str(t) for t in suite.targets)
+  try:
+    chosen = {float(t) for t in targets}
+  except ValueError:
+    raise PurlError(f"--targets={','.join(targets)} must be numbers: some of {known}.") from None
+  if not chosen <= set(suite.targets):
+    raise PurlError(f"--targets={','.join(targets)} names a target {suite_name} does not "
+                    f"have: use some of {known}.")
+  targets = tuple(t for t in suite.targets if t in chosen) if chosen else suite.targets
   if quick:
     seed_values = seed_values[:1]
     targets = (suite.quick_target or max(suite.targets),)
@@ -629,6 +639,7 @@ def _define_flags():
   flags.DEFINE_enum("benchmark", "mnist_resnet20", sorted(SUITES), "Benchmark to run.")
   flags.DEFINE_bool("quick", False, "One seed and one target (the highest), every method.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
+  flags.DEFINE_list("targets", [], "Some of the benchmark's targets to run (default: all).")
   flags.DEFINE_integer("episodes", None, "Collect episodes of every search (default: the "
                        "benchmark's).")
   flags.DEFINE_bool("mock", False, "Run on tfds mock data with tiny budgets (checks a GPU "
@@ -652,7 +663,8 @@ def main(argv):
   output = options.output or None
   try:
     plan = make_plan(options.benchmark, options.root_dir, options.seeds, options.episodes,
-                     options.mock, options.quick, options.gin_bindings, options.variant)
+                     options.mock, options.quick, options.gin_bindings, options.variant,
+                     options.targets)
     print(f"{plan.name}: {len(plan.seeds)} seeds x {len(plan.targets)} targets x "
           f"{len(METHOD_ORDER)} methods in {plan.root_dir}.", flush=True)
 

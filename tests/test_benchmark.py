@@ -294,6 +294,20 @@ def test_quick_keeps_the_first_seed_and_the_highest_target(tmp_path):
     assert bound(plan.bindings(highest, 3), "load_splits.shuffle_seed") == "3"
 
 
+def test_targets_pick_some_of_the_suites_targets_in_the_suites_order(tmp_path):
+  plan = benchmark.make_plan("mnist_resnet20", str(tmp_path), ["1", "2"], None, False,
+                             targets=["0.95"])
+  assert plan.targets == (0.95,) and plan.name == "mnist_resnet20"
+  assert [c[:2] for c in plan.cells()][::len(benchmark.METHOD_ORDER)] == [(1, 0.95), (2, 0.95)]
+  both = benchmark.make_plan("mnist5k", str(tmp_path), ["0"], None, False,
+                             targets=["0.98", "0.95"])
+  assert both.targets == (0.95, 0.98)
+  for targets, message in ((["0.97"], "does not have: use some of 0.9, 0.95"),
+                           (["x"], "must be numbers")):
+    with pytest.raises(PurlError, match=message):
+      benchmark.make_plan("mnist_resnet20", str(tmp_path), ["0"], None, False, targets=targets)
+
+
 def test_mock_plan_runs_elsewhere_on_tiny_budgets(tmp_path, monkeypatch):
   mock = benchmark.make_plan("imagenet_resnet50", str(tmp_path), ["0"], None, True)
   assert mock.root_dir == str(tmp_path / "mock" / "imagenet_resnet50")
