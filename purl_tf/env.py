@@ -106,7 +106,8 @@ class PruningEnv(py_environment.PyEnvironment):
   def __init__(self, controller: PruningController, trainer: MaskedTrainer, train_stream,
                reward_data, target_sparsity: float = 0.9, mode: str = SPARSITY,
                levels: Optional[Sequence[float]] = None, retrain_steps: int = 10,
-               final_retrain_steps: int = 0, recalibrate_batches: int = 2, reward_fn=None, enforce_target: bool = True,
+               final_retrain_steps: int = 0, recalibrate_batches: int = 2, reward_fn=None,
+               enforce_target: bool = True,
                prior: Optional[str] = None, prior_factors: Sequence[float] = PRIOR_FACTORS):
     super().__init__(handle_auto_reset=True)
     if not 0.0 < target_sparsity < 1.0:

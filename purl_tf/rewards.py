@@ -15,7 +15,8 @@ so every step is credited with what its own action did:
 
 with s_{-1} = 0 and a_{-1} = a_dense. The episodic reward pays R at the last step and 0
 before. A step whose retrain fails (non-finite loss) is undone and both pay worst() on top
-of what an unchanged step earns, so their returns stay equal. The paper does not publish its constants; these defaults are purl_tf's choice:
+of what an unchanged step earns, so their returns stay equal. The paper does not publish
+its constants; these defaults are purl_tf's choice:
 reaching the target is worth 1, a 1 % relative accuracy loss costs 0.05, missing
 the target by 10 % of it costs an extra 0.5, and going past it is free (w_over = 0): then
 only its accuracy cost holds a policy back from overshooting the target. With w_over > 0

@@ -397,7 +397,7 @@ class SearchRunner:
   def _policy(self, kind: str):
     """The episode's policy, its random draws seeded by (seed, episode, kind)."""
     seed = (self.seed, self.record.collected, LEARNERS.index(self.learner),
-            (COLLECT, GREEDY, RANDOM).index(kind) if kind != PRIOR else 3)
+            (COLLECT, GREEDY, RANDOM, PRIOR).index(kind))
     if kind == PRIOR:
       return scripted_py_policy.ScriptedPyPolicy(
           self.env.time_step_spec(), self.env.action_spec(),

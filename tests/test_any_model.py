@@ -373,7 +373,8 @@ def test_worked_example_runs_as_written(tmp_path, monkeypatch):
       ["load_splits.reward_size = 50", "load_splits.test_size = 50",
        "make_strategy.name = 'default'", "PruningEnv.retrain_steps = 1"])
   builder = gin.query_parameter("train_eval.model_builder").scoped_configurable_fn
-  parts = pipeline.build("runs/my_model", builder, gin.query_parameter("train_eval.target_sparsity"))
+  target = gin.query_parameter("train_eval.target_sparsity")
+  parts = pipeline.build("runs/my_model", builder, target)
   assert (parts.splits.name, parts.splits.image_shape, parts.splits.num_classes) == (
       "image_folder", (28, 28, 1), 10)
   assert parts.splits.num_examples == {"train": 200, "reward": 50, "test": 50}

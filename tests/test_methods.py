@@ -26,7 +26,8 @@ CANDIDATES = 3  # SearchRunner.candidates' default
 
 def tiny(data_dir, method, target=0.9):
   """The quickstart shrunk to seconds: 2 collect + 2 greedy episodes of 1 retrain step per
-  layer and FINAL_STEPS more after the last, a fine-tune of 6 steps (0.1 epoch of 3,500 examples in batches of 64)."""
+  layer and FINAL_STEPS more after the last, a fine-tune of 6 steps (0.1 epoch of 3,500
+  examples in batches of 64)."""
   return [f"load_splits.data_dir = '{data_dir}'", "make_strategy.name = 'default'",
           "train_eval.export_tflite = False", f"train_eval.target_sparsity = {target}",
           f"train_eval.method = '{method}'", "SearchRunner.num_episodes = 2",
