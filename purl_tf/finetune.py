@@ -30,11 +30,11 @@ def steps(splits: Splits, epochs: float) -> int:
 
 
 @gin.configurable(denylist=["controller", "strategy", "splits", "allocation", "root_dir",
-                            "seed", "start_state"])
+                            "seed", "start_state", "extra_steps"])
 def finetune(controller: pruning.PruningController, strategy: tf.distribute.Strategy,
              splits: Splits, allocation: dict, root_dir: str, epochs: float = 2.0,
              learning_rate: float = 0.01, momentum: float = 0.9, max_restarts: int = 3,
-             seed: int = 0, start_state: Optional[str] = None) -> dict:
+             seed: int = 0, start_state: Optional[str] = None, extra_steps: int = 0) -> dict:
   """Fine-tunes `allocation` ({layer: sparsity}) and evaluates dense and pruned on test.
 
   Args:
@@ -53,6 +53,8 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
       the step reached (step s always sees the same batch).
     start_state: a network saved by PruningController.save_state (masks and weights) to
       start from instead.
+    extra_steps: train steps on top of `epochs`' (train_eval.match_search_steps gives a
+      one-shot allocation the steps a search of the run's config would spend).
   Returns:
     dict with dense_test_accuracy, pruned_test_accuracy, pruned_reward_accuracy,
     finetune_steps, finetune_restarts, finetune_seconds, pruned_model (path),
@@ -63,7 +65,7 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
     raise PurlError(f"finetune.epochs={epochs} must not be negative.")
   start = time.time()
   steps_per_epoch = max(splits.num_examples["train"] // splits.batch_size, 1)
-  total_steps = steps(splits, epochs)
+  total_steps = steps(splits, epochs) + extra_steps
   with strategy.scope():
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(total_steps, 1))
     trainer = MaskedTrainer(controller.model, strategy, learning_rate=schedule,

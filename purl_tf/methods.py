@@ -60,6 +60,13 @@ class Choice:
   start_state: Optional[str] = None  # the network the search measured (.npz), to fine-tune
 
 
+def search_steps(env: PruningEnv, root_dir: str, seed: int) -> int:
+  """Train batches a PuRL search of the bound config would spend retraining (random
+  search and the episodic reward spend as many): the budget gradual prunes over and
+  train_eval.match_search_steps adds to a one-shot method's fine-tune."""
+  return search.SearchRunner(env, root_dir, seed=seed).planned_retrain_steps
+
+
 def choose(method: str, env: PruningEnv, root_dir: str, seed: int,
            lockstep: Optional[distribute.Lockstep] = None) -> Choice:
   """Runs (or resumes) `method`'s choice of an allocation at the environment's target
@@ -76,10 +83,10 @@ def choose(method: str, env: PruningEnv, root_dir: str, seed: int,
     allocation = controller.allocation()
     controller.reset()
     return Choice(allocation, seconds=time.time() - started)
-  runner = search.SearchRunner(env, root_dir, learner=SEARCHED.get(method, search.DQN),
-                               seed=seed, lockstep=lockstep)
   if method == GRADUAL:
-    return Choice(None, retrain_steps=runner.planned_retrain_steps)
+    return Choice(None, retrain_steps=search_steps(env, root_dir, seed))
+  runner = search.SearchRunner(env, root_dir, learner=SEARCHED[method], seed=seed,
+                               lockstep=lockstep)
   found = runner.run()
   controller.reset()
   chosen = found.chosen

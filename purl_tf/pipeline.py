@@ -71,7 +71,7 @@ def build(root_dir: str, model_builder, target_sparsity: float, seed: int = 0,
 def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
                target_sparsity: float = 0.9, seed: int = 0, deterministic: bool = False,
                export_tflite: bool = True, finetune_from: str = "search",
-               overwrite: bool = False) -> RunResult:
+               match_search_steps: bool = False, overwrite: bool = False) -> RunResult:
   """Prunes the model `model_builder` builds to `target_sparsity` by `method`.
 
   Args:
@@ -89,6 +89,10 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
     finetune_from: for a searched method, 'search' fine-tunes the network the search
       measured for its chosen allocation (masks and retrained weights); 'dense' applies
       the allocation to the dense weights instead, as one-shot methods do.
+    match_search_steps: a one-shot method (global_magnitude, lamp, erk, uniform,
+      uniform_keep_ends) fine-tunes for the train steps a search of this config spends
+      as well, so that it trains as long as the searches and gradual (an equal-budget
+      comparison); no effect on those, which spend the steps choosing.
     overwrite: delete a run with another config found in root_dir instead of refusing.
   Returns:
     the RunResult written to root_dir/results.json.
@@ -122,9 +126,14 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
     _write_best_allocation(root_dir, method, parts.env, choice)
     if finetune_from == "dense" or not choice.start_state:
       finetune_from, choice.start_state = "dense", None
+    extra = 0
+    if match_search_steps and method in methods.ONE_SHOT:
+      extra = methods.search_steps(parts.env, root_dir, seed)
+      print(f"train_eval.match_search_steps: {extra:,} more fine-tune steps, as many as a "
+            "search of this config spends.", flush=True)
     tuned = finetune.finetune(parts.controller, parts.strategy, parts.splits,
                               choice.allocation, root_dir, seed=seed,
-                              start_state=choice.start_state)
+                              start_state=choice.start_state, extra_steps=extra)
   comparison = compare.one_shot(parts.controller, parts.env.trainer, parts.splits.test,
                                 tuned["allocation"])
   tflite = {}

@@ -36,13 +36,14 @@ def tiny(data_dir, method, target=0.9):
           f"SearchRunner.rescore_steps = {RESCORE_STEPS}", "finetune.epochs = 0.1"]
 
 
-def run(method, root, data_dir, pretrained_lenet, target=0.9):
-  """train_eval of `method` in root, starting from the session's pre-trained LeNet-5."""
+def run(method, root, data_dir, pretrained_lenet, target=0.9, bindings=()):
+  """train_eval of `method` in root, starting from the session's pre-trained LeNet-5
+  (with further gin `bindings`)."""
   if not os.path.exists(os.path.join(root, files.DENSE_WEIGHTS)):
     os.makedirs(os.path.join(root, "dense"))
     shutil.copyfile(pretrained_lenet.weights_path, os.path.join(root, files.DENSE_WEIGHTS))
   gin.clear_config()
-  pipeline.parse_gin([QUICKSTART], tiny(data_dir, method, target))
+  pipeline.parse_gin([QUICKSTART], [*tiny(data_dir, method, target), *bindings])
   return pipeline.train_eval(root)
 
 
@@ -100,6 +101,17 @@ def test_searched_methods_share_the_purl_budget(finished):
   _, gradual = finished("gradual")
   assert gradual.search_retrain_steps == random.search_retrain_steps  # its pruning ramp
   assert gradual.finetune_steps == random.finetune_steps == 6  # ceil(0.1 * 3500 // 64)
+
+
+def test_a_one_shot_method_can_train_as_long_as_the_searches(finished, data_dir,
+                                                             pretrained_lenet, tmp_path):
+  _, random = finished("random")
+  matched = run("erk", str(tmp_path / "erk"), data_dir, pretrained_lenet,
+                bindings=["train_eval.match_search_steps = True"])
+  assert matched.search_retrain_steps == 0
+  assert matched.finetune_steps == random.search_retrain_steps + random.finetune_steps
+  _, plain = finished("erk")
+  assert matched.allocation == plain.allocation  # the same allocation, trained longer
 
 
 def test_the_episodic_reward_pays_only_at_the_last_step(finished):
