@@ -44,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # In the order a seed runs them: the first pre-trains the dense model the others share.
 METHOD_ORDER = ("purl", "episodic", "random", "global_magnitude", "lamp", "erk", "uniform",
-                "uniform_keep_ends", "gradual")
+                "uniform_keep_ends", "gradual", "lamp_matched", "erk_matched")
 METHOD_NAMES = {
     "purl": "PuRL (dense reward)",
     "episodic": "PuRL agent, episodic reward",
@@ -55,12 +55,18 @@ METHOD_NAMES = {
     "uniform": "uniform",
     "uniform_keep_ends": "uniform, first and last dense",
     "gradual": "gradual (tfmot PolynomialDecay)",
+    "lamp_matched": "LAMP, fine-tuned as long as a search trains",
+    "erk_matched": "ERK, fine-tuned as long as a search trains",
 }
+# Rows of a one-shot allocator whose fine-tune also gets the train steps of a search
+# (train_eval.match_search_steps): the searches' and gradual's budget, one shot.
+MATCHED = {"lamp_matched": "lamp", "erk_matched": "erk"}
 SEARCHES = ("purl", "episodic", "random")  # methods that leave search/episodes.json
-# Methods whose cell depends on the search's settings: the searches, and gradual, whose
-# ramp has the search's retrain budget (a variant's bindings apply to these).
-VARIED = (*SEARCHES, "gradual")
-RIVALS = ("global_magnitude", "lamp", "erk", "random")  # what PuRL must beat
+# Methods whose cell depends on the search's settings: the searches, and gradual and the
+# MATCHED rows, which train for the search's retrain budget (a variant's bindings apply
+# to these).
+VARIED = (*SEARCHES, "gradual", *MATCHED)
+RIVALS = ("global_magnitude", "lamp", "erk", "random", *MATCHED)  # what PuRL must beat
 WITHIN = 0.005  # "within 0.5 points": reward-split accuracy, as a fraction
 MARGIN = 0.005  # PuRL's required lead at the highest target, as a fraction
 WIDE_LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
@@ -204,6 +210,14 @@ def kept_dense(plan: Plan, results_dir: str, seed: int) -> str:
   return os.path.join(results_dir, f"{plan.base_name}_dense", f"seed{seed}.h5")
 
 
+def method_bindings(method: str) -> List[str]:
+  """The gin bindings that pick a cell's method (a MATCHED row: its one-shot method,
+  fine-tuned as long as a search trains)."""
+  if method in MATCHED:
+    return [f"train_eval.method = '{MATCHED[method]}'", "train_eval.match_search_steps = True"]
+  return [f"train_eval.method = '{method}'"]
+
+
 def run_cell(plan: Plan, seed: int, target: float, method: str, results_dir: str) -> str:
   """Runs one cell in a `python -m purl_tf.train` process unless its folder holds a
   finished run. Every cell of a seed starts from the dense weights kept for the seed
@@ -218,8 +232,8 @@ def run_cell(plan: Plan, seed: int, target: float, method: str, results_dir: str
     shutil.copyfile(kept, weights)
   command = [sys.executable, "-m", "purl_tf.train", f"--root_dir={folder}",
              f"--gin_file={os.path.join(REPO, plan.suite.gin_file)}"]
-  command += [f"--gin_bindings={b}" for b in plan.bindings(target, seed, method)]
-  command.append(f"--gin_bindings=train_eval.method = '{method}'")
+  command += [f"--gin_bindings={b}"
+              for b in (*plan.bindings(target, seed, method), *method_bindings(method))]
   if plan.mock:
     command.append(f"--mock_examples={MOCK_EXAMPLES}")
   log = folder.rstrip(os.sep) + ".log"
@@ -603,9 +617,11 @@ def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_file
       f"{sum(seconds) / 60:.0f} min in all.",
       f"- Config: `{plan.suite.gin_file}` plus, for every cell, "
       + ", ".join(f"`{b}`" for b in plan.bindings("<target>", "<seed>"))
-      + ", `train_eval.method = '<method>'`.",
+      + ", `train_eval.method = '<method>'` (the rows fine-tuned as long as a search trains: "
+      "their one-shot method and `train_eval.match_search_steps = True`).",
       *([f"- Variant `{plan.variant}`: the last {len(plan.extra_bindings)} bindings apply to "
-         f"{', '.join(VARIED)} only (gradual's ramp is the search's retrain budget); the "
+         f"{', '.join(VARIED)} only (gradual and the matched rows train for the search's "
+         "retrain budget); the "
          "other methods' cells are the plain benchmark's."] if plan.variant else []),
       f"- Machine: {machine()}",
       f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
