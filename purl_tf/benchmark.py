@@ -621,8 +621,8 @@ def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_file
       "their one-shot method and `train_eval.match_search_steps = True`).",
       *([f"- Variant `{plan.variant}`: the last {len(plan.extra_bindings)} bindings apply to "
          f"{', '.join(VARIED)} only (gradual and the matched rows train for the search's "
-         "retrain budget); the "
-         "other methods' cells are the plain benchmark's."] if plan.variant else []),
+         "retrain budget); the other methods' cells are the plain benchmark's."]
+        if plan.variant else []),
       f"- Machine: {machine()}",
       f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
   ]
