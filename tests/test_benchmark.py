@@ -472,17 +472,3 @@ def test_a_variant_changes_the_searches_and_shares_the_other_cells(tmp_path):
       benchmark.make_plan("mnist5k", str(tmp_path), ["0"], 4, False, extra_bindings=bindings,
                           variant=name)
 
-
-def test_a_matched_row_trains_its_one_shot_allocation_as_long_as_gradual(tmp_path):
-  """Two real cells of the mnist5k mock plan: ERK fine-tuned as long as a search trains
-  gets gradual's total train steps (gradual prunes over the search's retrain budget)."""
-  plan = benchmark.make_plan("mnist5k", str(tmp_path), ["0"], None, True, quick=True)
-  results_dir = str(tmp_path / "docs")
-  target = plan.targets[0]
-  for method in ("gradual", "erk_matched"):
-    benchmark.run_cell(plan, 0, target, method, results_dir)
-  gradual, matched = (benchmark.read_run(plan, 0, target, m).results
-                      for m in ("gradual", "erk_matched"))
-  assert matched["method"] == "erk" and matched["search_retrain_steps"] == 0
-  assert gradual["search_retrain_steps"] > 0
-  assert matched["finetune_steps"] == gradual["search_retrain_steps"] + gradual["finetune_steps"]

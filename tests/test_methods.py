@@ -11,7 +11,7 @@ import purl_tf  # noqa: F401
 import gin
 import tf_keras as keras
 
-from purl_tf import files, gradual, pipeline, search, train
+from purl_tf import benchmark, files, gradual, pipeline, search, train
 from purl_tf.env import SPARSITY_LEVELS
 from purl_tf.errors import PurlError
 from purl_tf.results import RunResult
@@ -105,9 +105,11 @@ def test_searched_methods_share_the_purl_budget(finished):
 
 def test_a_one_shot_method_can_train_as_long_as_the_searches(finished, data_dir,
                                                              pretrained_lenet, tmp_path):
+  """The benchmark's row "ERK, fine-tuned as long as a search trains", run by its bindings."""
   _, random = finished("random")
-  matched = run("erk", str(tmp_path / "erk"), data_dir, pretrained_lenet,
-                bindings=["train_eval.match_search_steps = True"])
+  matched = run("uniform", str(tmp_path / "erk"), data_dir, pretrained_lenet,
+                bindings=benchmark.method_bindings("erk_matched"))
+  assert matched.method == "erk"
   assert matched.search_retrain_steps == 0
   assert matched.finetune_steps == random.search_retrain_steps + random.finetune_steps
   _, plain = finished("erk")
