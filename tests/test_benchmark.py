@@ -471,4 +471,3 @@ def test_a_variant_changes_the_searches_and_shares_the_other_cells(tmp_path):
     with pytest.raises(PurlError, match="--variant"):
       benchmark.make_plan("mnist5k", str(tmp_path), ["0"], 4, False, extra_bindings=bindings,
                           variant=name)
-
