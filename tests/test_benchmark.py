@@ -216,6 +216,24 @@ def test_the_speed_goal_needs_half_the_episodes_of_the_episodic_reward():
   assert "MET (2.0 vs 4.0 evaluated" in benchmark.goals(cells + rivals, target, True)[1]
 
 
+def test_goals_say_when_the_required_lead_would_pass_the_dense_network():
+  target = 0.95  # every dense network at 97.00 % (results()' default)
+  purl = [cell("purl", s, 0.96, target, episodes=AT_2) for s in range(3)]
+  episodic = [cell("episodic", s, 0.96, target, episodes=AT_4) for s in range(3)]
+  rivals = {"lamp": [0.964, 0.9649, 0.950], "erk": [0.950, 0.950, 0.966]}
+  lines = benchmark.goals(purl + episodic + rivals_at(target, rivals), target, True)
+  assert lines[-1] == (
+      "- Headroom: the bar (the best rival of each seed + 0.5 pt: 96.90, 96.99, 97.10 %) is "
+      "at or above the dense network's test accuracy (97.00, 97.00, 97.00 %) on 1 of 3 "
+      "seeds: the goal asks a network pruned to 0.95 to match the unpruned one; a higher "
+      "target leaves an allocation room to show.")
+  rivals["erk"][2] = 0.9649  # every bar below the dense network: nothing to say
+  lines = benchmark.goals(purl + episodic + rivals_at(target, rivals), target, True)
+  assert len(lines) == 2 and not any("Headroom" in line for line in lines)
+  assert not any("Headroom" in line for line in benchmark.goals(
+      purl + rivals_at(target, {"lamp": [0.97] * 3}), target, False))
+
+
 def test_goals_at_other_targets_allow_the_best_rivals_std_and_name_missed_targets():
   target = 0.9
   rivals = {"global_magnitude": [0.96, 0.97, 0.98], "lamp": [0.95, 0.95, 0.95]}
