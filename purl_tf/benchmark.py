@@ -133,6 +133,9 @@ class Plan:
   # A named variant of the searches: extra_bindings apply to the VARIED methods only,
   # which run in root_dir/<variant>; the other cells are the plan's own, shared.
   variant: str = ""
+  # The methods whose cells this invocation runs (--methods); the report still shows the
+  # finished cells of every method.
+  methods: Tuple[str, ...] = METHOD_ORDER
 
   @property
   def base_name(self) -> str:
@@ -147,6 +150,10 @@ class Plan:
     """(seed, target, method) in the order they run."""
     return [(seed, target, method) for seed in self.seeds for target in self.targets
             for method in METHOD_ORDER]
+
+  def cells_to_run(self) -> List[Tuple[int, float, str]]:
+    """The cells of `methods`, in the order they run."""
+    return [cell for cell in self.cells() if cell[2] in self.methods]
 
   def run_dir(self, target: float, seed: int, method: str) -> str:
     varied = self.variant if method in VARIED else ""
@@ -165,9 +172,10 @@ class Plan:
 def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
               episodes: Optional[int], mock: bool, quick: bool = False,
               extra_bindings: Sequence[str] = (), variant: str = "",
-              targets: Sequence[str] = ()) -> Plan:
+              targets: Sequence[str] = (), methods: Sequence[str] = ()) -> Plan:
   """Checks a benchmark's flags; one-line PurlErrors for bad ones. `targets` (empty: all
-  of the suite's) picks some of the suite's targets."""
+  of the suite's) picks some of the suite's targets, `methods` (empty: all) the methods
+  whose cells run."""
   if suite_name not in SUITES:
     raise PurlError(f"--benchmark={suite_name} is unknown: use one of {sorted(SUITES)}.")
   suite = SUITES[suite_name]
@@ -196,13 +204,18 @@ def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
     raise PurlError(f"--targets={','.join(targets)} names a target {suite_name} does not "
                     f"have: use some of {known}.")
   targets = tuple(t for t in suite.targets if t in chosen) if chosen else suite.targets
+  unknown = sorted(set(methods) - set(METHOD_ORDER))
+  if unknown:
+    raise PurlError(f"--methods names {', '.join(unknown)}, which the benchmark does not "
+                    f"have: use some of {', '.join(METHOD_ORDER)}.")
+  methods = tuple(m for m in METHOD_ORDER if m in methods) if methods else METHOD_ORDER
   if quick:
     seed_values = seed_values[:1]
     targets = (suite.quick_target or max(suite.targets),)
   base = os.path.abspath(os.path.expanduser(root_dir or os.path.join("runs", "benchmark")))
   folder = os.path.join(base, "mock" if mock else "", suite_name)
   return Plan(suite, folder, seed_values, targets, episodes or (1 if mock else suite.episodes),
-              mock, quick, tuple(extra_bindings), variant)
+              mock, quick, tuple(extra_bindings), variant, methods)
 
 
 def kept_dense(plan: Plan, results_dir: str, seed: int) -> str:
@@ -295,10 +308,10 @@ def recorded(plan: Plan, results_dir: str) -> Dict[Tuple[int, float, str], dict]
 
 
 def run_plan(plan: Plan, results_dir: str, after_cell=lambda: None):
-  """Runs every cell, seed by seed; a cell finished before (in its folder or in the
-  results file) is not run again. One line per cell; `after_cell()` runs after each
-  cell run here (e.g. to rewrite the results)."""
-  cells, known = plan.cells(), recorded(plan, results_dir)
+  """Runs the cells of the plan's methods, seed by seed; a cell finished before (in its
+  folder or in the results file) is not run again. One line per cell; `after_cell()`
+  runs after each cell run here (e.g. to rewrite the results)."""
+  cells, known = plan.cells_to_run(), recorded(plan, results_dir)
   for number, (seed, target, method) in enumerate(cells, 1):
     folder = plan.run_dir(target, seed, method)
     before = known.get((seed, target, method))
@@ -674,6 +687,8 @@ def _define_flags():
   flags.DEFINE_bool("quick", False, "One seed and one target (the highest), every method.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
   flags.DEFINE_list("targets", [], "Some of the benchmark's targets to run (default: all).")
+  flags.DEFINE_list("methods", [], "Some of the methods to run (default: all); the report "
+                    "keeps the other methods' finished cells.")
   flags.DEFINE_integer("episodes", None, "Collect episodes of every search (default: the "
                        "benchmark's).")
   flags.DEFINE_bool("mock", False, "Run on tfds mock data with tiny budgets (checks a GPU "
@@ -698,9 +713,9 @@ def main(argv):
   try:
     plan = make_plan(options.benchmark, options.root_dir, options.seeds, options.episodes,
                      options.mock, options.quick, options.gin_bindings, options.variant,
-                     options.targets)
+                     options.targets, options.methods)
     print(f"{plan.name}: {len(plan.seeds)} seeds x {len(plan.targets)} targets x "
-          f"{len(METHOD_ORDER)} methods in {plan.root_dir}.", flush=True)
+          f"{len(plan.methods)} methods in {plan.root_dir}.", flush=True)
 
     def publish():
       section = report(plan, output, options.results_dir)

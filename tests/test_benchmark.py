@@ -451,6 +451,31 @@ def test_cells_in_the_committed_results_file_are_not_run_again(tmp_path, capsys)
   assert benchmark.recorded(other, results_dir) == {}  # 5 episodes, not 4: measure again
 
 
+def test_methods_run_only_their_cells_and_the_report_keeps_the_others(tmp_path, monkeypatch):
+  plan = benchmark.make_plan("mnist5k", str(tmp_path / "runs"), ["0"], 4, False, quick=True,
+                             methods=["lamp", "purl"])
+  assert plan.methods == ("purl", "lamp")  # in METHOD_ORDER
+  results_dir = str(tmp_path / "docs" / "benchmarks")
+
+  def run_cell(plan, seed, target, method, results_dir):
+    ran.append(method)
+    files.write_json(os.path.join(plan.run_dir(target, seed, method), files.RESULTS),
+                     results(0.9, target))
+
+  ran = []
+  monkeypatch.setattr(benchmark, "run_cell", run_cell)
+  for seed, target, method in plan.cells():
+    if method not in (*plan.methods, "erk"):  # erk is left unfinished, and not run
+      run_cell(plan, seed, target, method, results_dir)
+  ran.clear()
+  benchmark.run_plan(plan, results_dir)
+  assert ran == ["purl", "lamp"]
+  shown = [c["method"] for c in benchmark.collect(plan, results_dir)]
+  assert shown == [m for m in benchmark.METHOD_ORDER if m != "erk"]
+  with pytest.raises(PurlError, match="--methods names lamb, which the benchmark does not"):
+    benchmark.make_plan("mnist5k", str(tmp_path), ["0"], 4, False, methods=["lamb", "lamp"])
+
+
 def test_write_section_replaces_only_its_own_section(tmp_path):
   path = str(tmp_path / "docs" / "b.md")
   quick = "A: LeNet-5 (quick: one seed, one target)"  # a heading with regex characters
