@@ -660,8 +660,19 @@ def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_file
   return "\n".join(parts)
 
 
+def covering(plan: Plan, results_dir: str) -> Plan:
+  """The plan widened to every seed and target its results file already holds, so that a
+  part of a table (--seeds, --targets) adds to the results file and drops none of it."""
+  known = recorded(plan, results_dir)
+  return dataclasses.replace(
+      plan, seeds=tuple(sorted(set(plan.seeds) | {seed for seed, _, _ in known})),
+      targets=tuple(sorted(set(plan.targets) | {target for _, target, _ in known})))
+
+
 def report(plan: Plan, output: Optional[str], results_dir: str) -> Section:
-  """Writes the results file and figures of the finished cells; their section."""
+  """Writes the results file and figures of the finished cells of the plan and of its
+  results file (see covering); their section."""
+  plan = covering(plan, results_dir)
   cells = collect(plan, results_dir)
   written = files.write_json(results_path(plan, results_dir), {
       "benchmark": plan.suite.name, "quick": plan.quick, "mock": plan.mock,

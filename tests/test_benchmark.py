@@ -451,6 +451,30 @@ def test_cells_in_the_committed_results_file_are_not_run_again(tmp_path, capsys)
   assert benchmark.recorded(other, results_dir) == {}  # 5 episodes, not 4: measure again
 
 
+def test_a_part_of_the_table_adds_to_the_results_file_and_drops_none_of_it(tmp_path):
+  root, results_dir = str(tmp_path / "runs"), str(tmp_path / "docs" / "benchmarks")
+
+  def run_part(seeds, targets):
+    plan = benchmark.make_plan("mnist5k", root, seeds, 4, False, targets=targets)
+    for seed, target, method in plan.cells():
+      folder = plan.run_dir(target, seed, method)
+      files.write_json(os.path.join(folder, files.RESULTS), results(0.9, target))
+      if method in benchmark.SEARCHES:
+        files.write_json(os.path.join(folder, files.EPISODES), [episode(0.95, 0.99)])
+    section = benchmark.report(plan, None, results_dir)
+    os.rename(root, f"{root}.{seeds[0]}")  # only the results file is left, as in a clone
+    return section, files.read_json(benchmark.results_path(plan, results_dir))
+
+  run_part(["0"], ["0.98"])
+  section, written = run_part(["1"], ["0.95"])
+  per_method = len(benchmark.METHOD_ORDER)
+  assert [(c["seed"], c["target"]) for c in written["cells"]][::per_method] == [
+      (0, 0.98), (1, 0.95)]  # seed 0's cells at 0.98 are kept, in plan order
+  assert (written["seeds"], written["targets"]) == ([0, 1], [0.95, 0.98])
+  assert "### Target sparsity 0.95" in section.body and "### Target sparsity 0.98" in section.body
+  assert "Seeds 0, 1;" in section.body
+
+
 def test_methods_run_only_their_cells_and_the_report_keeps_the_others(tmp_path, monkeypatch):
   plan = benchmark.make_plan("mnist5k", str(tmp_path / "runs"), ["0"], 4, False, quick=True,
                              methods=["lamp", "purl"])
