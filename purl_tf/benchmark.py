@@ -12,7 +12,9 @@ one stopped). The first cell of a seed pre-trains the dense model every other ce
 that seed starts from; its weights are kept beside the results file
 (<benchmark>_dense/seed<s>.h5) for the same reason. A seed changes the
 reward split (load_splits.reward_seed), the pre-training and retraining order
-(load_splits.shuffle_seed), the search and the fine-tune (train_eval.seed).
+(load_splits.shuffle_seed), the search and the fine-tune (train_eval.seed). --seeds,
+--targets and --methods run part of a table; the results file keeps the other parts'
+cells.
 
 Outputs: docs/benchmarks/<benchmark>.json (every cell's numbers), three PNGs beside it,
 and the benchmark's section of docs/benchmarks.md (tables and goals, MET or NOT MET).
