@@ -550,7 +550,10 @@ def _speed_goal(cells, target) -> List[str]:
     values = [c["episodes_to_within"] for c in cells
               if c["method"] == method and c["target"] == target]
     reached = [v for v in values if v is not None]
-    if not values or not reached:
+    if not values:
+      return [f"- Episodes to the best: not evaluated yet ({METHOD_NAMES[method]} has no "
+              "finished cell at this target)."]
+    if not reached:
       return ["- Episodes to the best: not comparable (a search never reached the target)."]
     means[method] = statistics.fmean(reached)
   verdict = "MET" if means["purl"] <= means["episodic"] / 2 else "NOT MET"

@@ -209,6 +209,9 @@ def test_the_speed_goal_needs_half_the_episodes_of_the_episodic_reward():
   assert speed(NEVER, at(4)) == ("- Episodes to the best: not comparable (a search never "
                                  "reached the target).")
   assert "not comparable" in speed(at(1), NEVER)
+  assert benchmark.goals([cell("purl", 0, 0.95, target, episodes=at(1))] + rivals, target,
+                         True)[1] == ("- Episodes to the best: not evaluated yet (PuRL agent, "
+                                      "episodic reward has no finished cell at this target).")
   # Means over the seeds that reached the target.
   cells = [cell("purl", s, 0.95, target, episodes=e) for s, e in enumerate([at(1), at(3)])]
   cells += [cell("episodic", s, 0.95, target, episodes=e)
