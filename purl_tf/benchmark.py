@@ -480,8 +480,8 @@ def table(cells: Sequence[dict], target: float) -> str:
   return "\n".join(lines)
 
 
-def _by_seed(cells, method, target) -> Dict[int, float]:
-  return {c["seed"]: c["test_accuracy"] for c in cells
+def _by_seed(cells, method, target, key="test_accuracy") -> Dict[int, float]:
+  return {c["seed"]: c[key] for c in cells
           if c["method"] == method and c["target"] == target}
 
 
@@ -530,8 +530,7 @@ def _headroom(cells, target, rivals, seeds) -> List[str]:
   """A line when the lead the goal asks for would take a pruned network at or above the
   dense one it was pruned from (dense test accuracy per seed): that goal cannot be met
   at this target, and a higher target is where an allocation can show its worth."""
-  dense = {c["seed"]: c["dense_test_accuracy"] for c in cells
-           if c["method"] == "purl" and c["target"] == target}
+  dense = _by_seed(cells, "purl", target, "dense_test_accuracy")
   bars = [max(v[s] for v in rivals.values()) + MARGIN for s in seeds]
   above = [s for s, bar in zip(seeds, bars) if bar >= dense[s]]
   if not above:
