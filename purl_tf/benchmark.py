@@ -56,7 +56,7 @@ METHOD_NAMES = {
     "erk": "ERK",
     "uniform": "uniform",
     "uniform_keep_ends": "uniform, first and last dense",
-    "gradual": "gradual (tfmot PolynomialDecay)",
+    "gradual": "gradual (tfmot PolynomialDecay to ERK)",
     "lamp_matched": "LAMP, fine-tuned as long as a search trains",
     "erk_matched": "ERK, fine-tuned as long as a search trains",
 }

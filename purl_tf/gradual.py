@@ -1,10 +1,17 @@
 """Gradual magnitude pruning (Zhu & Gupta) with tfmot's own schedule and wrapper.
 
-The baseline that prunes while it trains: tfmot's PolynomialDecay raises every prunable
-layer's sparsity from 0 to the target along a cubic ramp over `prune_steps` train steps
-(masks recomputed from magnitudes), then training goes on at the target for the fine-tune
-budget. The optimizer is the fine-tune's: SGD with momentum and a cosine decay of the
-learning rate over all steps. tfmot cannot prune DepthwiseConv2D: those layers stay dense.
+The baseline that prunes while it trains: tfmot's PolynomialDecay raises each prunable
+layer's sparsity from 0 to its share of a one-shot allocation at the target (ERK unless
+`gradual.allocation` names another of pruning.ALLOCATIONS) along a cubic ramp over
+`prune_steps` train steps (masks recomputed from magnitudes), then training goes on at the
+target for the fine-tune budget. The optimizer is the fine-tune's: SGD with momentum and a
+cosine decay of the learning rate over all steps. tfmot cannot prune DepthwiseConv2D:
+those layers stay dense.
+
+Uniform layer targets (Zhu & Gupta's) prune a 72-weight first conv and the classifier as
+hard as the rest: on ResNet-20 at 0.98 that leaves one or two weights in the first conv
+and the network at chance, so the default ramps to ERK's targets, which keep small layers
+denser.
 """
 import dataclasses
 import os
@@ -36,22 +43,36 @@ def schedule(target: float, prune_steps: int, frequency: int = 100):
                                               begin_step=0, end_step=end, frequency=every)
 
 
-def tfmot_prune(dense: keras.Model, names: Sequence[str], pruning_schedule) -> keras.Model:
-  """A copy of `dense` whose layers named in `names` are wrapped by tfmot under the
-  schedule; layer types tfmot cannot prune (TFMOT_SKIPS) stay dense."""
-  chosen = set(names)
+def tfmot_prune(dense: keras.Model, schedules: Dict[str, object]) -> keras.Model:
+  """A copy of `dense` whose layers named in `schedules` are wrapped by tfmot, each under
+  its schedule; layer types tfmot cannot prune (TFMOT_SKIPS) stay dense."""
 
   def clone(layer):
     if isinstance(layer, keras.Model):
       return keras.models.clone_model(layer, clone_function=clone)
     copy = layer.__class__.from_config(layer.get_config())
-    if layer.name in chosen and type(layer).__name__ not in TFMOT_SKIPS:
-      return tfmot.sparsity.keras.prune_low_magnitude(copy, pruning_schedule=pruning_schedule)
+    if layer.name in schedules and type(layer).__name__ not in TFMOT_SKIPS:
+      return tfmot.sparsity.keras.prune_low_magnitude(
+          copy, pruning_schedule=schedules[layer.name])
     return copy
 
   wrapped = keras.models.clone_model(dense, clone_function=clone)
   pruning.copy_weights(dense, wrapped)
   return wrapped
+
+
+def layer_targets(controller: pruning.PruningController, target: float,
+                  allocation: str) -> Dict[str, float]:
+  """{layer: final sparsity} of the one-shot `allocation` (a pruning.ALLOCATIONS name) at
+  `target`; leaves the controller dense."""
+  if allocation not in pruning.ALLOCATIONS:
+    raise PurlError(f"gradual.allocation={allocation!r} is unknown: use one of "
+                    f"{list(pruning.ALLOCATIONS)}.")
+  controller.reset()
+  pruning.ALLOCATIONS[allocation](controller, target)
+  targets = controller.allocation()
+  controller.reset()
+  return targets
 
 
 def mask_sparsities(model: keras.Model, names: Sequence[str]) -> Dict[str, float]:
@@ -91,7 +112,7 @@ class _Progress:
 def gradual(dense: keras.Model, controller: pruning.PruningController,
             strategy: tf.distribute.Strategy, splits, root_dir: str, target: float,
             prune_steps: int, tune_steps: int, learning_rate: float, momentum: float,
-            seed: int, frequency: int = 100) -> dict:
+            seed: int, allocation: str = "erk", frequency: int = 100) -> dict:
   """Prunes a copy of `dense` gradually for prune_steps, trains tune_steps more at the
   target, strips and saves it; returns finetune()'s fields (costs included).
 
@@ -99,16 +120,22 @@ def gradual(dense: keras.Model, controller: pruning.PruningController,
     dense: the dense model (built in `strategy`'s scope, holding the dense weights).
     controller: the run's PruningController (names and costs of the prunable layers).
     strategy, splits, root_dir: the run's.
-    target: target sparsity of every prunable layer.
+    target: target global sparsity of the prunable weights.
     prune_steps: train steps of the ramp (the search budget of PuRL).
     tune_steps, learning_rate, momentum: the fine-tune budget and optimizer.
     seed: seeds the data order of each chunk of training.
+    allocation: the one-shot allocation (a pruning.ALLOCATIONS name) whose per-layer
+      sparsities at `target` the ramps end at.
     frequency: train steps between tfmot's mask updates (at most).
   """
   names = controller.names
   total = prune_steps + tune_steps
+  targets = layer_targets(controller, target, allocation)
+  print(f"[gradual] ramping each layer to its {allocation} sparsity at {target} over "
+        f"{prune_steps:,} steps, then {tune_steps:,} at the target.", flush=True)
   with strategy.scope():
-    model = tfmot_prune(dense, names, schedule(target, max(prune_steps, 1), frequency))
+    model = tfmot_prune(dense, {name: schedule(share, max(prune_steps, 1), frequency)
+                                for name, share in targets.items() if share > 0.0})
     decay = keras.optimizers.schedules.CosineDecay(learning_rate, max(total, 1))
     model.compile(optimizer=keras.optimizers.SGD(decay, momentum=momentum),
                   loss=keras.losses.SparseCategoricalCrossentropy(

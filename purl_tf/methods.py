@@ -9,8 +9,10 @@
   erk               Erdős–Rényi-Kernel layer densities (Evci et al., RigL).
   uniform           every prunable layer at the target.
   uniform_keep_ends the first and last prunable layers dense, the others uniform.
-  gradual           tfmot's PolynomialDecay over the retrain steps of the PuRL search,
-                    then the fine-tune budget (it prunes while it trains; gradual.py).
+  gradual           tfmot's PolynomialDecay from dense to one of the above allocations
+                    (ERK unless gradual.allocation says otherwise) over the retrain steps of
+                    the PuRL search, then the fine-tune budget (it prunes while it trains;
+                    gradual.py).
 
 Every method but gradual hands its allocation to the same fine-tune from the same dense
 weights; every one writes the same results.json (results.RunResult).
@@ -24,9 +26,7 @@ from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 
 SEARCHED = {"purl": search.DQN, "episodic": search.DQN, "random": search.RANDOM}
-ONE_SHOT = {"global_magnitude": pruning.global_magnitude, "lamp": pruning.lamp,
-            "erk": pruning.erk, "uniform": pruning.uniform,
-            "uniform_keep_ends": pruning.uniform_keep_ends}
+ONE_SHOT = pruning.ALLOCATIONS
 GRADUAL = "gradual"
 METHODS = (*SEARCHED, *ONE_SHOT, GRADUAL)
 

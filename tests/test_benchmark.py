@@ -257,8 +257,8 @@ def test_goals_at_other_targets_allow_the_best_rivals_std_and_name_missed_target
   cells = purl + rivals_at(target, rivals) + missed
   for highest in (False, True):
     assert benchmark.goals(cells, target, highest)[-1] == (
-        "- Below the target sparsity: uniform seed 0 (0.850), gradual (tfmot PolynomialDecay) seed 2 "
-        "(0.800).")
+        "- Below the target sparsity: uniform seed 0 (0.850), gradual (tfmot PolynomialDecay "
+        "to ERK) seed 2 (0.800).")
   assert not any("Below" in line for line in
                  benchmark.goals(purl + rivals_at(target, rivals), target, False))
   assert benchmark.goals(purl, target, True) == [

@@ -11,7 +11,7 @@ import purl_tf  # noqa: F401
 import gin
 import tf_keras as keras
 
-from purl_tf import benchmark, files, gradual, pipeline, search, train
+from purl_tf import benchmark, files, gradual, models, pipeline, pruning, search, train
 from purl_tf.env import SPARSITY_LEVELS
 from purl_tf.errors import PurlError
 from purl_tf.results import RunResult
@@ -101,6 +101,22 @@ def test_searched_methods_share_the_purl_budget(finished):
   _, gradual = finished("gradual")
   assert gradual.search_retrain_steps == random.search_retrain_steps  # its pruning ramp
   assert gradual.finetune_steps == random.finetune_steps == 6  # ceil(0.1 * 3500 // 64)
+
+
+def test_gradual_ramps_each_layer_to_its_erk_sparsity(finished):
+  """Uniform ramps prune the first conv and the classifier as hard as the rest; gradual
+  ends at the ERK allocation's per-layer sparsities (its default gradual.allocation)."""
+  _, gradual = finished("gradual")
+  _, erk = finished("erk")
+  for name in LAYERS:
+    assert gradual.allocation[name] == pytest.approx(erk.allocation[name], abs=2e-3), name
+  assert max(erk.allocation.values()) - min(erk.allocation.values()) > 0.1  # not uniform
+
+
+def test_an_unknown_gradual_allocation_is_a_one_line_error():
+  controller = pruning.PruningController(pruning.wrap(models.lenet5((28, 28, 1), 10)))
+  with pytest.raises(PurlError, match="gradual.allocation='rigl' is unknown: use one of"):
+    gradual.layer_targets(controller, 0.9, "rigl")
 
 
 def test_a_one_shot_method_can_train_as_long_as_the_searches(finished, data_dir,

@@ -110,3 +110,9 @@ def uniform_keep_ends(controller: PruningController, sparsity: float) -> np.ndar
     raise PurlError(f"with the first and last layers dense the others would need sparsity "
                     f"{needed:.3f} to reach {sparsity}: lower the target or use 'uniform'.")
   return controller.apply([0.0] + [needed] * (controller.num_layers - 2) + [0.0])
+
+
+# The one-shot allocations by the names runs pick them with (train_eval.method,
+# gradual.allocation).
+ALLOCATIONS = {"global_magnitude": global_magnitude, "lamp": lamp, "erk": erk,
+               "uniform": uniform, "uniform_keep_ends": uniform_keep_ends}
