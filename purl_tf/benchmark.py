@@ -309,6 +309,28 @@ def recorded(plan: Plan, results_dir: str) -> Dict[Tuple[int, float, str], dict]
   return {(c["seed"], c["target"], c["method"]): c for c in written["cells"]}
 
 
+def forget(plan: Plan, results_dir: str):
+  """Removes the cells of the plan's methods (plan.cells_to_run) from their folders and
+  from the results file, so that run_plan measures them again (e.g. after a change to a
+  method); the other cells stay."""
+  if plan.methods == METHOD_ORDER:
+    raise PurlError("--rerun would measure the whole table again: name the methods to rerun "
+                    "with --methods, or delete the benchmark's folder.")
+  cells = set(plan.cells_to_run())
+  for seed, target, method in cells:
+    folder = plan.run_dir(target, seed, method)
+    shutil.rmtree(folder, ignore_errors=True)
+    for path in (folder + ".log", folder + ELAPSED):
+      if os.path.exists(path):
+        os.remove(path)
+  path = results_path(plan, results_dir)
+  written = files.read_json(path)
+  if written:
+    written["cells"] = [cell for cell in written["cells"]
+                        if (cell["seed"], cell["target"], cell["method"]) not in cells]
+    files.write_json(path, written)
+
+
 def run_plan(plan: Plan, results_dir: str, after_cell=lambda: None):
   """Runs the cells of the plan's methods, seed by seed; a cell finished before (in its
   folder or in the results file) is not run again. One line per cell; `after_cell()`
@@ -704,6 +726,8 @@ def _define_flags():
   flags.DEFINE_list("targets", [], "Some of the benchmark's targets to run (default: all).")
   flags.DEFINE_list("methods", [], "Some of the methods to run (default: all); the report "
                     "keeps the other methods' finished cells.")
+  flags.DEFINE_bool("rerun", False, "Measure the cells of --methods again (at --seeds and "
+                    "--targets): their folders and records are removed first.")
   flags.DEFINE_integer("episodes", None, "Collect episodes of every search (default: the "
                        "benchmark's).")
   flags.DEFINE_bool("mock", False, "Run on tfds mock data with tiny budgets (checks a GPU "
@@ -738,6 +762,8 @@ def main(argv):
         write_section(output, section)
       return section
 
+    if options.rerun:
+      forget(plan, options.results_dir)
     run_plan(plan, options.results_dir, after_cell=publish)
     section = publish()
   except PurlError as error:

@@ -503,6 +503,32 @@ def test_methods_run_only_their_cells_and_the_report_keeps_the_others(tmp_path, 
     benchmark.make_plan("mnist5k", str(tmp_path), ["0"], 4, False, methods=["lamb", "lamp"])
 
 
+def test_rerun_measures_its_methods_again_and_keeps_the_other_cells(tmp_path, monkeypatch):
+  every = benchmark.make_plan("mnist5k", str(tmp_path / "runs"), ["0"], 4, False, quick=True)
+  plan = benchmark.make_plan("mnist5k", str(tmp_path / "runs"), ["0"], 4, False, quick=True,
+                             methods=["gradual"])
+  results_dir = str(tmp_path / "docs" / "benchmarks")
+
+  def run_cell(plan, seed, target, method, results_dir):  # as the real one: once a folder
+    path = os.path.join(plan.run_dir(target, seed, method), files.RESULTS)
+    if not os.path.exists(path):
+      ran.append(method)
+      files.write_json(path, results(0.9, target))
+
+  ran = []
+  monkeypatch.setattr(benchmark, "run_cell", run_cell)
+  benchmark.run_plan(every, results_dir)
+  benchmark.report(every, None, results_dir)
+  ran.clear()
+  benchmark.forget(plan, results_dir)
+  assert [key[2] for key in benchmark.recorded(every, results_dir)] == [
+      m for m in benchmark.METHOD_ORDER if m != "gradual"]
+  benchmark.run_plan(plan, results_dir)
+  assert ran == ["gradual"]
+  with pytest.raises(PurlError, match="--rerun would measure the whole table again"):
+    benchmark.forget(every, results_dir)
+
+
 def test_write_section_replaces_only_its_own_section(tmp_path):
   path = str(tmp_path / "docs" / "b.md")
   quick = "A: LeNet-5 (quick: one seed, one target)"  # a heading with regex characters
