@@ -69,6 +69,9 @@ SEARCHES = ("purl", "episodic", "random")  # methods that leave search/episodes.
 # to these).
 VARIED = (*SEARCHES, "gradual", *MATCHED)
 RIVALS = ("global_magnitude", "lamp", "erk", "random", *MATCHED)  # what PuRL must beat
+SEEDS = (0, 1, 2)  # a table's seeds unless --seeds says otherwise
+# Flags that pick a part of a table (the report's command names the whole table instead).
+PART_FLAGS = ("seeds", "targets", "methods", "rerun", "norerun")
 WITHIN = 0.005  # "within 0.5 points": reward-split accuracy, as a fraction
 MARGIN = 0.005  # PuRL's required lead at the highest target, as a fraction
 WIDE_LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
@@ -667,7 +670,7 @@ def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_file
   seconds = [c["wall_seconds"] for c in cells if c["wall_seconds"] is not None]
   parts += [
       "", "How it was run:", "",
-      f"- Command: `{command_line()}`; a rerun reuses the finished cells in "
+      f"- Command: `{table_command(plan)}`; a rerun reuses the finished cells in "
       f"`{os.path.relpath(plan.root_dir)}` (delete it to measure again).",
       f"- Every cell's numbers: `{os.path.relpath(results_file, where)}`.",
       f"- Time: {len(seconds)} of {len(plan.cells())} cell processes took "
@@ -712,6 +715,26 @@ def report(plan: Plan, output: Optional[str], results_dir: str) -> Section:
   return Section(heading=title, body=body(plan, cells, figures, written, output))
 
 
+def table_command(plan: Plan, arguments: Optional[Sequence[str]] = None) -> str:
+  """The command that runs the plan's whole table: this process's (or `arguments`)
+  without the flags that picked a part of it, with the plan's seeds and targets."""
+  arguments = list(sys.argv[1:] if arguments is None else arguments)
+  kept = []
+  while arguments:
+    word = arguments.pop(0)
+    name = word.split("=", 1)[0].lstrip("-")
+    if name in PART_FLAGS:
+      if "=" not in word and name in ("seeds", "targets", "methods") and arguments:
+        arguments.pop(0)  # "--seeds 1,2": the value is the next word
+      continue
+    kept.append(word)
+  if plan.seeds != (SEEDS[:1] if plan.quick else SEEDS):
+    kept.append(f"--seeds={','.join(str(seed) for seed in plan.seeds)}")
+  if plan.targets != plan.suite.targets and not plan.quick:
+    kept.append(f"--targets={','.join(str(target) for target in plan.targets)}")
+  return command_line(kept)
+
+
 def _duration(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -722,7 +745,7 @@ def _define_flags():
   flags of the same names)."""
   flags.DEFINE_enum("benchmark", "mnist_resnet20", sorted(SUITES), "Benchmark to run.")
   flags.DEFINE_bool("quick", False, "One seed and one target (the highest), every method.")
-  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
+  flags.DEFINE_list("seeds", [str(seed) for seed in SEEDS], "Seeds to run.")
   flags.DEFINE_list("targets", [], "Some of the benchmark's targets to run (default: all).")
   flags.DEFINE_list("methods", [], "Some of the methods to run (default: all); the report "
                     "keeps the other methods' finished cells.")

@@ -3,7 +3,9 @@ import dataclasses
 import os
 import platform
 import re
+import shlex
 import sys
+from typing import Optional, Sequence
 
 import tensorflow as tf
 
@@ -36,14 +38,16 @@ def machine() -> str:
           f"{tf.__version__}")
 
 
-def command_line() -> str:
-  """The command that reproduces this run, relative to the current folder."""
+def command_line(arguments: Optional[Sequence[str]] = None) -> str:
+  """The command that reproduces this run, relative to the current folder, quoted for a
+  shell; `arguments` replace the process's own (sys.argv[1:])."""
   script = sys.argv[0]
   if script.endswith(os.path.join("purl_tf", "benchmark.py")):
-    script = "-m purl_tf.benchmark"
+    script = ["-m", "purl_tf.benchmark"]
   else:
-    script = os.path.relpath(os.path.abspath(script))
-  return " ".join([".venv/bin/python", script] + sys.argv[1:])
+    script = [os.path.relpath(os.path.abspath(script))]
+  arguments = sys.argv[1:] if arguments is None else arguments
+  return shlex.join([".venv/bin/python", *script, *arguments])
 
 
 def write_section(path: str, section: Section):

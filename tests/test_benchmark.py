@@ -1,5 +1,7 @@
 """purl_tf.benchmark (method against method, no runs) and purl_tf.markdown's sections."""
+import dataclasses
 import os
+import shlex
 import statistics
 
 import pytest
@@ -527,6 +529,19 @@ def test_rerun_measures_its_methods_again_and_keeps_the_other_cells(tmp_path, mo
   assert ran == ["gradual"]
   with pytest.raises(PurlError, match="--rerun would measure the whole table again"):
     benchmark.forget(every, results_dir)
+
+
+def test_the_report_names_the_command_of_the_whole_table_quoted_for_a_shell(tmp_path):
+  plan = benchmark.make_plan("mnist_resnet20", str(tmp_path), ["0", "1", "2"], None, False,
+                             extra_bindings=["PruningEnv.prior = 'erk'"], variant="v")
+  part = ["--benchmark=mnist_resnet20", "--variant=v", "--targets=0.98", "--seeds", "1,2",
+          "--methods=purl", "--rerun", "--gin_bindings=PruningEnv.prior = 'erk'"]
+  words = shlex.split(benchmark.table_command(plan, part))
+  assert words[words.index("--benchmark=mnist_resnet20"):] == [
+      "--benchmark=mnist_resnet20", "--variant=v", "--gin_bindings=PruningEnv.prior = 'erk'"]
+  two_seeds = dataclasses.replace(plan, seeds=(0, 2), targets=(0.98,))
+  assert shlex.split(benchmark.table_command(two_seeds, part))[-2:] == [
+      "--seeds=0,2", "--targets=0.98"]
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):
