@@ -521,13 +521,15 @@ def goals(cells: Sequence[dict], target: float, highest: bool) -> List[str]:
   purl = _by_seed(cells, "purl", target)
   rivals = {m: _by_seed(cells, m, target) for m in RIVALS}
   rivals = {m: v for m, v in rivals.items() if v}
-  if not purl or not rivals:
+  seeds = sorted(set(purl).intersection(*rivals.values())) if rivals else []
+  if not seeds:
     return ["- Goals: not evaluated (PuRL or its rivals missing at this target)."]
-  best = max(rivals, key=lambda m: statistics.fmean(rivals[m].values()))
-  ours, theirs = statistics.fmean(purl.values()), statistics.fmean(rivals[best].values())
-  seeds = sorted(set(purl) & set.intersection(*(set(v) for v in rivals.values())))
+  best = max(rivals, key=lambda m: statistics.fmean(rivals[m][s] for s in seeds))
+  ours = statistics.fmean(purl[s] for s in seeds)
+  theirs = statistics.fmean(rivals[best][s] for s in seeds)
   paired = [purl[s] - max(v[s] for v in rivals.values()) for s in seeds]
   pairs = ", ".join(f"seed {s}: {100 * d:+.2f}" for s, d in zip(seeds, paired))
+  partial = _partial(seeds, [purl, *rivals.values()])
   out = []
   if highest:
     lead = ours - theirs
@@ -535,20 +537,30 @@ def goals(cells: Sequence[dict], target: float, highest: bool) -> List[str]:
     out.append(f"- PuRL at least {100 * MARGIN:.1f} pt above the best rival "
                f"({METHOD_NAMES[best]}) and ahead of every rival on every seed: {verdict} "
                f"({_pct(ours)} vs {_pct(theirs)} %, lead {100 * lead:+.2f} pt; PuRL minus "
-               f"the best rival of each seed: {pairs} pt).")
+               f"the best rival of each seed: {pairs} pt{partial}).")
     out += _speed_goal(cells, target)
     out += _headroom(cells, target, rivals, seeds)
   else:
-    spread = stats(list(rivals[best].values())).std
+    spread = stats([rivals[best][s] for s in seeds]).std
     verdict = "MET" if ours >= theirs - spread else "NOT MET"
     out.append(f"- PuRL not below the best rival ({METHOD_NAMES[best]}) by more than its "
                f"std: {verdict} ({_pct(ours)} vs {_pct(theirs)} ± {_pct(spread)} %; PuRL "
-               f"minus the best rival of each seed: {pairs} pt).")
+               f"minus the best rival of each seed: {pairs} pt{partial}).")
   missed = [f"{METHOD_NAMES[c['method']]} seed {c['seed']} ({c['sparsity']:.3f})"
             for c in cells if c["target"] == target and not c["reached_target"]]
   if missed:
     out.append(f"- Below the target sparsity: {', '.join(missed)}.")
   return out
+
+
+def _partial(seeds, by_seed: Sequence[Dict[int, float]]) -> str:
+  """Says when a goal is judged on fewer seeds than some of its methods have finished:
+  means are taken over the seeds every compared method has, so that they pair."""
+  finished = set().union(*by_seed)
+  if set(seeds) == finished:
+    return ""
+  return (f"; over seeds {', '.join(str(s) for s in seeds)} only, the ones every compared "
+          "method has finished")
 
 
 def _headroom(cells, target, rivals, seeds) -> List[str]:
@@ -569,21 +581,24 @@ def _headroom(cells, target, rivals, seeds) -> List[str]:
 
 def _speed_goal(cells, target) -> List[str]:
   """Dense against episodic reward: episodes to within 0.5 pt of the final best."""
-  means = {}
-  for method in ("purl", "episodic"):
-    values = [c["episodes_to_within"] for c in cells
-              if c["method"] == method and c["target"] == target]
-    reached = [v for v in values if v is not None]
+  by_seed = {m: _by_seed(cells, m, target, "episodes_to_within") for m in ("purl", "episodic")}
+  for method, values in by_seed.items():
     if not values:
       return [f"- Episodes to the best: not evaluated yet ({METHOD_NAMES[method]} has no "
               "finished cell at this target)."]
+  seeds = sorted(set(by_seed["purl"]) & set(by_seed["episodic"]))
+  if not seeds:
+    return ["- Episodes to the best: not evaluated yet (no seed has both rewards' cells)."]
+  means = {}
+  for method, values in by_seed.items():
+    reached = [values[s] for s in seeds if values[s] is not None]
     if not reached:
       return ["- Episodes to the best: not comparable (a search never reached the target)."]
     means[method] = statistics.fmean(reached)
   verdict = "MET" if means["purl"] <= means["episodic"] / 2 else "NOT MET"
   return [f"- Dense reward within 0.5 pt of its best in at most half the episodes of the "
           f"episodic reward: {verdict} ({means['purl']:.1f} vs {means['episodic']:.1f} "
-          "evaluated episodes, means over seeds)."]
+          f"evaluated episodes, means over seeds{_partial(seeds, by_seed.values())})."]
 
 
 def write_figures(plan: Plan, cells: Sequence[dict], folder: str) -> List[str]:
