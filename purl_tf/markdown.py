@@ -47,7 +47,17 @@ def command_line(arguments: Optional[Sequence[str]] = None) -> str:
   else:
     script = [os.path.relpath(os.path.abspath(script))]
   arguments = sys.argv[1:] if arguments is None else arguments
-  return shlex.join([".venv/bin/python", *script, *arguments])
+  return " ".join(_quoted(word) for word in [".venv/bin/python", *script, *arguments])
+
+
+def _quoted(word: str) -> str:
+  """`word` for a POSIX shell: as is when safe, in double quotes when it holds single
+  quotes only (a gin string binding reads as typed), else shlex's quoting."""
+  if shlex.quote(word) == word:
+    return word
+  if not any(char in word for char in '"$`\\!'):
+    return f'"{word}"'
+  return shlex.quote(word)
 
 
 def write_section(path: str, section: Section):

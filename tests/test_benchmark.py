@@ -555,7 +555,9 @@ def test_the_report_names_the_command_of_the_whole_table_quoted_for_a_shell(tmp_
                              extra_bindings=["PruningEnv.prior = 'erk'"], variant="v")
   part = ["--benchmark=mnist_resnet20", "--variant=v", "--targets=0.98", "--seeds", "1,2",
           "--methods=purl", "--rerun", "--gin_bindings=PruningEnv.prior = 'erk'"]
-  words = shlex.split(benchmark.table_command(plan, part))
+  command = benchmark.table_command(plan, part)
+  assert command.endswith(''' "--gin_bindings=PruningEnv.prior = 'erk'"''')  # pastes as typed
+  words = shlex.split(command)
   assert words[words.index("--benchmark=mnist_resnet20"):] == [
       "--benchmark=mnist_resnet20", "--variant=v", "--gin_bindings=PruningEnv.prior = 'erk'"]
   two_seeds = dataclasses.replace(plan, seeds=(0, 2), targets=(0.98,))
