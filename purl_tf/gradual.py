@@ -68,11 +68,7 @@ def layer_targets(controller: pruning.PruningController, target: float,
   if allocation not in pruning.ALLOCATIONS:
     raise PurlError(f"gradual.allocation={allocation!r} is unknown: use one of "
                     f"{list(pruning.ALLOCATIONS)}.")
-  controller.reset()
-  pruning.ALLOCATIONS[allocation](controller, target)
-  targets = controller.allocation()
-  controller.reset()
-  return targets
+  return pruning.allocate(controller, allocation, target)
 
 
 def mask_sparsities(model: keras.Model, names: Sequence[str]) -> Dict[str, float]:

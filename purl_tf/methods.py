@@ -78,10 +78,7 @@ def choose(method: str, env: PruningEnv, root_dir: str, seed: int,
   controller = env.controller
   if method in ONE_SHOT:
     started = time.time()
-    controller.reset()
-    ONE_SHOT[method](controller, env.target)
-    allocation = controller.allocation()
-    controller.reset()
+    allocation = pruning.allocate(controller, method, env.target)
     return Choice(allocation, seconds=time.time() - started)
   if method == GRADUAL:
     return Choice(None, retrain_steps=search_steps(env, root_dir, seed))

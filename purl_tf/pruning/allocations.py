@@ -3,7 +3,7 @@
 These are the baselines PuRL is measured against; each returns the per-layer sparsities
 reached, float64 (num_layers,).
 """
-from typing import Mapping
+from typing import Dict, Mapping
 
 import numpy as np
 
@@ -116,3 +116,13 @@ def uniform_keep_ends(controller: PruningController, sparsity: float) -> np.ndar
 # gradual.allocation).
 ALLOCATIONS = {"global_magnitude": global_magnitude, "lamp": lamp, "erk": erk,
                "uniform": uniform, "uniform_keep_ends": uniform_keep_ends}
+
+
+def allocate(controller: PruningController, name: str, sparsity: float) -> Dict[str, float]:
+  """{layer: sparsity} of the allocation ALLOCATIONS[name] at `sparsity`, applied to the
+  dense weights; leaves the controller dense."""
+  controller.reset()
+  ALLOCATIONS[name](controller, sparsity)
+  chosen = controller.allocation()
+  controller.reset()
+  return chosen
