@@ -164,6 +164,14 @@ class Plan:
     varied = self.variant if method in VARIED else ""
     return os.path.join(self.root_dir, varied, f"target{target}", f"seed{seed}", method)
 
+  def log_path(self, target: float, seed: int, method: str) -> str:
+    """The cell's log, beside its folder."""
+    return self.run_dir(target, seed, method) + ".log"
+
+  def elapsed_path(self, target: float, seed: int, method: str) -> str:
+    """The cell's recorded wall time (JSON), beside its folder."""
+    return self.run_dir(target, seed, method) + ELAPSED
+
   def bindings(self, target, seed, method: str = SEARCHES[0]) -> List[str]:
     """The gin bindings of the method's cell at (target, seed), in order."""
     mock = (*MOCK_BINDINGS, *self.suite.mock_bindings) if self.mock else ()
@@ -254,7 +262,7 @@ def run_cell(plan: Plan, seed: int, target: float, method: str, results_dir: str
               for b in (*plan.bindings(target, seed, method), *method_bindings(method))]
   if plan.mock:
     command.append(f"--mock_examples={MOCK_EXAMPLES}")
-  log = folder.rstrip(os.sep) + ".log"
+  log = plan.log_path(target, seed, method)
   os.makedirs(os.path.dirname(log), exist_ok=True)
   started = time.time()
   with open(log, "a", encoding="utf-8") as handle:
@@ -267,7 +275,7 @@ def run_cell(plan: Plan, seed: int, target: float, method: str, results_dir: str
       tail = [line.strip() for line in handle if line.strip()][-1:]
     raise PurlError(f"{method} (target {target}, seed {seed}) failed with exit code {code}: "
                     f"{tail[0] if tail else ''} (log: {log}).")
-  files.write_json(folder.rstrip(os.sep) + ELAPSED, {"seconds": time.time() - started})
+  files.write_json(plan.elapsed_path(target, seed, method), {"seconds": time.time() - started})
   if not os.path.exists(kept):
     os.makedirs(os.path.dirname(kept), exist_ok=True)
     shutil.copyfile(weights, kept)
@@ -276,7 +284,7 @@ def run_cell(plan: Plan, seed: int, target: float, method: str, results_dir: str
 
 def cell_seconds(plan: Plan, seed: int, target: float, method: str) -> Optional[float]:
   """Wall seconds of a finished cell's process, when recorded."""
-  record = files.read_json(plan.run_dir(target, seed, method).rstrip(os.sep) + ELAPSED)
+  record = files.read_json(plan.elapsed_path(target, seed, method))
   return None if record is None else record["seconds"]
 
 
@@ -321,9 +329,8 @@ def forget(plan: Plan, results_dir: str):
                     "with --methods, or delete the benchmark's folder.")
   cells = set(plan.cells_to_run())
   for seed, target, method in cells:
-    folder = plan.run_dir(target, seed, method)
-    shutil.rmtree(folder, ignore_errors=True)
-    for path in (folder + ".log", folder + ELAPSED):
+    shutil.rmtree(plan.run_dir(target, seed, method), ignore_errors=True)
+    for path in (plan.log_path(target, seed, method), plan.elapsed_path(target, seed, method)):
       if os.path.exists(path):
         os.remove(path)
   path = results_path(plan, results_dir)
@@ -347,7 +354,8 @@ def run_plan(plan: Plan, results_dir: str, after_cell=lambda: None):
     if not reused:
       eta = eta_seconds(plan, cells[number - 1:], known)
       print(f"[{number:2d}/{len(cells)}] seed {seed}, target {target}: {method} ... "
-            f"(log {folder}.log; ETA {'?' if eta is None else _duration(eta)})", flush=True)
+            f"(log {plan.log_path(target, seed, method)}; "
+            f"ETA {'?' if eta is None else _duration(eta)})", flush=True)
     if before is None:
       run_cell(plan, seed, target, method, results_dir)
       before = cell_record(read_run(plan, seed, target, method))

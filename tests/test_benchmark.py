@@ -535,6 +535,9 @@ def test_rerun_measures_its_methods_again_and_keeps_the_other_cells(tmp_path, mo
     if not os.path.exists(path):
       ran.append(method)
       files.write_json(path, results(0.9, target))
+      finish(plan, seed, target, method, 60.0)
+      with open(plan.log_path(target, seed, method), "w", encoding="utf-8") as log:
+        log.write("a cell's log\n")
 
   ran = []
   monkeypatch.setattr(benchmark, "run_cell", run_cell)
@@ -542,6 +545,10 @@ def test_rerun_measures_its_methods_again_and_keeps_the_other_cells(tmp_path, mo
   benchmark.report(every, None, results_dir)
   ran.clear()
   benchmark.forget(plan, results_dir)
+  (seed, target, _), = every.cells()[:1]
+  for method, kept in (("gradual", False), ("lamp", True)):  # its log and wall time go too
+    assert os.path.exists(plan.log_path(target, seed, method)) == kept
+    assert (benchmark.cell_seconds(plan, seed, target, method) == 60.0) == kept
   assert [key[2] for key in benchmark.recorded(every, results_dir)] == [
       m for m in benchmark.METHOD_ORDER if m != "gradual"]
   benchmark.run_plan(plan, results_dir)
