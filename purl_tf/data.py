@@ -9,8 +9,9 @@
   test    the source's test split ('validation' for imagenet2012), or, for a source
           without one, `test_size` more held-out training examples: final reporting only.
 
-Sources are read through tfds (image folders: file by file) with images still encoded, so
-that holding examples out (which needs only their position) decodes nothing. The train
+Sources (purl_tf.sources: tfds, or image folders read file by file) give images still
+encoded, so that holding examples out (which needs only their position) decodes nothing;
+purl_tf.preprocessing fits, augments and normalises them once decoded. The train
 split's files are read in a seeded order, reshuffled every pass, when no example is held
 out of it (held-out examples are named by position, which needs the files in order). The
 reward and test splits are cached decoded while together they fit `cache_eval_bytes`, and
@@ -18,40 +19,18 @@ streamed from the files otherwise. Images come out as float32 (batch, height, wi
 channels), normalised for the model; labels as int64 (batch,).
 """
 import dataclasses
-import difflib
-import glob
-import os
 from typing import Callable, Optional, Tuple
 
 import gin
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from purl_tf import mnist5k  # pylint: disable=unused-import  (registers the builder)
-from purl_tf import mnist_full  # pylint: disable=unused-import  (registers the builder)
+from purl_tf import sources
 from purl_tf.errors import PurlError
+from purl_tf.preprocessing import AUGMENTATIONS, IMAGENET_STYLE, NORMALISERS, Geometry
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Names that are not tfds data sets but local sources, read from `folder`.
-IMAGE_FOLDER = "image_folder"  # folder/<class>/<image>, or folder/<split>/<class>/<image>
-TFDS_DIR = "tfds_dir"  # a data set folder written by tfds (dataset_info.json + TFRecords)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # what image_folder reads, any letter case
-_FOLDER_TEST_SPLITS = ("test", "validation", "val")  # image_folder split names used as test
-_FOLDER_ORDER_SEED = 0  # fixes the order of an image folder's examples (not class by class)
-
-# Per-model normalisation of 0..255 pixels, and the augmentation each expects.
-_NORMALISERS = {
-    "scale": lambda x: x / 255.0,
-    "none": lambda x: x,  # 0..255, for models that rescale their own inputs
-    "resnet50": lambda x: tf.keras.applications.resnet50.preprocess_input(x),
-    "mobilenet_v2": lambda x: x / 127.5 - 1.0,
-}
-_IMAGENET_STYLE = ("resnet50", "mobilenet_v2")
-_AUGMENTATIONS = ("none", "flip_crop", "inception")
-_CENTRAL_FRACTION = 0.875  # ImageNet evaluation: resize to size / 0.875, crop the centre.
-
-_TRAIN, _REWARD, _TEST = 0, 1, 2
+_TRAIN, _REWARD, _TEST = 0, 1, 2  # an example's role, by position in its split (_roles)
 
 
 @dataclasses.dataclass
@@ -128,22 +107,20 @@ def load_splits(dataset: str = "mnist5k",
       split too if both fit; a split that does not is decoded from its files every pass.
     num_replicas: replicas in sync; batches are per-replica sizes times this.
   """
-  if preprocessing not in _NORMALISERS:
+  if preprocessing not in NORMALISERS:
     raise PurlError(f"load_splits.preprocessing={preprocessing!r} is unknown: use one of "
-                    f"{sorted(_NORMALISERS)}.")
+                    f"{sorted(NORMALISERS)}.")
   if augment is None:
-    augment = "inception" if preprocessing in _IMAGENET_STYLE else "none"
-  if augment not in _AUGMENTATIONS:
-    raise PurlError(f"load_splits.augment={augment!r} is unknown: use one of {_AUGMENTATIONS}.")
+    augment = "inception" if preprocessing in IMAGENET_STYLE else "none"
+  if augment not in AUGMENTATIONS:
+    raise PurlError(f"load_splits.augment={augment!r} is unknown: use one of {AUGMENTATIONS}.")
   if resize not in ("resize", "pad"):
     raise PurlError(f"load_splits.resize={resize!r} is unknown: use 'resize' or 'pad'.")
   if reward_size < 1:
     raise PurlError(f"load_splits.reward_size={reward_size} must be at least 1.")
 
-  if dataset == IMAGE_FOLDER:
-    source = _FolderSource(_existing_folder(dataset, folder), image_size, channels)
-  else:
-    source = _Source(dataset, folder, data_dir, manual_dir, download)
+  source = sources.open_source(dataset, folder, data_dir, manual_dir, download, image_size,
+                               channels)
   shape = _output_shape(source.native_shape, image_size, channels, dataset)
   num_train = source.count(source.train_split)
   carve_test = source.test_split is None
@@ -162,7 +139,7 @@ def load_splits(dataset: str = "mnist5k",
 
   global_batch = batch_size * num_replicas
   global_eval_batch = (eval_batch_size or 2 * batch_size) * num_replicas
-  geometry = _Geometry(shape, preprocessing, resize, augment)
+  geometry = Geometry(shape, preprocessing, resize, augment)
 
   def read_train(seed):
     """Train examples; with none held out, their files in an order `seed` fixes."""
@@ -274,323 +251,3 @@ def _output_shape(native, image_size, channels, dataset):
   if depth not in (1, 3):
     raise PurlError(f"load_splits.channels={depth} is not supported: use 1 or 3.")
   return (int(side[0]), int(side[1]), int(depth))
-
-
-def _with_role(ds, roles, role):
-  """The elements of `ds` whose position has `role` in `roles` (int8 (N,)); None keeps all."""
-  if role is None:
-    return ds
-  table = tf.constant(roles)
-  ds = ds.enumerate().filter(lambda i, _: tf.equal(tf.gather(table, i), role))
-  return ds.map(lambda _, example: example)
-
-
-class _Source:
-  """A tfds builder opened for reading, with images left encoded."""
-
-  def __init__(self, dataset, folder, data_dir, manual_dir, download):
-    self.name = dataset
-    self.builder = _open_builder(dataset, folder, data_dir, manual_dir, download)
-    info = self.builder.info
-    self.image_key, self.label_key = _supervised_keys(info, dataset)
-    image_feature = info.features[self.image_key]
-    if not isinstance(image_feature, tfds.features.Image):
-      raise PurlError(f"{dataset}'s input '{self.image_key}' is not an image.")
-    if not isinstance(info.features[self.label_key], tfds.features.ClassLabel):
-      raise PurlError(f"{dataset}'s label '{self.label_key}' is not a tfds ClassLabel: "
-                      "declare it as tfds.features.ClassLabel(num_classes=...).")
-    self._image_feature = image_feature
-    self.native_shape = tuple(image_feature.shape)
-    self.num_classes = info.features[self.label_key].num_classes
-    names = list(info.splits.keys()) or ["train", "test", "validation"]  # mock data: no info
-    if "train" not in names:
-      raise PurlError(f"{dataset} has no 'train' split (it has {names}).")
-    self.split_names = names
-    self.train_split = "train"
-    self.test_split = next((s for s in ("test", "validation") if s in names), None)
-
-  def count(self, split):
-    """Number of examples in a split (counted by reading when tfds does not record it)."""
-    if self.builder.info.splits and split in self.builder.info.splits:
-      recorded = self.builder.info.splits[split].num_examples
-      if recorded:
-        return recorded
-    ds = self._read(split)
-    cardinality = int(ds.cardinality())
-    if cardinality >= 0:
-      return cardinality
-    return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
-
-  def _read(self, split, files_seed=None):
-    """The split's examples, images encoded; None reads the files in order, a seed in an
-    order it fixes, reshuffled on every pass."""
-    config = tfds.ReadConfig(shuffle_seed=files_seed, shuffle_reshuffle_each_iteration=True)
-    try:
-      return self.builder.as_dataset(
-          split=split, shuffle_files=files_seed is not None, read_config=config,
-          decoders={self.image_key: tfds.decode.SkipDecoding()})
-    except Exception as error:  # tfds raises many types for a data set that is not there.
-      raise PurlError(f"cannot read split '{split}' of {self.name}: "
-                      f"{_first_line(error)}") from error
-
-  def examples(self, split, roles, role, files_seed=None):
-    """(encoded image, label) of a split, keeping only examples of `role` (None: all), its
-    files read in order or shuffled by `files_seed`."""
-    ds = _with_role(self._read(split, files_seed), roles, role)
-    return ds.map(lambda ex: (ex[self.image_key], ex[self.label_key]))
-
-  def decode(self, encoded, label):
-    """Decodes one image to uint8 (H, W, C)."""
-    return self._image_feature.decode_example(encoded), tf.cast(label, tf.int64)
-
-
-def _supervised_keys(info, dataset):
-  """(image key, label key): the declared supervised keys, else the one Image and the one
-  ClassLabel feature (data sets written with tfds.dataset_builders declare none)."""
-  if info.supervised_keys:
-    return tuple(info.supervised_keys[:2])
-  features = dict(info.features.items()) if hasattr(info.features, "items") else {}
-  images = [key for key, f in features.items() if isinstance(f, tfds.features.Image)]
-  labels = [key for key, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
-  if len(images) != 1 or len(labels) != 1:
-    raise PurlError(f"{dataset} declares no supervised keys and has {len(images)} Image and "
-                    f"{len(labels)} ClassLabel features: declare supervised_keys=('image', "
-                    "'label') in its DatasetInfo.")
-  return images[0], labels[0]
-
-
-class _FolderSource:
-  """Image files in class subfolders, read by path; the same interface as _Source.
-
-  Two layouts, told apart by a 'train' subfolder that holds only folders:
-    folder/<class>/<image>          one 'train' split; the test split is carved from it
-    folder/<split>/<class>/<image>  splits 'train' and, as test, 'test', 'validation' or 'val'
-  Classes are numbered in sorted name order. Files are PNG or JPEG; their headers give the
-  native size and channels unless load_splits.image_size and channels are both bound.
-  """
-
-  def __init__(self, folder, image_size, channels):
-    self.name = IMAGE_FOLDER
-    by_split = _folder_examples(folder)
-    classes = sorted({name for examples in by_split.values() for _, name in examples})
-    if len(classes) < 2:
-      raise PurlError(f"image folder {folder} has one class ({classes[0]}): a classifier "
-                      "needs at least two class subfolders.")
-    self.num_classes = len(classes)
-    order = {name: label for label, name in enumerate(classes)}
-    self._splits = {}
-    for split, examples in by_split.items():
-      examples = [examples[i] for i in
-                  np.random.default_rng(_FOLDER_ORDER_SEED).permutation(len(examples))]
-      self._splits[split] = ([path for path, _ in examples],
-                             np.array([order[name] for _, name in examples], np.int64))
-    self.split_names = list(self._splits)
-    self.train_split = "train"
-    self.test_split = next((s for s in _FOLDER_TEST_SPLITS if s in self._splits), None)
-    if image_size is None or channels is None:
-      self.native_shape = _native_shape([p for paths, _ in self._splits.values() for p in paths])
-    else:
-      self.native_shape = (None, None, channels)
-    self._channels = channels or self.native_shape[2]
-
-  def count(self, split):
-    return len(self._splits[split][0])
-
-  def examples(self, split, roles, role, files_seed=None):  # pylint: disable=unused-argument
-    """(image path, label) of a split, keeping only examples of `role` (None: all); the
-    paths are already in a seeded order and are shuffled with the examples."""
-    return _with_role(tf.data.Dataset.from_tensor_slices(self._splits[split]), roles, role)
-
-  def decode(self, path, label):
-    """Reads and decodes one image to uint8 (H, W, C), C the channels asked for or native."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=self._channels,
-                               expand_animations=False)
-    return tf.ensure_shape(image, (None, None, self._channels)), label
-
-
-def _existing_folder(dataset, folder):
-  """`folder` with ~ expanded; PurlError unless it is a folder."""
-  if not folder or not os.path.isdir(os.path.expanduser(folder)):
-    raise PurlError(f"dataset '{dataset}' reads load_splits.folder, and {folder!r} is not a "
-                    "folder: bind load_splits.folder to it.")
-  return os.path.expanduser(folder)
-
-
-def _visible(folder):
-  """Sorted entries of a folder, hidden ones (.ipynb_checkpoints, .DS_Store) left out."""
-  return sorted(name for name in os.listdir(folder) if not name.startswith("."))
-
-
-def _subfolders(folder):
-  return [name for name in _visible(folder) if os.path.isdir(os.path.join(folder, name))]
-
-
-def _images(folder):
-  """Paths of the image files directly in `folder`, sorted."""
-  return [os.path.join(folder, name) for name in _visible(folder)
-          if name.lower().endswith(IMAGE_EXTENSIONS)
-          and os.path.isfile(os.path.join(folder, name))]
-
-
-def _folder_examples(folder):
-  """{split: [(image path, class name), ...]} of an image folder in either layout."""
-  classes = _subfolders(folder)
-  if not classes:
-    what = "is empty" if not _visible(folder) else "has no class subfolders"
-    raise PurlError(f"image folder {folder} {what}: put the images in "
-                    f"{folder}/<class>/<image>, one subfolder per class.")
-  train = os.path.join(folder, "train")
-  if "train" in classes and _subfolders(train) and not _images(train):
-    roots = {split: os.path.join(folder, split) for split in classes}
-  else:
-    roots = {"train": folder}
-  by_split = {}
-  for split, root in roots.items():
-    by_split[split] = []
-    for name in _subfolders(root):
-      paths = _images(os.path.join(root, name))
-      if not paths:
-        raise PurlError(f"class folder {os.path.join(root, name)} holds no "
-                        f"{'/'.join(IMAGE_EXTENSIONS)} images: add its images or remove it.")
-      by_split[split].extend((path, name) for path in paths)
-    if not by_split[split]:
-      raise PurlError(f"split folder {root} has no class subfolders: put its images in "
-                      f"{root}/<class>/<image>, or remove it.")
-  return by_split
-
-
-def _native_shape(paths):
-  """(H, W, C) shared by the images at `paths`, read from their headers; H and W are None
-  when sizes differ, C is 1 when every image is grey, else 3."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  sizes, grey = set(), True
-  for path in paths:
-    try:
-      with Image.open(path) as image:
-        sizes.add(image.size)
-        grey = grey and image.mode in ("1", "L", "LA", "I", "I;16", "F")
-    except Exception as error:  # PIL raises several types for a file that is no image.
-      raise PurlError(f"cannot read {path} as an image ({_first_line(error)}): remove it "
-                      "from the folder.") from error
-  width, height = sizes.pop() if len(sizes) == 1 else (None, None)
-  return (height, width, 1 if grey else 3)
-
-
-def _open_builder(dataset, folder, data_dir, manual_dir, download):
-  """The tfds builder of a source, prepared; every failure becomes a one-line PurlError."""
-  if dataset == TFDS_DIR:
-    return _builder_from_directory(_existing_folder(dataset, folder))
-  try:
-    builder = tfds.builder(dataset, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as error:
-    close = difflib.get_close_matches(dataset, tfds.list_builders(), n=3)
-    hint = f" Did you mean {' or '.join(close)}?" if close else ""
-    raise PurlError(f"load_splits.dataset={dataset!r} is not a tfds data set, "
-                    f"'{IMAGE_FOLDER}' or '{TFDS_DIR}'.{hint}") from error
-  needs_manual = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
-  if needs_manual and manual_dir and not os.path.isdir(os.path.expanduser(manual_dir)):
-    raise PurlError(f"load_splits.manual_dir={manual_dir!r} is not a folder: point it at the "
-                    f"folder holding the downloaded {dataset} archives.")
-  if not download:
-    return builder
-  config = tfds.download.DownloadConfig(
-      manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
-  try:
-    builder.download_and_prepare(download_config=config)
-  except PurlError:  # a builder of ours that already says what to do (mnist_full)
-    raise
-  except Exception as error:
-    where = data_dir or tfds.core.constants.DATA_DIR
-    if needs_manual:
-      raise PurlError(f"{dataset} is not prepared in {where} and needs a manual download: put "
-                      "its archives in a folder and bind load_splits.manual_dir to it "
-                      f"({_first_line(error)}).") from error
-    raise PurlError(f"could not download or prepare {dataset} into {where} "
-                    f"({_first_line(error)}): prepare it on a machine with network access "
-                    "and bind load_splits.data_dir, or use dataset='mnist5k' offline.") from error
-  return builder
-
-
-def _builder_from_directory(folder):
-  """The tfds builder of a prepared data set folder (the one holding dataset_info.json)."""
-  if not os.path.isfile(os.path.join(folder, "dataset_info.json")):
-    found = sorted(glob.glob(os.path.join(folder, "*", "dataset_info.json"))
-                   + glob.glob(os.path.join(folder, "*", "*", "dataset_info.json")))
-    where = (f"bind load_splits.folder to {' or '.join(os.path.dirname(f) for f in found[:3])}"
-             if found else "point load_splits.folder at the version folder tfds wrote, "
-             "e.g. ~/tensorflow_datasets/my_dataset/1.0.0")
-    raise PurlError(f"{folder} holds no dataset_info.json: {where}.")
-  try:
-    return tfds.builder_from_directory(folder)
-  except Exception as error:
-    raise PurlError(f"cannot open {folder} as '{TFDS_DIR}': {_first_line(error)}") from error
-
-
-def _first_line(error):
-  text = str(error).strip().splitlines()
-  return text[0][:300] if text else type(error).__name__
-
-
-class _Geometry:
-  """Resizing, cropping, augmentation and normalisation of decoded uint8 images."""
-
-  def __init__(self, shape, preprocessing, resize, augment):
-    self.height, self.width, self.channels = shape
-    self.preprocessing = preprocessing
-    self.imagenet_style = preprocessing in _IMAGENET_STYLE
-    self.resize = resize
-    self.augment = augment
-
-  def _channels(self, image):
-    depth = image.shape[-1]
-    if depth == self.channels or depth is None:
-      return image
-    if self.channels == 3:
-      return tf.image.grayscale_to_rgb(image)
-    return tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))), tf.uint8)
-
-  def _fit(self, image):
-    """uint8 image of any size -> float32 (height, width, C) for the model's input."""
-    image = tf.cast(image, tf.float32)
-    if self.imagenet_style:
-      # Resize the shorter side to size / 0.875, then crop the centre.
-      shape = tf.cast(tf.shape(image)[:2], tf.float32)
-      scale = tf.reduce_max(
-          tf.constant([self.height, self.width], tf.float32) / _CENTRAL_FRACTION / shape)
-      image = tf.image.resize(image, tf.cast(tf.math.ceil(shape * scale), tf.int32))
-      return tf.image.resize_with_crop_or_pad(image, self.height, self.width)
-    if self.resize == "pad":
-      return tf.image.resize_with_crop_or_pad(image, self.height, self.width)
-    return tf.image.resize(image, (self.height, self.width))
-
-  def evaluation(self, image, label):
-    """Deterministic geometry; uint8 out so that the cache stays small."""
-    image = self._fit(self._channels(image))
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    return tf.ensure_shape(image, (self.height, self.width, self.channels)), label
-
-  def normalise(self, image, label):
-    return _NORMALISERS[self.preprocessing](tf.cast(image, tf.float32)), label
-
-  def train(self, image, label, seed):
-    """Augmented geometry, stateless: the (2,) int64 `seed` fixes every random choice."""
-    image = self._channels(image)
-    box_seed, crop_seed, flip_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, 3))
-    if self.augment == "inception":
-      begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-          tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4]), seed=box_seed,
-          min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
-          max_attempts=10, use_image_if_no_bounding_boxes=True)
-      image = tf.slice(image, begin, size)
-      image = tf.image.resize(tf.cast(image, tf.float32), (self.height, self.width))
-      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    else:
-      image = self._fit(image)
-      if self.augment == "flip_crop":
-        image = tf.image.resize_with_crop_or_pad(image, self.height + 8, self.width + 8)
-        image = tf.image.stateless_random_crop(image, (self.height, self.width, self.channels),
-                                               crop_seed)
-        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    image = tf.ensure_shape(image, (self.height, self.width, self.channels))
-    return self.normalise(image, label)
