@@ -37,43 +37,22 @@ if __name__ == "__main__":
 # pylint: disable=wrong-import-position
 from absl import app, flags  # noqa: E402
 
-from purl_tf import files, plots, search  # noqa: E402
+from purl_tf import files, plots  # noqa: E402
 from purl_tf.errors import PurlError  # noqa: E402
 from purl_tf.markdown import command_line, machine, Section, write_section  # noqa: E402
-from purl_tf.results import reached_target  # noqa: E402
+from purl_tf.verdicts import (MATCHED, METHOD_NAMES, METHOD_ORDER, SEARCHES,  # noqa: E402
+                              best_so_far, episodes_to_within, goals, percent, stats,
+                              summary, table)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# In the order a seed runs them: the first pre-trains the dense model the others share.
-METHOD_ORDER = ("purl", "episodic", "random", "global_magnitude", "lamp", "erk", "uniform",
-                "uniform_keep_ends", "gradual", "lamp_matched", "erk_matched")
-METHOD_NAMES = {
-    "purl": "PuRL (dense reward)",
-    "episodic": "PuRL agent, episodic reward",
-    "random": "random search",
-    "global_magnitude": "global magnitude",
-    "lamp": "LAMP",
-    "erk": "ERK",
-    "uniform": "uniform",
-    "uniform_keep_ends": "uniform, first and last dense",
-    "gradual": "gradual (tfmot PolynomialDecay to ERK)",
-    "lamp_matched": "LAMP, fine-tuned as long as a search trains",
-    "erk_matched": "ERK, fine-tuned as long as a search trains",
-}
-# Rows of a one-shot allocator whose fine-tune also gets the train steps of a search
-# (train_eval.match_search_steps): the searches' and gradual's budget, one shot.
-MATCHED = {"lamp_matched": "lamp", "erk_matched": "erk"}
-SEARCHES = ("purl", "episodic", "random")  # methods that leave search/episodes.json
 # Methods whose cell depends on the search's settings: the searches, and gradual and the
 # MATCHED rows, which train for the search's retrain budget (a variant's bindings apply
 # to these).
 VARIED = (*SEARCHES, "gradual", *MATCHED)
-RIVALS = ("global_magnitude", "lamp", "erk", "random", *MATCHED)  # what PuRL must beat
 SEEDS = (0, 1, 2)  # a table's seeds unless --seeds says otherwise
 # Flags that pick a part of a table (the report's command names the whole table instead).
 PART_FLAGS = ("seeds", "targets", "methods", "rerun", "norerun")
-WITHIN = 0.005  # "within 0.5 points": reward-split accuracy, as a fraction
-MARGIN = 0.005  # PuRL's required lead at the highest target, as a fraction
 WIDE_LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 # Shrinks a GPU config to seconds on tfds mock data (as tests/test_configs.py does).
 MOCK_BINDINGS = ("load_splits.image_size = 32", "load_splits.batch_size = 4",
@@ -401,53 +380,6 @@ def collect(plan: Plan, results_dir: str) -> List[dict]:
   return cells
 
 
-def best_so_far(episodes: Sequence[dict], target: float) -> List[Optional[float]]:
-  """Reward-split accuracy of the best episode so far (search.is_better's
-  accuracy_at_target rule) after each evaluated episode; None until one reaches the
-  target."""
-  best, curve = None, []
-  for record in episodes:
-    episode = record if isinstance(record, search.Episode) else search.Episode(**record)
-    if search.is_better(episode, best, target, "accuracy_at_target"):
-      best = episode
-    curve.append(best.accuracy if reached_target(best.sparsity, target) else None)
-  return curve
-
-
-def episodes_to_within(episodes: Sequence[dict], target: float,
-                       margin: float = WITHIN) -> Optional[int]:
-  """Evaluated episodes (collect and greedy, in the order run) until the best so far first
-  reached the target and came within `margin` (a fraction: 0.005 is 0.5 points) of the
-  search's final best reward-split accuracy. None when no episode reached the target."""
-  curve = best_so_far(episodes, target)
-  if not curve or curve[-1] is None:
-    return None
-  return next(count for count, value in enumerate(curve, 1)
-              if value is not None and value >= curve[-1] - margin)
-
-
-@dataclasses.dataclass(frozen=True)
-class Stats:
-  """Mean, sample standard deviation (0 for one value), minimum and maximum."""
-  mean: float
-  std: float
-  low: float
-  high: float
-  count: int
-
-
-def stats(values: Sequence[float]) -> Stats:
-  values = [float(v) for v in values]
-  if not values:
-    raise ValueError("stats of no values")
-  std = statistics.stdev(values) if len(values) > 1 else 0.0
-  return Stats(statistics.fmean(values), std, min(values), max(values), len(values))
-
-
-def _pct(value: float) -> str:
-  return f"{100 * value:.2f}"
-
-
 def cell_record(run: Run) -> dict:
   """One cell of the results file: what the tables and goals read."""
   results = run.results
@@ -469,144 +401,6 @@ def cell_record(run: Run) -> dict:
       "wall_seconds": run.seconds, "allocation": results["allocation"],
       "warnings": results.get("warnings", []),
   }
-
-
-def summary(cells: Sequence[dict]) -> dict:
-  """Aggregates one method's cells at one target over seeds."""
-  cells = sorted(cells, key=lambda c: c["seed"])
-  to_within = [c["episodes_to_within"] for c in cells]
-  return {
-      "seeds": [c["seed"] for c in cells],
-      "accuracy": stats([c["test_accuracy"] for c in cells]),
-      "sparsity": stats([c["sparsity"] for c in cells]),
-      "seconds": stats([c["method_seconds"] for c in cells]),
-      "steps": stats([c["train_steps"] for c in cells]),
-      "episodes": [c["episodes"] for c in cells],
-      "to_within": to_within if cells[0]["method"] in SEARCHES else None,
-  }
-
-
-def _to_within_cell(values: Optional[List[Optional[int]]], episodes: List[int]) -> str:
-  if values is None:
-    return "—"
-  shown = ", ".join("not reached" if v is None else str(v) for v in values)
-  reached = [v for v in values if v is not None]
-  mean = f"{statistics.fmean(reached):.1f}" if reached else "n/a"
-  return f"{mean} ({shown}) of {max(episodes)}"
-
-
-def table(cells: Sequence[dict], target: float) -> str:
-  """The markdown table of every method at one target (mean and spread over seeds)."""
-  lines = ["| method | global sparsity | test accuracy % (mean ± sd, min–max) | wall time "
-           "| train steps | episodes to within 0.5 pt of final best (mean (per seed) of "
-           "evaluated) |", "| --- | --- | --- | --- | --- | --- |"]
-  for method in METHOD_ORDER:
-    chosen = [c for c in cells if c["method"] == method and c["target"] == target]
-    if not chosen:
-      continue
-    s = summary(chosen)
-    acc = s["accuracy"]
-    lines.append(
-        f"| {METHOD_NAMES[method]} | {s['sparsity'].mean:.4f} | {_pct(acc.mean)} ± "
-        f"{_pct(acc.std)} ({_pct(acc.low)}–{_pct(acc.high)}) | {s['seconds'].mean:,.0f} s | "
-        f"{s['steps'].mean:,.0f} | {_to_within_cell(s['to_within'], s['episodes'])} |")
-  return "\n".join(lines)
-
-
-def _by_seed(cells, method, target, key="test_accuracy") -> Dict[int, float]:
-  return {c["seed"]: c[key] for c in cells
-          if c["method"] == method and c["target"] == target}
-
-
-def goals(cells: Sequence[dict], target: float, highest: bool) -> List[str]:
-  """The benchmark's goals at one target, each MET / NOT MET with its numbers.
-
-  Highest target: PuRL's mean test accuracy at least MARGIN above the best of RIVALS, and
-  above every rival on every seed; the dense reward within 0.5 pt of its final best in
-  at most half the episodes of the episodic reward (means over seeds). Other targets:
-  PuRL's mean not below the best rival's mean by more than that rival's std.
-  """
-  purl = _by_seed(cells, "purl", target)
-  rivals = {m: _by_seed(cells, m, target) for m in RIVALS}
-  rivals = {m: v for m, v in rivals.items() if v}
-  seeds = sorted(set(purl).intersection(*rivals.values())) if rivals else []
-  if not seeds:
-    return ["- Goals: not evaluated (PuRL or its rivals missing at this target)."]
-  best = max(rivals, key=lambda m: statistics.fmean(rivals[m][s] for s in seeds))
-  ours = statistics.fmean(purl[s] for s in seeds)
-  theirs = statistics.fmean(rivals[best][s] for s in seeds)
-  paired = [purl[s] - max(v[s] for v in rivals.values()) for s in seeds]
-  pairs = ", ".join(f"seed {s}: {100 * d:+.2f}" for s, d in zip(seeds, paired))
-  partial = _partial(seeds, [purl, *rivals.values()])
-  out = []
-  if highest:
-    lead = ours - theirs
-    verdict = "MET" if lead >= MARGIN and all(d > 0 for d in paired) else "NOT MET"
-    out.append(f"- PuRL at least {100 * MARGIN:.1f} pt above the best rival "
-               f"({METHOD_NAMES[best]}) and ahead of every rival on every seed: {verdict} "
-               f"({_pct(ours)} vs {_pct(theirs)} %, lead {100 * lead:+.2f} pt; PuRL minus "
-               f"the best rival of each seed: {pairs} pt{partial}).")
-    out += _speed_goal(cells, target)
-    out += _headroom(cells, target, rivals, seeds)
-  else:
-    spread = stats([rivals[best][s] for s in seeds]).std
-    verdict = "MET" if ours >= theirs - spread else "NOT MET"
-    out.append(f"- PuRL not below the best rival ({METHOD_NAMES[best]}) by more than its "
-               f"std: {verdict} ({_pct(ours)} vs {_pct(theirs)} ± {_pct(spread)} %; PuRL "
-               f"minus the best rival of each seed: {pairs} pt{partial}).")
-  missed = [f"{METHOD_NAMES[c['method']]} seed {c['seed']} ({c['sparsity']:.3f})"
-            for c in cells if c["target"] == target and not c["reached_target"]]
-  if missed:
-    out.append(f"- Below the target sparsity: {', '.join(missed)}.")
-  return out
-
-
-def _partial(seeds, by_seed: Sequence[Dict[int, float]]) -> str:
-  """Says when a goal is judged on fewer seeds than some of its methods have finished:
-  means are taken over the seeds every compared method has, so that they pair."""
-  finished = set().union(*by_seed)
-  if set(seeds) == finished:
-    return ""
-  return (f"; over seeds {', '.join(str(s) for s in seeds)} only, the ones every compared "
-          "method has finished")
-
-
-def _headroom(cells, target, rivals, seeds) -> List[str]:
-  """A line when the lead the goal asks for would take a pruned network at or above the
-  dense one it was pruned from (dense test accuracy per seed): that goal cannot be met
-  at this target, and a higher target is where an allocation can show its worth."""
-  dense = _by_seed(cells, "purl", target, "dense_test_accuracy")
-  bars = [max(v[s] for v in rivals.values()) + MARGIN for s in seeds]
-  above = [s for s, bar in zip(seeds, bars) if bar >= dense[s]]
-  if not above:
-    return []
-  return [f"- Headroom: the bar (the best rival of each seed + {100 * MARGIN:.1f} pt: "
-          f"{', '.join(_pct(b) for b in bars)} %) is at or above the dense network's test "
-          f"accuracy ({', '.join(_pct(dense[s]) for s in seeds)} %) on {len(above)} of "
-          f"{len(seeds)} seeds: the goal asks a network pruned to {target} to match the "
-          "unpruned one; a higher target leaves an allocation room to show."]
-
-
-def _speed_goal(cells, target) -> List[str]:
-  """Dense against episodic reward: episodes to within 0.5 pt of the final best."""
-  by_seed = {m: _by_seed(cells, m, target, "episodes_to_within") for m in ("purl", "episodic")}
-  for method, values in by_seed.items():
-    if not values:
-      return [f"- Episodes to the best: not evaluated yet ({METHOD_NAMES[method]} has no "
-              "finished cell at this target)."]
-  seeds = sorted(set(by_seed["purl"]) & set(by_seed["episodic"]))
-  if not seeds:
-    return ["- Episodes to the best: not evaluated yet (no seed has both rewards' cells)."]
-  means = {}
-  for method, values in by_seed.items():
-    reached = [values[s] for s in seeds if values[s] is not None]
-    if not reached:
-      return ["- Episodes to the best: not comparable (a search never reached the target)."]
-    means[method] = statistics.fmean(reached)
-  verdict = "MET" if means["purl"] <= means["episodic"] / 2 else "NOT MET"
-  return [f"- Dense reward within 0.5 pt of its best in at most half the episodes of the "
-          f"episodic reward: {verdict} ({means['purl']:.1f} vs {means['episodic']:.1f} "
-          f"evaluated episodes, means over seeds{_partial(seeds, by_seed.values())})."]
 
 
 def write_figures(plan: Plan, cells: Sequence[dict], folder: str) -> List[str]:
@@ -683,11 +477,11 @@ def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_file
       continue
     dense = stats([c["dense_test_accuracy"] for c in chosen if c["method"] == "purl"]
                   or [c["dense_test_accuracy"] for c in chosen])
-    verdicts = (["- Goals are not evaluated on mock data."] if plan.mock
-                else goals(chosen, target, target == highest))
+    goal_lines = (["- Goals are not evaluated on mock data."] if plan.mock
+                  else goals(chosen, target, target == highest))
     parts += [f"### Target sparsity {target}", "",
-              f"Dense test accuracy {_pct(dense.mean)} ± {_pct(dense.std)} %.", "",
-              table(chosen, target), "", *verdicts, ""]
+              f"Dense test accuracy {percent(dense.mean)} ± {percent(dense.std)} %.", "",
+              table(chosen, target), "", *goal_lines, ""]
   where = os.path.dirname(os.path.abspath(output)) if output else os.getcwd()
   parts += [f"![{os.path.basename(p)}]({os.path.relpath(p, where)})" for p in figures]
   seconds = [c["wall_seconds"] for c in cells if c["wall_seconds"] is not None]

@@ -1,4 +1,5 @@
-"""purl_tf.benchmark (method against method, no runs) and purl_tf.markdown's sections."""
+"""purl_tf.benchmark and purl_tf.verdicts (method against method, no runs) and purl_tf.markdown's
+sections."""
 import dataclasses
 import os
 import shlex
@@ -7,7 +8,7 @@ import statistics
 import pytest
 
 import purl_tf  # noqa: F401
-from purl_tf import benchmark, files, markdown
+from purl_tf import benchmark, files, markdown, verdicts
 from purl_tf.errors import PurlError
 from purl_tf.results import reached_target
 
@@ -60,9 +61,9 @@ def test_best_so_far_is_none_until_the_target_then_the_best_accuracy_at_it():
               episode(0.80, 0.97),  # worse: the best stays
               episode(0.999, 0.85),  # higher accuracy below the target: ignored
               episode(0.95, 0.93, policy="greedy")]  # the final best
-  assert benchmark.best_so_far(episodes, target) == [None, 0.90, 0.946, 0.946, 0.946, 0.95]
-  assert benchmark.best_so_far(episodes[:1], target) == [None]
-  assert benchmark.best_so_far([], target) == []
+  assert verdicts.best_so_far(episodes, target) == [None, 0.90, 0.946, 0.946, 0.946, 0.95]
+  assert verdicts.best_so_far(episodes[:1], target) == [None]
+  assert verdicts.best_so_far([], target) == []
 
 
 def test_episodes_to_within_counts_evaluated_episodes_until_near_the_final_best():
@@ -72,15 +73,15 @@ def test_episodes_to_within_counts_evaluated_episodes_until_near_the_final_best(
               episode(0.946, 0.95),  # 0.4 points under 0.95: within 0.5 points
               episode(0.80, 0.97),
               episode(0.95, 0.93, policy="greedy")]  # the final best
-  assert benchmark.episodes_to_within(episodes, target, benchmark.WITHIN) == 3
-  assert benchmark.episodes_to_within(episodes, target) == 3  # WITHIN by default
+  assert verdicts.episodes_to_within(episodes, target, verdicts.WITHIN) == 3
+  assert verdicts.episodes_to_within(episodes, target) == 3  # WITHIN by default
   # Exactly 0.5 points under counts as within; the margin is a parameter.
-  assert benchmark.episodes_to_within(episodes[:2] + [episode(0.945, 0.95)] + episodes[3:],
+  assert verdicts.episodes_to_within(episodes[:2] + [episode(0.945, 0.95)] + episodes[3:],
                                       target) == 3
-  assert benchmark.episodes_to_within(episodes, target, 0.0) == 5
-  assert benchmark.episodes_to_within(episodes, target, 0.05) == 2
-  assert benchmark.episodes_to_within(episodes[:1], target) is None  # never at the target
-  assert benchmark.episodes_to_within([], target) is None
+  assert verdicts.episodes_to_within(episodes, target, 0.0) == 5
+  assert verdicts.episodes_to_within(episodes, target, 0.05) == 2
+  assert verdicts.episodes_to_within(episodes[:1], target) is None  # never at the target
+  assert verdicts.episodes_to_within([], target) is None
 
 
 def test_cell_record_reads_results_and_episodes():
@@ -116,7 +117,7 @@ def test_summary_and_table_give_mean_spread_time_steps_and_episodes_to_best():
            cell("purl", 1, 0.97, episodes=AT_4),
            cell("random", 0, 0.80, episodes=NEVER),
            cell("purl", 0, 0.50, target=0.98, episodes=AT_2)]  # another target: not shown
-  summary = benchmark.summary([c for c in cells if c["method"] == "purl"
+  summary = verdicts.summary([c for c in cells if c["method"] == "purl"
                                and c["target"] == 0.95])
   assert summary["seeds"] == [0, 1, 2]  # sorted by seed
   assert summary["accuracy"].mean == pytest.approx(0.96)
@@ -126,9 +127,9 @@ def test_summary_and_table_give_mean_spread_time_steps_and_episodes_to_best():
   assert summary["to_within"] == [2, 4, 2] and summary["episodes"] == [3, 4, 3]
   assert summary["seconds"].mean == pytest.approx(110.0)
   assert summary["steps"].mean == pytest.approx(2162)
-  assert benchmark.summary([c for c in cells if c["method"] == "global_magnitude"]
+  assert verdicts.summary([c for c in cells if c["method"] == "global_magnitude"]
                            )["to_within"] is None
-  table = benchmark.table(cells, 0.95).splitlines()
+  table = verdicts.table(cells, 0.95).splitlines()
   assert len(table) == 5  # header, rule, then METHOD_ORDER: purl, random, global magnitude
   assert table[1] == "| --- | --- | --- | --- | --- | --- |"
   purl_row = table[2].split(" | ")
@@ -164,7 +165,7 @@ def test_goals_at_the_highest_target_need_the_margin_and_every_seed(monkeypatch)
               + [cell("episodic", s, 0.9, target, episodes=AT_4) for s in range(3)])
   uniform = [cell("uniform", s, 0.999, target) for s in range(3)]  # not a rival
   cells = searches + rivals_at(target, rivals) + uniform
-  lines = benchmark.goals(cells, target, highest=True)
+  lines = verdicts.goals(cells, target, highest=True)
   assert len(lines) == 2
   assert lines[0] == (
       "- PuRL at least 0.5 pt above the best rival (global magnitude) and ahead of every "
@@ -174,14 +175,14 @@ def test_goals_at_the_highest_target_need_the_margin_and_every_seed(monkeypatch)
       "- Dense reward within 0.5 pt of its best in at most half the episodes of the "
       "episodic reward: MET (2.0 vs 4.0 evaluated episodes, means over seeds).")
   # The same numbers with a larger required lead fall short.
-  monkeypatch.setattr(benchmark, "MARGIN", 0.007)
-  assert ": NOT MET (96.80 vs 96.20 %, lead +0.60 pt" in benchmark.goals(cells, target,
+  monkeypatch.setattr(verdicts, "MARGIN", 0.007)
+  assert ": NOT MET (96.80 vs 96.20 %, lead +0.60 pt" in verdicts.goals(cells, target,
                                                                          True)[0]
   monkeypatch.undo()
   # The mean lead is still enough (+0.60 pt over global magnitude) but LAMP, not the best
   # rival on the mean, beats PuRL on seed 2: paired against every rival, NOT MET.
   rivals["lamp"][2] = 0.972
-  lines = benchmark.goals(searches + rivals_at(target, rivals) + uniform, target, True)
+  lines = verdicts.goals(searches + rivals_at(target, rivals) + uniform, target, True)
   assert lines[0] == (
       "- PuRL at least 0.5 pt above the best rival (global magnitude) and ahead of every "
       "rival on every seed: NOT MET (96.80 vs 96.20 %, lead +0.60 pt; PuRL minus the best "
@@ -190,7 +191,7 @@ def test_goals_at_the_highest_target_need_the_margin_and_every_seed(monkeypatch)
   close = [cell("purl", s, a, target, episodes=AT_2) for s, a in
            enumerate([0.964, 0.966, 0.968])]
   rivals["lamp"][2] = 0.950
-  lines = benchmark.goals(close + rivals_at(target, rivals), target, True)
+  lines = verdicts.goals(close + rivals_at(target, rivals), target, True)
   assert "NOT MET (96.60 vs 96.20 %, lead +0.40 pt" in lines[0]
   assert "seed 0: +0.40, seed 1: +0.40, seed 2: +0.40 pt" in lines[0]
 
@@ -202,7 +203,7 @@ def test_the_speed_goal_needs_half_the_episodes_of_the_episodic_reward():
   def speed(purl_episodes, episodic_episodes):
     cells = [cell("purl", 0, 0.95, target, episodes=e) for e in [purl_episodes]]
     cells += [cell("episodic", 0, 0.95, target, episodes=episodic_episodes)]
-    return benchmark.goals(cells + rivals, target, True)[1]
+    return verdicts.goals(cells + rivals, target, True)[1]
 
   at = lambda n: [episode(0.9, 0.99)] * (n - 1) + [episode(0.95, 0.99)]  # noqa: E731
   assert "episodic reward: MET (2.0 vs 4.0 evaluated" in speed(at(2), at(4))  # exactly half
@@ -211,14 +212,14 @@ def test_the_speed_goal_needs_half_the_episodes_of_the_episodic_reward():
   assert speed(NEVER, at(4)) == ("- Episodes to the best: not comparable (a search never "
                                  "reached the target).")
   assert "not comparable" in speed(at(1), NEVER)
-  assert benchmark.goals([cell("purl", 0, 0.95, target, episodes=at(1))] + rivals, target,
+  assert verdicts.goals([cell("purl", 0, 0.95, target, episodes=at(1))] + rivals, target,
                          True)[1] == ("- Episodes to the best: not evaluated yet (PuRL agent, "
                                       "episodic reward has no finished cell at this target).")
   # Means over the seeds that reached the target.
   cells = [cell("purl", s, 0.95, target, episodes=e) for s, e in enumerate([at(1), at(3)])]
   cells += [cell("episodic", s, 0.95, target, episodes=e)
             for s, e in enumerate([at(4), NEVER, at(4)])]
-  assert "MET (2.0 vs 4.0 evaluated" in benchmark.goals(cells + rivals, target, True)[1]
+  assert "MET (2.0 vs 4.0 evaluated" in verdicts.goals(cells + rivals, target, True)[1]
 
 
 def test_a_partial_table_is_judged_on_the_seeds_every_compared_method_has():
@@ -230,14 +231,14 @@ def test_a_partial_table_is_judged_on_the_seeds_every_compared_method_has():
            for s, (a, n) in enumerate([(0.90, 2), (0.80, 2), (0.99, 1)])]
   cells += [cell("episodic", s, 0.9, target, episodes=at(n)) for s, n in enumerate([4, 2])]
   cells += rivals_at(target, {"lamp": [0.96, 0.96]})
-  accuracy, speed = benchmark.goals(cells, target, True)[:2]
+  accuracy, speed = verdicts.goals(cells, target, True)[:2]
   assert "(85.00 vs 96.00 %, lead -11.00 pt; PuRL minus the best rival of each seed: " \
          "seed 0: -6.00, seed 1: -16.00 pt; over seeds 0, 1 only" in accuracy
   assert "NOT MET (2.0 vs 3.0 evaluated episodes, means over seeds; over seeds 0, 1 " \
          "only" in speed
   whole = cells + [cell("episodic", 2, 0.9, target, episodes=at(4))]
   whole += rivals_at(target, {"lamp": [0.96, 0.96, 0.96]})[2:]
-  assert "only" not in " ".join(benchmark.goals(whole, target, True))
+  assert "only" not in " ".join(verdicts.goals(whole, target, True))
 
 
 def test_goals_say_when_the_required_lead_would_pass_the_dense_network():
@@ -245,16 +246,16 @@ def test_goals_say_when_the_required_lead_would_pass_the_dense_network():
   purl = [cell("purl", s, 0.96, target, episodes=AT_2) for s in range(3)]
   episodic = [cell("episodic", s, 0.96, target, episodes=AT_4) for s in range(3)]
   rivals = {"lamp": [0.964, 0.9649, 0.950], "erk": [0.950, 0.950, 0.966]}
-  lines = benchmark.goals(purl + episodic + rivals_at(target, rivals), target, True)
+  lines = verdicts.goals(purl + episodic + rivals_at(target, rivals), target, True)
   assert lines[-1] == (
       "- Headroom: the bar (the best rival of each seed + 0.5 pt: 96.90, 96.99, 97.10 %) is "
       "at or above the dense network's test accuracy (97.00, 97.00, 97.00 %) on 1 of 3 "
       "seeds: the goal asks a network pruned to 0.95 to match the unpruned one; a higher "
       "target leaves an allocation room to show.")
   rivals["erk"][2] = 0.9649  # every bar below the dense network: nothing to say
-  lines = benchmark.goals(purl + episodic + rivals_at(target, rivals), target, True)
+  lines = verdicts.goals(purl + episodic + rivals_at(target, rivals), target, True)
   assert len(lines) == 2 and not any("Headroom" in line for line in lines)
-  assert not any("Headroom" in line for line in benchmark.goals(
+  assert not any("Headroom" in line for line in verdicts.goals(
       purl + rivals_at(target, {"lamp": [0.97] * 3}), target, False))
 
 
@@ -262,13 +263,13 @@ def test_goals_at_other_targets_allow_the_best_rivals_std_and_name_missed_target
   target = 0.9
   rivals = {"global_magnitude": [0.96, 0.97, 0.98], "lamp": [0.95, 0.95, 0.95]}
   purl = [cell("purl", s, 0.961, target, episodes=AT_4) for s in range(3)]
-  lines = benchmark.goals(purl + rivals_at(target, rivals), target, highest=False)
+  lines = verdicts.goals(purl + rivals_at(target, rivals), target, highest=False)
   assert lines == [
       "- PuRL not below the best rival (global magnitude) by more than its std: MET (96.10 "
       "vs 97.00 ± 1.00 %; PuRL minus the best rival of each seed: seed 0: +0.10, seed 1: "
       "-0.90, seed 2: -1.90 pt)."]  # no speed goal below the highest target
   low = [cell("purl", s, 0.959, target, episodes=AT_4) for s in range(3)]
-  assert ": NOT MET (95.90 vs 97.00 ± 1.00 %" in benchmark.goals(
+  assert ": NOT MET (95.90 vs 97.00 ± 1.00 %" in verdicts.goals(
       low + rivals_at(target, rivals), target, False)[0]
   # Cells below the target sparsity are named, whatever the method, at either kind of
   # target; cells of other targets are not.
@@ -277,14 +278,14 @@ def test_goals_at_other_targets_allow_the_best_rivals_std_and_name_missed_target
             cell("erk", 0, 0.90, 0.95, sparsity=0.5)]
   cells = purl + rivals_at(target, rivals) + missed
   for highest in (False, True):
-    assert benchmark.goals(cells, target, highest)[-1] == (
+    assert verdicts.goals(cells, target, highest)[-1] == (
         "- Below the target sparsity: uniform seed 0 (0.850), gradual (tfmot PolynomialDecay "
         "to ERK) seed 2 (0.800).")
   assert not any("Below" in line for line in
-                 benchmark.goals(purl + rivals_at(target, rivals), target, False))
-  assert benchmark.goals(purl, target, True) == [
+                 verdicts.goals(purl + rivals_at(target, rivals), target, False))
+  assert verdicts.goals(purl, target, True) == [
       "- Goals: not evaluated (PuRL or its rivals missing at this target)."]
-  assert "not evaluated" in benchmark.goals(rivals_at(target, rivals), target, True)[0]
+  assert "not evaluated" in verdicts.goals(rivals_at(target, rivals), target, True)[0]
 
 
 def bound(bindings, name):
@@ -303,7 +304,7 @@ def test_plan_lays_out_the_cells_with_honest_seeds(tmp_path):
   assert plan.run_dir(0.98, 2, "random") == str(tmp_path / "mnist5k" / "target0.98" / "seed2"
                                                 / "random")
   cells = plan.cells()
-  assert len(cells) == 2 * 2 * len(benchmark.METHOD_ORDER)
+  assert len(cells) == 2 * 2 * len(verdicts.METHOD_ORDER)
   assert cells[0] == (0, 0.95, "purl") and cells[-1] == (2, 0.98, "erk_matched")
   assert [c[0] for c in cells] == sorted(c[0] for c in cells)  # seed by seed
   for seed in plan.seeds:
@@ -330,7 +331,7 @@ def test_quick_keeps_the_first_seed_and_the_highest_target(tmp_path):
     plan = benchmark.make_plan(suite, str(tmp_path), ["3", "1"], None, False, quick=True)
     assert plan.seeds == (3,) and plan.targets == (highest,) and plan.quick
     assert plan.name == f"{suite}_quick"
-    assert [c[:2] for c in plan.cells()] == [(3, highest)] * len(benchmark.METHOD_ORDER)
+    assert [c[:2] for c in plan.cells()] == [(3, highest)] * len(verdicts.METHOD_ORDER)
     assert plan.run_dir(highest, 3, "purl") == str(tmp_path / suite / f"target{highest}"
                                                    / "seed3" / "purl")
     assert bound(plan.bindings(highest, 3), "load_splits.shuffle_seed") == "3"
@@ -340,7 +341,7 @@ def test_targets_pick_some_of_the_suites_targets_in_the_suites_order(tmp_path):
   plan = benchmark.make_plan("mnist_resnet20", str(tmp_path), ["1", "2"], None, False,
                              targets=["0.95"])
   assert plan.targets == (0.95,) and plan.name == "mnist_resnet20"
-  assert [c[:2] for c in plan.cells()][::len(benchmark.METHOD_ORDER)] == [(1, 0.95), (2, 0.95)]
+  assert [c[:2] for c in plan.cells()][::len(verdicts.METHOD_ORDER)] == [(1, 0.95), (2, 0.95)]
   both = benchmark.make_plan("mnist5k", str(tmp_path), ["0"], None, False,
                              targets=["0.98", "0.95"])
   assert both.targets == (0.95, 0.98)
@@ -411,7 +412,7 @@ def test_report_writes_the_results_file_figures_and_section(tmp_path):
     accuracy = round(0.9 + 0.001 * number, 4)
     expected[(method, target, seed)] = accuracy
     files.write_json(os.path.join(folder, files.RESULTS), results(accuracy, target))
-    if method in benchmark.SEARCHES:
+    if method in verdicts.SEARCHES:
       files.write_json(os.path.join(folder, files.EPISODES),
                        [episode(0.9, 0.99, i) for i in range(3)] + [episode(0.95, 0.99, 3)])
     finish(plan, seed, target, method, 60.0)
@@ -436,8 +437,8 @@ def test_report_writes_the_results_file_figures_and_section(tmp_path):
   cells = written["cells"]
   for target in plan.targets:
     assert f"### Target sparsity {target}" in section.body
-    assert benchmark.table(cells, target) in section.body
-    for line in benchmark.goals(cells, target, target == 0.98):
+    assert verdicts.table(cells, target) in section.body
+    for line in verdicts.goals(cells, target, target == 0.98):
       assert line in section.body
   for kind in ("accuracy", "layers", "progress"):  # relative to the markdown file
     assert f"![mnist5k_{kind}.png](benchmarks/mnist5k_{kind}.png)" in section.body
@@ -454,7 +455,7 @@ def test_cells_in_the_committed_results_file_are_not_run_again(tmp_path, capsys)
   for seed, target, method in plan.cells():
     folder = plan.run_dir(target, seed, method)
     files.write_json(os.path.join(folder, files.RESULTS), results(0.9, target))
-    if method in benchmark.SEARCHES:
+    if method in verdicts.SEARCHES:
       files.write_json(os.path.join(folder, files.EPISODES),
                        [episode(a, 0.99) for a in (0.9, 0.95, 0.951)])
     finish(plan, seed, target, method, 30.0)
@@ -483,7 +484,7 @@ def test_a_part_of_the_table_adds_to_the_results_file_and_drops_none_of_it(tmp_p
     for seed, target, method in plan.cells():
       folder = plan.run_dir(target, seed, method)
       files.write_json(os.path.join(folder, files.RESULTS), results(0.9, target))
-      if method in benchmark.SEARCHES:
+      if method in verdicts.SEARCHES:
         files.write_json(os.path.join(folder, files.EPISODES), [episode(0.95, 0.99)])
     section = benchmark.report(plan, None, results_dir)
     os.rename(root, f"{root}.{seeds[0]}")  # only the results file is left, as in a clone
@@ -491,7 +492,7 @@ def test_a_part_of_the_table_adds_to_the_results_file_and_drops_none_of_it(tmp_p
 
   run_part(["0"], ["0.98"])
   section, written = run_part(["1"], ["0.95"])
-  per_method = len(benchmark.METHOD_ORDER)
+  per_method = len(verdicts.METHOD_ORDER)
   assert [(c["seed"], c["target"]) for c in written["cells"]][::per_method] == [
       (0, 0.98), (1, 0.95)]  # seed 0's cells at 0.98 are kept, in plan order
   assert (written["seeds"], written["targets"]) == ([0, 1], [0.95, 0.98])
@@ -519,7 +520,7 @@ def test_methods_run_only_their_cells_and_the_report_keeps_the_others(tmp_path, 
   benchmark.run_plan(plan, results_dir)
   assert ran == ["purl", "lamp"]
   shown = [c["method"] for c in benchmark.collect(plan, results_dir)]
-  assert shown == [m for m in benchmark.METHOD_ORDER if m != "erk"]
+  assert shown == [m for m in verdicts.METHOD_ORDER if m != "erk"]
   with pytest.raises(PurlError, match="--methods names lamb, which the benchmark does not"):
     benchmark.make_plan("mnist5k", str(tmp_path), ["0"], 4, False, methods=["lamb", "lamp"])
 
@@ -550,7 +551,7 @@ def test_rerun_measures_its_methods_again_and_keeps_the_other_cells(tmp_path, mo
     assert os.path.exists(plan.log_path(target, seed, method)) == kept
     assert (benchmark.cell_seconds(plan, seed, target, method) == 60.0) == kept
   assert [key[2] for key in benchmark.recorded(every, results_dir)] == [
-      m for m in benchmark.METHOD_ORDER if m != "gradual"]
+      m for m in verdicts.METHOD_ORDER if m != "gradual"]
   benchmark.run_plan(plan, results_dir)
   assert ran == ["gradual"]
   with pytest.raises(PurlError, match="--rerun would measure the whole table again"):
@@ -597,7 +598,7 @@ def test_a_variant_changes_the_searches_and_shares_the_other_cells(tmp_path):
   for seed, target, method in plan.cells():
     bindings = plan.bindings(target, seed, method)
     # gradual's ramp and the matched rows' longer fine-tune: the search's budget
-    if method in (*benchmark.SEARCHES, "gradual", "lamp_matched", "erk_matched"):
+    if method in (*verdicts.SEARCHES, "gradual", "lamp_matched", "erk_matched"):
       assert plan.run_dir(target, seed, method) == os.path.join(
           base.root_dir, "prior", f"target{target}", f"seed{seed}", method)
       assert bindings == base.bindings(target, seed, method) + ["PruningEnv.prior = 'lamp'"]
