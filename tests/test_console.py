@@ -193,5 +193,8 @@ def test_a_run_shows_no_third_party_noise_and_logs_everything(finished_process):
   with open(os.path.join(root, train.LOG)) as handle:
     logged = handle.read()
   assert set(shown) <= set(logged.splitlines())
-  for line in NOISE.splitlines()[:4]:  # the noise is kept in the log
-    assert line.split("] ")[-1] in logged
+  # The noise is kept in the log: the lines every run without a GPU prints first (oneDNN's
+  # line is left out: TensorFlow prints it only on processors with AVX-512).
+  for line in NOISE.splitlines()[:4]:
+    if "oneDNN" not in line:
+      assert line.split("] ")[-1] in logged
