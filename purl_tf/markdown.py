@@ -22,20 +22,26 @@ class Section:
 
 
 def machine() -> str:
-  """One line naming the machine: logical CPUs, CPU model, OS, Python and TF versions."""
-  model = platform.processor() or "unknown CPU"
+  """One line naming the machine: logical CPUs, CPU model and its widest vector
+  instructions, whether TensorFlow's oneDNN kernels are on, OS, Python and TF versions."""
+  model, flags = platform.processor() or "unknown CPU", set()
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
-      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+      lines = f.read().splitlines()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    flags = {flag for line in lines if line.startswith("flags") for flag in line.split()}
     if names:
       model = names[0]
   except OSError:
     pass
+  vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+  onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
   cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   gpus = len(tf.config.list_physical_devices("GPU"))
-  return (f"{cpus} CPU cores (nproc) of {model}, {gpus} GPU; {platform.system()} "
-          f"{platform.release()}, Python {platform.python_version()}, TensorFlow "
-          f"{tf.__version__}")
+  return (f"{cpus} CPU cores (nproc) of {model}{f' ({vector})' if vector else ''}, {gpus} "
+          f"GPU; {platform.system()} {platform.release()}, Python "
+          f"{platform.python_version()}, TensorFlow {tf.__version__}"
+          + (f", TF_ENABLE_ONEDNN_OPTS={onednn}" if onednn is not None else ""))
 
 
 def command_line(arguments: Optional[Sequence[str]] = None) -> str:

@@ -1,6 +1,7 @@
 """Model builders, a user's saved model, compatibility checks, dense pre-training, and the
 tf-keras selection made by `import purl_tf`."""
 import os
+import platform
 import subprocess
 import sys
 
@@ -254,7 +255,8 @@ _REPORT = ("import tf_keras; print('KERAS', tf.keras.Model.__module__.split('.')
 
 
 def _python(code, **env_updates):
-  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TF_USE_LEGACY_KERAS", "TF_ENABLE_ONEDNN_OPTS")}
   env["TF_CPP_MIN_LOG_LEVEL"] = "3"
   env.update(env_updates)
   return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO,
@@ -269,9 +271,15 @@ def _keras_report(stdout):
 
 @pytest.fixture(scope="module")
 def import_order_runs():
-  """Import orders, each in a child process with TF_USE_LEGACY_KERAS unset (in parallel)."""
+  """Import orders, each in a child process with TF_USE_LEGACY_KERAS and
+  TF_ENABLE_ONEDNN_OPTS unset (in parallel)."""
+  onednn = ("import purl_tf; import tensorflow as tf; "
+            "from tensorflow.python.util import _pywrap_util_port as port; "
+            "print('ONEDNN', port.IsMklEnabled())")
   runs = {
       "keras3_first": _python("import tensorflow as tf; tf.keras.layers; import purl_tf"),
+      "onednn_unset": _python(onednn),
+      "onednn_off": _python(onednn, TF_ENABLE_ONEDNN_OPTS="0"),
       "purl_tf_first": _python(f"import purl_tf; import tensorflow as tf; {_REPORT}"),
       # TensorFlow itself accepts TF_USE_LEGACY_KERAS=true/True/1 (tensorflow/python/util/
       # lazy_loader.py): Keras 2 was chosen, so importing purl_tf after it must work.
@@ -298,6 +306,17 @@ def test_import_first_selects_tf_keras(import_order_runs):
   assert returncode == 0, stderr[-2000:]
   package, version = _keras_report(stdout)
   assert package == "tf_keras" and version.startswith("2.")
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="purl_tf turns oneDNN on on x86-64 only")
+def test_import_turns_onednn_on_unless_the_environment_says_otherwise(import_order_runs):
+  """On an AVX2-only processor TensorFlow leaves oneDNN off by itself, and its default
+  kernels train about 3 times slower; TF_ENABLE_ONEDNN_OPTS=0 still turns it off."""
+  for name, expected in (("onednn_unset", "True"), ("onednn_off", "False")):
+    returncode, stdout, stderr = import_order_runs[name]
+    assert returncode == 0, stderr[-2000:]
+    assert f"ONEDNN {expected}" in stdout.splitlines(), (name, stdout)
 
 
 def test_import_after_tf_chose_keras2_by_env_true(import_order_runs):

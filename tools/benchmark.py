@@ -20,6 +20,9 @@ Benchmarks:
       one allocation replayed as whole episodes: the spread of what the episodes measure.
   allocation_transfer
       finished runs' allocations fine-tuned from the dense weights, beside their results.
+  onednn_speed
+      train and inference steps of the mnist_resnet20 network with TensorFlow's oneDNN
+      kernels off and on.
 
 Each benchmark is a function of its module in tools/bench/ returning a `Section` (a level-2
 heading and its markdown body); `--output` replaces that heading's section in the file (or
@@ -33,7 +36,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from bench import common, projection, pruning_speed, recovery, search_speed, transfer
+from bench import common, onednn, projection, pruning_speed, recovery, search_speed, transfer
 from purl_tf import train  # noqa: F401  (defines --root_dir, --gin_file, --gin_bindings)
 from purl_tf.errors import PurlError
 
@@ -46,6 +49,7 @@ BENCHMARKS = {
     "allocation_recovery": recovery.allocation_recovery,
     "measurement_noise": recovery.measurement_noise,
     "allocation_transfer": transfer.allocation_transfer,
+    "onednn_speed": onednn.onednn_speed,
 }
 
 flags.DEFINE_enum("benchmark", "pruning_speed", sorted(BENCHMARKS), "Benchmark to run.")
