@@ -23,7 +23,7 @@ class Section:
 
 def machine() -> str:
   """One line naming the machine: logical CPUs, CPU model and its widest vector
-  instructions, whether TensorFlow's oneDNN kernels are on, OS, Python and TF versions."""
+  instructions, OS, Python and TF versions, and TF_ENABLE_ONEDNN_OPTS when it is set."""
   model, flags = platform.processor() or "unknown CPU", set()
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
