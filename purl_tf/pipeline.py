@@ -71,7 +71,8 @@ def build(root_dir: str, model_builder, target_sparsity: float, seed: int = 0,
 def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
                target_sparsity: float = 0.9, seed: int = 0, deterministic: bool = False,
                export_tflite: bool = True, finetune_from: str = "search",
-               match_search_steps: bool = False, overwrite: bool = False) -> RunResult:
+               match_search_steps: bool = False, fit_to_target: bool = True,
+               overwrite: bool = False) -> RunResult:
   """Prunes the model `model_builder` builds to `target_sparsity` by `method`.
 
   Args:
@@ -93,6 +94,10 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
       uniform_keep_ends) fine-tunes for the train steps a search of this config spends
       as well, so that it trains as long as the searches and gradual (an equal-budget
       comparison); no effect on those, which spend the steps choosing.
+    fit_to_target: when a searched allocation is applied to the dense weights
+      (finetune_from='dense'), first scale every layer's density by one factor so that it
+      reaches exactly `target_sparsity` (pruning.fit): a search on a coarse action grid
+      overshoots (0.983 for 0.98), which a fine-tune from the dense weights need not pay.
     overwrite: delete a run with another config found in root_dir instead of refusing.
   Returns:
     the RunResult written to root_dir/results.json.
@@ -126,6 +131,8 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
     _write_best_allocation(root_dir, method, parts.env, choice)
     if finetune_from == "dense" or not choice.start_state:
       finetune_from, choice.start_state = "dense", None
+      if fit_to_target and method in methods.SEARCHED:
+        choice.allocation = _fit(parts.controller, choice.allocation, target_sparsity)
     extra = 0
     if match_search_steps and method in methods.ONE_SHOT:
       extra = methods.search_steps(parts.env, root_dir, seed)
@@ -182,6 +189,17 @@ def _write_best_allocation(root_dir: str, method: str, env: PruningEnv,
       "global_sparsity": sparsity, "episode": choice.best_episode, "method": method,
       "target_sparsity": env.target, "reached_target": reached_target(sparsity, env.target),
       "mode": env.mode})
+
+
+def _fit(controller: pruning.PruningController, allocation: dict, target: float) -> dict:
+  """train_eval.fit_to_target: the allocation scaled to exactly `target`, said aloud."""
+  before = pruning.costs(controller.infos, [allocation[n] for n in controller.names],
+                         controller.total_params)["global_sparsity"]
+  fitted = pruning.fitted(controller, allocation, target)
+  print(f"train_eval.fit_to_target: the chosen allocation (global sparsity {before:.4f}) "
+        f"scaled to the target {target} before its fine-tune from the dense weights.",
+        flush=True)
+  return fitted
 
 
 def _gradual(parts: Parts, model_builder, root_dir, target, choice, seed) -> dict:

@@ -200,6 +200,27 @@ def test_the_fine_tune_starts_from_the_network_the_search_measured(
   assert same == (finetune_from == "search")
 
 
+def test_a_searched_allocation_is_fitted_to_the_target_before_a_fine_tune_from_dense(
+    data_dir, pretrained_lenet, tmp_path):
+  root = str(tmp_path / "fit")
+  # A grid whose levels cannot sum to 0.9: the search overshoots it.
+  gin_bindings = [*tiny(data_dir, "random"), "finetune.epochs = 0",
+                  "PruningEnv.levels = (0.0, 0.5, 0.95, 0.99)",
+                  "train_eval.finetune_from = 'dense'"]
+  os.makedirs(os.path.join(root, "dense"))
+  shutil.copyfile(pretrained_lenet.weights_path, os.path.join(root, files.DENSE_WEIGHTS))
+  gin.clear_config()
+  pipeline.parse_gin([QUICKSTART], gin_bindings)
+  result = pipeline.train_eval(root)
+  chosen = files.read_json(os.path.join(root, files.BEST_ALLOCATION))
+  assert chosen["global_sparsity"] > 0.905  # what the search chose and measured ...
+  assert result.global_sparsity == pytest.approx(0.9, abs=1e-3)  # ... fine-tuned at 0.9
+  # Fitting down to the target only adds weights back, to every layer it does not keep dense.
+  searched = np.array([chosen["allocation"][n] for n in LAYERS])
+  fitted = np.array([result.allocation[n] for n in LAYERS])
+  assert np.all((fitted < searched) | (fitted == 0.0))
+
+
 def test_a_run_at_chance_says_so_while_it_searches_and_in_its_results(
     data_dir, pretrained_lenet, tmp_path, capsys):
   root = str(tmp_path / "chance")

@@ -425,6 +425,27 @@ def test_erk_densities_follow_the_kernel_shapes(lenet):
   assert controller.global_sparsity() == pytest.approx(0.9, abs=1e-4)
 
 
+def test_fit_scales_every_density_by_one_factor_to_reach_the_target(lenet):
+  _, _, controller = lenet
+  names = controller.names
+  # An allocation that overshoots 0.9; conv1 so dense that scaling would pass 1.
+  chosen = dict(zip(names, [0.1, 0.95, 0.96, 0.8]))
+  reached = pruning.fit(controller, chosen, 0.9)
+  assert controller.global_sparsity() == pytest.approx(0.9, abs=1e-4)
+  density, before = 1.0 - reached, 1.0 - np.array([chosen[n] for n in names])
+  assert density[0] == 1.0  # capped: stays dense ...
+  scale = density[1:] / before[1:]  # ... the others keep their ratios
+  np.testing.assert_allclose(scale, scale[0], rtol=2e-2)
+  assert scale[0] > 1.0
+  # The same from above the target (too dense) and as a {layer: sparsity} on dense weights.
+  fitted = pruning.fitted(controller, dict(zip(names, [0.5, 0.6, 0.7, 0.5])), 0.9)
+  assert controller.global_sparsity() == 0.0
+  assert pruning.costs(controller.infos, [fitted[n] for n in names],
+                       controller.total_params)["global_sparsity"] == pytest.approx(0.9, abs=1e-4)
+  with pytest.raises(PurlError, match="no level for the prunable layers"):
+    pruning.fit(controller, {names[0]: 0.5}, 0.9)
+
+
 def test_uniform_keep_ends_leaves_the_first_and_last_layers_dense(lenet):
   _, _, controller = lenet
   reached = pruning.uniform_keep_ends(controller, 0.9)

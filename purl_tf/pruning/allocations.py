@@ -78,25 +78,47 @@ def lamp(controller: PruningController, sparsity: float) -> np.ndarray:
   return _apply_kept(controller, [np.count_nonzero(s > threshold) for s in scores])
 
 
-def erk(controller: PruningController, sparsity: float) -> np.ndarray:
-  """Erdős–Rényi-Kernel (Evci et al., RigL, ICML 2020): layer densities proportional to
-  the sum of the kernel's dimensions over their product, scaled to keep 1 - `sparsity` of
-  the prunable weights; a layer whose density would pass 1 stays dense and the scale is
-  recomputed for the others.
-  """
-  _check_fraction(sparsity)
-  shapes = [tuple(controller.weight(i).shape) for i in range(controller.num_layers)]
-  raw = np.array([sum(shape) / np.prod(shape, dtype=np.float64) for shape in shapes])
-  sizes = controller.sizes.astype(np.float64)
+def _scaled_densities(raw: np.ndarray, sizes: np.ndarray, sparsity: float) -> np.ndarray:
+  """Layer densities proportional to `raw` (float64, one per layer), scaled to keep
+  1 - `sparsity` of the `sizes` weights; a layer whose density would pass 1 stays dense
+  and the scale is recomputed for the others."""
+  sizes = sizes.astype(np.float64)
   budget = (1.0 - sparsity) * sizes.sum()
-  dense = np.zeros(len(shapes), bool)
+  dense = np.zeros(len(raw), bool)
   while True:
     scale = (budget - sizes[dense].sum()) / np.sum(raw[~dense] * sizes[~dense])
     density = np.where(dense, 1.0, scale * raw)
     if not np.any(density > 1.0):
-      break
+      return density
     dense |= density > 1.0
-  return _apply_kept(controller, np.round(density * sizes))
+
+
+def erk(controller: PruningController, sparsity: float) -> np.ndarray:
+  """Erdős–Rényi-Kernel (Evci et al., RigL, ICML 2020): layer densities proportional to
+  the sum of the kernel's dimensions over their product, scaled to keep 1 - `sparsity` of
+  the prunable weights (a layer that would pass density 1 stays dense).
+  """
+  _check_fraction(sparsity)
+  shapes = [tuple(controller.weight(i).shape) for i in range(controller.num_layers)]
+  raw = np.array([sum(shape) / np.prod(shape, dtype=np.float64) for shape in shapes])
+  density = _scaled_densities(raw, controller.sizes, sparsity)
+  return _apply_kept(controller, np.round(density * controller.sizes))
+
+
+def fit(controller: PruningController, levels: Mapping[str, float],
+        sparsity: float) -> np.ndarray:
+  """`levels` ({layer: sparsity fraction}, every prunable layer) moved to exactly
+  `sparsity` globally: every layer's density is scaled by one factor (a layer that would
+  pass density 1 stays dense), so the layers keep their ratios. A search that overshoots
+  its target on a coarse action grid hands over the allocation it chose at the target."""
+  _check_fraction(sparsity)
+  missing = sorted(set(controller.names) - set(levels))
+  if missing:
+    raise PurlError(f"the allocation names no level for the prunable layers {missing}.")
+  kept = np.array([1.0 - levels[name] for name in controller.names], np.float64)
+  density = _scaled_densities(np.maximum(kept, 1.0 / controller.sizes), controller.sizes,
+                              sparsity)
+  return _apply_kept(controller, np.round(density * controller.sizes))
 
 
 def uniform_keep_ends(controller: PruningController, sparsity: float) -> np.ndarray:
@@ -121,8 +143,19 @@ ALLOCATIONS = {"global_magnitude": global_magnitude, "lamp": lamp, "erk": erk,
 def allocate(controller: PruningController, name: str, sparsity: float) -> Dict[str, float]:
   """{layer: sparsity} of the allocation ALLOCATIONS[name] at `sparsity`, applied to the
   dense weights; leaves the controller dense."""
+  return _allocation_of(controller, ALLOCATIONS[name], sparsity)
+
+
+def fitted(controller: PruningController, levels: Mapping[str, float],
+           sparsity: float) -> Dict[str, float]:
+  """{layer: sparsity} of fit(levels) at `sparsity`; leaves the controller dense."""
+  return _allocation_of(controller, lambda c, s: fit(c, levels, s), sparsity)
+
+
+def _allocation_of(controller: PruningController, allocator, sparsity: float) -> dict:
+  """{layer: sparsity} that allocator(controller, sparsity) sets on the dense weights."""
   controller.reset()
-  ALLOCATIONS[name](controller, sparsity)
+  allocator(controller, sparsity)
   chosen = controller.allocation()
   controller.reset()
   return chosen
