@@ -4,11 +4,14 @@
 split into two logical devices before any TensorFlow op runs, so that MirroredStrategy
 tests get two replicas on a one-CPU machine.
 """
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import types
 
 import purl_tf  # noqa: F401  (must come first: selects tf-keras before TensorFlow loads)
 from purl_tf import distribute
@@ -65,10 +68,28 @@ def mirrored_strategy():
   return strategy
 
 
+@contextlib.contextmanager
+def shared_folder(tmp_path_factory, name):
+  """The folder `name` of the test session, the same for every pytest-xdist worker, held
+  under an exclusive lock while the caller fills or reads it: the first worker builds what
+  the session shares (data, the pre-trained LeNet-5, a finished run), the others wait and
+  find it built, instead of each building its own on the same two cores."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # the session's folder; each worker's basetemp lies in it
+  folder = base / name
+  with open(f"{folder}.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    folder.mkdir(exist_ok=True)
+    yield str(folder)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-  """tfds data_dir of the session; mnist5k is prepared into it on first use (~6 s)."""
-  return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+  """tfds data_dir of the session, with mnist5k prepared in it (~6 s, once a session)."""
+  with shared_folder(tmp_path_factory, "tensorflow_datasets") as folder:
+    data.load_splits("mnist5k", data_dir=folder, batch_size=64, reward_size=500)
+  return folder
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +112,12 @@ def pretrained_lenet(mnist5k_splits, tmp_path_factory):
   returned), splits (the mnist5k splits it was trained on).
   """
   splits = mnist5k_splits
-  root_dir = str(tmp_path_factory.mktemp("pretrained_lenet"))
-  keras.utils.set_random_seed(PRETRAIN_SEED)
-  model = models.lenet5(splits.image_shape, splits.num_classes)
-  reward_accuracy = models.pretrain(model, splits, root_dir=root_dir, epochs=PRETRAIN_EPOCHS,
-                                    verbose=0)
+  with shared_folder(tmp_path_factory, "pretrained_lenet") as root_dir:
+    keras.utils.set_random_seed(PRETRAIN_SEED)
+    model = models.lenet5(splits.image_shape, splits.num_classes)
+    # Trains once a session; a later call loads the weights cached in root_dir.
+    reward_accuracy = models.pretrain(model, splits, root_dir=root_dir,
+                                      epochs=PRETRAIN_EPOCHS, verbose=0)
   weights_path = os.path.join(root_dir, "dense", "weights.h5")
   assert os.path.isfile(weights_path), "models.pretrain did not cache the dense weights"
 
@@ -117,10 +139,12 @@ QUICKSTART = os.path.join(REPO, "gin", "quickstart.gin")
 
 def quick_bindings(data_dir):
   """The quickstart shrunk to seconds, deterministic: 1 pre-training epoch, 3 episodes of
-  2-batch retrains, a third of an epoch of fine-tuning, a small export."""
+  2-batch retrains, candidates re-scored after 5 batches, a third of an epoch of
+  fine-tuning, a small export."""
   return [f"load_splits.data_dir = '{data_dir}'", "pretrain.epochs = 1",
           "SearchRunner.num_episodes = 3", "SearchRunner.eval_interval = 2",
-          "PruningEnv.retrain_steps = 2", "finetune.epochs = 0.3",
+          "PruningEnv.retrain_steps = 2", "SearchRunner.rescore_steps = 5",
+          "finetune.epochs = 0.3",
           "export_tflite.variants = ('float32_sparse',)",
           "export_tflite.max_test_examples = 50", "export_tflite.latency_repeats = 2",
           "make_strategy.name = 'default'", "train_eval.deterministic = True"]
@@ -135,13 +159,18 @@ def train_command(root, data_dir, *extra_bindings):
 
 @pytest.fixture(scope="session")
 def finished_process(data_dir, tmp_path_factory):
-  """(root_dir, subprocess.CompletedProcess) of one uninterrupted train_command run in a
-  fresh process: its console is the process's stdout and stderr."""
-  root = str(tmp_path_factory.mktemp("finished") / "run")
-  run = subprocess.run(train_command(root, data_dir), capture_output=True, text=True,
-                       cwd=REPO, timeout=600)
-  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-  return root, run
+  """(root_dir, run) of one uninterrupted train_command run in a fresh process, once a
+  session: run.returncode, run.stdout and run.stderr are the process's."""
+  with shared_folder(tmp_path_factory, "finished") as folder:
+    root, console = os.path.join(folder, "run"), os.path.join(folder, "console.json")
+    if not os.path.exists(console):
+      done = subprocess.run(train_command(root, data_dir), capture_output=True, text=True,
+                            cwd=REPO, timeout=600)
+      assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+      with open(console, "w") as handle:
+        json.dump({k: getattr(done, k) for k in ("returncode", "stdout", "stderr")}, handle)
+    with open(console) as handle:
+      return root, types.SimpleNamespace(**json.load(handle))
 
 
 @pytest.fixture(scope="session")
