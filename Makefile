@@ -26,8 +26,8 @@ demo: $(VENV)/.installed
 	$(PY) tools/report.py $(ROOT_DIR)
 
 # The longest test files start first, so that no worker is left with one at the end.
-FIRST_TESTS := tests/test_resume.py tests/test_reliability.py tests/test_distribute.py \
-	tests/test_pruning.py tests/test_methods.py tests/test_configs.py
+FIRST_TESTS := tests/test_distribute_stop.py tests/test_resume.py tests/test_reliability.py \
+	tests/test_distribute.py tests/test_pruning.py tests/test_methods.py tests/test_configs.py
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --dist loadfile $(FIRST_TESTS) tests

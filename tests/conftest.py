@@ -9,6 +9,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import types
@@ -179,3 +180,21 @@ def finished_run(finished_process):
   root, _ = finished_process
   with open(os.path.join(root, "results.json")) as handle:
     return root, json.load(handle)
+
+
+def free_port():
+  """A TCP port free on localhost now."""
+  with socket.socket() as sock:
+    sock.bind(("localhost", 0))
+    return sock.getsockname()[1]
+
+
+def start_workers(command, count=2, outputs=None):
+  """Processes running `command` as the workers of a loopback cluster (TF_CONFIG), their
+  output piped (or written to the files `outputs`)."""
+  cluster = {"worker": [f"localhost:{free_port()}" for _ in range(count)]}
+  return [subprocess.Popen(command, stdout=outputs[index] if outputs else subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                           env=dict(os.environ, TF_CONFIG=json.dumps(
+                               {"cluster": cluster, "task": {"type": "worker", "index": index}})))
+          for index in range(count)]

@@ -2,13 +2,8 @@
 results, and the workers stay in lockstep."""
 import json
 import os
-import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import types
 
 import pytest
@@ -16,32 +11,14 @@ import pytest
 import purl_tf  # noqa: F401
 import tensorflow as tf
 
-from purl_tf import distribute, files, finetune, pruning
+from purl_tf import distribute, finetune, pruning
 
-from conftest import REPO, train_command
+from conftest import start_workers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOB = os.path.join(HERE, "multiworker_job.py")
 SEARCH_JOB = os.path.join(HERE, "multiworker_search_job.py")
-WAIT_SECONDS = 300  # a worker left alone in a collective may wait forever
 ALLOCATION = {"conv1": 0.5, "conv2": 0.8, "fc1": 0.95, "predictions": 0.6}
-
-
-def _free_port():
-  with socket.socket() as sock:
-    sock.bind(("localhost", 0))
-    return sock.getsockname()[1]
-
-
-def _start_workers(command, count=2, outputs=None):
-  """Processes running `command` as the workers of a loopback cluster (TF_CONFIG), their
-  output piped (or written to the files `outputs`)."""
-  cluster = {"worker": [f"localhost:{_free_port()}" for _ in range(count)]}
-  return [subprocess.Popen(command, stdout=outputs[index] if outputs else subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                           env=dict(os.environ, TF_CONFIG=json.dumps(
-                               {"cluster": cluster, "task": {"type": "worker", "index": index}})))
-          for index in range(count)]
 
 
 def _result(process):
@@ -54,8 +31,8 @@ def _result(process):
 def test_a_two_worker_search_keeps_the_workers_masks_equal_and_matches_one_process(
     pretrained_lenet, data_dir, tmp_path):
   arguments = [data_dir, pretrained_lenet.weights_path]
-  workers = _start_workers([sys.executable, SEARCH_JOB, "multi_worker", *arguments,
-                            str(tmp_path / "multi")])
+  workers = start_workers([sys.executable, SEARCH_JOB, "multi_worker", *arguments,
+                           str(tmp_path / "multi")])
   reference = subprocess.Popen(
       [sys.executable, SEARCH_JOB, "default", *arguments, str(tmp_path / "single")],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -74,73 +51,11 @@ def test_a_two_worker_search_keeps_the_workers_masks_equal_and_matches_one_proce
   assert chief["chosen"] == other["chosen"] == single["chosen"]
 
 
-def _wait_for(path, text, process, seconds=300):
-  """Polls the log file `path` until it holds `text`."""
-  deadline = time.time() + seconds
-  while time.time() < deadline and process.poll() is None:
-    with open(path) as handle:
-      if text in handle.read():
-        return
-    time.sleep(0.2)
-  raise AssertionError(f"{text!r} never came: {open(path).read()[-3000:]}")
-
-
-def test_a_signal_to_one_worker_stops_both_and_both_resume_from_the_chiefs_checkpoint(
-    mnist5k_splits, data_dir, tmp_path):
-  del mnist5k_splits  # prepared in data_dir before the workers read it
-  root = str(tmp_path / "run")
-  command = train_command(root, data_dir, "make_strategy.name = 'multi_worker'",
-                          "train_eval.export_tflite = False", "SearchRunner.num_episodes = 4")
-
-  def run_workers(attempt, stop=False):
-    logs = [str(tmp_path / f"worker{index}.{attempt}.log") for index in range(2)]
-    workers = _start_workers(command, outputs=[open(log, "w") for log in logs])
-    try:
-      if stop:
-        _wait_for(logs[1], "[collect] episode    1", workers[1])
-        workers[1].send_signal(signal.SIGTERM)  # the non-chief only
-      for worker in workers:
-        worker.wait(timeout=WAIT_SECONDS)
-    finally:
-      for worker in workers:
-        worker.kill()
-    return [worker.returncode for worker in workers], [open(log).read() for log in logs]
-
-  codes, outputs = run_workers(0, stop=True)
-  assert codes == [128 + signal.SIGTERM] * 2, outputs[0][-2000:] + outputs[1][-2000:]
-  assert all("rerun the same command to resume" in output for output in outputs)
-  # Worker 1's own checkpoints go: it must resume from the chief's.
-  shutil.rmtree(os.path.join(root, "workers", "worker_1", files.SEARCH_CHECKPOINTS))
-  codes, outputs = run_workers(1)
-  assert codes == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-  resumed = [re.search(r"Resuming the search after episode (\d+)/4", output)
-             for output in outputs]
-  assert all(resumed), outputs[1][-2000:]
-  assert resumed[0].group(1) == resumed[1].group(1)
-  episodes = [json.load(open(os.path.join(folder, files.EPISODES))) for folder in
-              (root, os.path.join(root, "workers", "worker_1"))]
-  assert [(e["levels"], e["accuracy"]) for e in episodes[0]] == [
-      (e["levels"], e["accuracy"]) for e in episodes[1]]
-  assert sum(e["policy"] == "collect" for e in episodes[0]) == 4
-
-
 def test_two_workers_on_loopback_match_one_device(pretrained_lenet, data_dir, tmp_path):
   root = str(tmp_path / "multi")
-  cluster = {"worker": [f"localhost:{_free_port()}" for _ in range(2)]}
-  workers = []
-  for index in range(2):
-    env = dict(os.environ, TF_CONFIG=json.dumps(
-        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-    workers.append(subprocess.Popen(
-        [sys.executable, JOB, data_dir, pretrained_lenet.weights_path, root,
-         json.dumps(ALLOCATION)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True))
-  results = []
-  for worker in workers:
-    output = worker.communicate(timeout=600)[0]
-    assert worker.returncode == 0, output[-3000:]
-    line = next(l for l in output.splitlines() if l.startswith("RESULT "))
-    results.append(json.loads(line[len("RESULT "):]))
+  workers = start_workers([sys.executable, JOB, data_dir, pretrained_lenet.weights_path, root,
+                           json.dumps(ALLOCATION)])
+  results = [_result(worker) for worker in workers]
 
   # The same global batch of 64 on one device (32 per worker above).
   strategy = tf.distribute.get_strategy()
