@@ -184,14 +184,8 @@ def test_a_search_keeps_its_best_networks_and_chooses_by_a_fresh_score(finished)
 @pytest.mark.parametrize("finetune_from", ["search", "dense"])
 def test_the_fine_tune_starts_from_the_network_the_search_measured(
     finetune_from, data_dir, pretrained_lenet, tmp_path):
-  root = str(tmp_path / finetune_from)
-  gin_bindings = [*tiny(data_dir, "random"), "finetune.epochs = 0",
-                  f"train_eval.finetune_from = '{finetune_from}'"]
-  os.makedirs(os.path.join(root, "dense"))
-  shutil.copyfile(pretrained_lenet.weights_path, os.path.join(root, files.DENSE_WEIGHTS))
-  gin.clear_config()
-  pipeline.parse_gin([QUICKSTART], gin_bindings)
-  result = pipeline.train_eval(root)
+  result = run("random", str(tmp_path / finetune_from), data_dir, pretrained_lenet,
+               bindings=["finetune.epochs = 0", f"train_eval.finetune_from = '{finetune_from}'"])
   # With no fine-tune steps, the final model is the start: the re-scored search network
   # (retrained masks and weights), or the allocation put on the dense weights.
   same = result.pruned_reward_accuracy == pytest.approx(result.rescored_reward_accuracy,
@@ -204,14 +198,9 @@ def test_a_searched_allocation_is_fitted_to_the_target_before_a_fine_tune_from_d
     data_dir, pretrained_lenet, tmp_path):
   root = str(tmp_path / "fit")
   # A grid whose levels cannot sum to 0.9: the search overshoots it.
-  gin_bindings = [*tiny(data_dir, "random"), "finetune.epochs = 0",
-                  "PruningEnv.levels = (0.0, 0.5, 0.95, 0.99)",
-                  "train_eval.finetune_from = 'dense'"]
-  os.makedirs(os.path.join(root, "dense"))
-  shutil.copyfile(pretrained_lenet.weights_path, os.path.join(root, files.DENSE_WEIGHTS))
-  gin.clear_config()
-  pipeline.parse_gin([QUICKSTART], gin_bindings)
-  result = pipeline.train_eval(root)
+  result = run("random", root, data_dir, pretrained_lenet,
+               bindings=["finetune.epochs = 0", "PruningEnv.levels = (0.0, 0.5, 0.95, 0.99)",
+                         "train_eval.finetune_from = 'dense'"])
   chosen = files.read_json(os.path.join(root, files.BEST_ALLOCATION))
   assert chosen["global_sparsity"] > 0.905  # what the search chose and measured ...
   assert result.global_sparsity == pytest.approx(0.9, abs=1e-3)  # ... fine-tuned at 0.9
@@ -225,14 +214,9 @@ def test_a_run_at_chance_says_so_while_it_searches_and_in_its_results(
     data_dir, pretrained_lenet, tmp_path, capsys):
   root = str(tmp_path / "chance")
   # Every layer at 99.9 % with no retrain and no fine-tune: a useless network.
-  gin_bindings = [*tiny(data_dir, "random", target=0.98), "PruningEnv.levels = (0.0, 0.999)",
-                  "PruningEnv.retrain_steps = 0", "SearchRunner.rescore_steps = 0",
-                  "finetune.epochs = 0"]
-  os.makedirs(os.path.join(root, "dense"))
-  shutil.copyfile(pretrained_lenet.weights_path, os.path.join(root, files.DENSE_WEIGHTS))
-  gin.clear_config()
-  pipeline.parse_gin([QUICKSTART], gin_bindings)
-  result = pipeline.train_eval(root)
+  result = run("random", root, data_dir, pretrained_lenet, target=0.98,
+               bindings=["PruningEnv.levels = (0.0, 0.999)", "PruningEnv.retrain_steps = 0",
+                         "SearchRunner.rescore_steps = 0", "finetune.epochs = 0"])
   printed = capsys.readouterr().out
   assert result.pruned_test_accuracy < 0.2  # chance is 0.1
   assert "episodes so far end near chance" in printed
