@@ -9,6 +9,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import gin  # noqa: E402
 import pytest  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from purl_tf import data, models  # noqa: E402
+from purl_tf import data, files, models  # noqa: E402
 
 # Epochs of dense pre-training of the shared LeNet-5. Measured on mnist5k (3,500 train
 # examples, batch 64, Adam 1e-3): 4 epochs reach ~96 % test accuracy, 6 epochs 96-97 %
@@ -149,6 +150,15 @@ def quick_bindings(data_dir):
           "export_tflite.variants = ('float32_sparse',)",
           "export_tflite.max_test_examples = 50", "export_tflite.latency_repeats = 2",
           "make_strategy.name = 'default'", "train_eval.deterministic = True"]
+
+
+def start_from(root, weights_path):
+  """Puts the dense weights `weights_path` where a run in `root` looks for them, so that it
+  loads them instead of pre-training."""
+  dense = os.path.join(root, files.DENSE_WEIGHTS)
+  if not os.path.exists(dense):
+    os.makedirs(os.path.dirname(dense), exist_ok=True)
+    shutil.copyfile(weights_path, dense)
 
 
 def train_command(root, data_dir, *extra_bindings):

@@ -2,7 +2,6 @@
 RunResult, the target reached in the saved model, the budgets the methods share."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from purl_tf.env import SPARSITY_LEVELS
 from purl_tf.errors import PurlError
 from purl_tf.results import RunResult
 
-from conftest import QUICKSTART, load_tool
+from conftest import QUICKSTART, load_tool, start_from
 
 LAYERS = ("conv1", "conv2", "fc1", "predictions")
 RESCORE_STEPS = 3
@@ -39,9 +38,7 @@ def tiny(data_dir, method, target=0.9):
 def run(method, root, data_dir, pretrained_lenet, target=0.9, bindings=()):
   """train_eval of `method` in root, starting from the session's pre-trained LeNet-5
   (with further gin `bindings`)."""
-  if not os.path.exists(os.path.join(root, files.DENSE_WEIGHTS)):
-    os.makedirs(os.path.join(root, "dense"))
-    shutil.copyfile(pretrained_lenet.weights_path, os.path.join(root, files.DENSE_WEIGHTS))
+  start_from(root, pretrained_lenet.weights_path)
   gin.clear_config()
   pipeline.parse_gin([QUICKSTART], [*tiny(data_dir, method, target), *bindings])
   return pipeline.train_eval(root)

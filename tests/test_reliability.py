@@ -19,14 +19,16 @@ from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 from purl_tf.training import MaskedTrainer
 
-from conftest import REPO, train_command
+from conftest import REPO, start_from, train_command
 
 
-def test_a_random_search_killed_at_a_random_moment_ends_as_an_uninterrupted_one(data_dir,
-                                                                              tmp_path):
+def test_a_random_search_killed_at_a_random_moment_ends_as_an_uninterrupted_one(
+    data_dir, pretrained_lenet, tmp_path):
   extra = ("train_eval.method = 'random'", "train_eval.export_tflite = False",
            "finetune.epochs = 0.1", "SearchRunner.checkpoint_seconds = 0")
   reference, root = str(tmp_path / "reference"), str(tmp_path / "stopped")
+  for folder in (reference, root):  # the search is what is stopped: no pre-training
+    start_from(folder, pretrained_lenet.weights_path)
   done = subprocess.run(train_command(reference, data_dir, *extra), capture_output=True,
                         text=True, cwd=REPO, timeout=600)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

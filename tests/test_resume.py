@@ -12,7 +12,7 @@ import purl_tf  # noqa: F401
 
 from purl_tf import files, search
 
-from conftest import REPO, train_command
+from conftest import REPO, start_from, train_command
 
 
 def outcome(root):
@@ -41,6 +41,7 @@ def test_runs_stopped_at_random_moments_end_as_an_uninterrupted_run(finished_run
                                                                      tmp_path):
   reference, _ = finished_run  # the same command, never interrupted
   root = str(tmp_path / "stopped")
+  start_from(root, os.path.join(reference, files.DENSE_WEIGHTS))  # its pre-trained network
   rng = random.Random(7)
   resumed_after = []
   previous_stop = None
