@@ -174,10 +174,7 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
 def _write_best_allocation(root_dir: str, method: str, env: PruningEnv,
                            choice: methods.Choice):
   """root_dir/best_allocation.json: the allocation chosen and how it scored."""
-  controller = env.controller
-  sparsities = [choice.allocation[name] for name in controller.names]
-  sparsity = pruning.costs(controller.infos, sparsities, controller.total_params)[
-      "global_sparsity"]
+  sparsity = _global_sparsity(env.controller, choice.allocation)
   if not reached_target(sparsity, env.target):
     print(f"WARNING: the chosen allocation reaches {sparsity:.3f}, below the target "
           f"{env.target}; fine-tuning it. Search longer or widen PruningEnv.levels.",
@@ -191,10 +188,15 @@ def _write_best_allocation(root_dir: str, method: str, env: PruningEnv,
       "mode": env.mode})
 
 
+def _global_sparsity(controller: pruning.PruningController, allocation: dict) -> float:
+  """Share of the prunable weights that `allocation` ({layer: sparsity}) prunes."""
+  return pruning.costs(controller.infos, [allocation[n] for n in controller.names],
+                       controller.total_params)["global_sparsity"]
+
+
 def _fit(controller: pruning.PruningController, allocation: dict, target: float) -> dict:
   """train_eval.fit_to_target: the allocation scaled to exactly `target`, said aloud."""
-  before = pruning.costs(controller.infos, [allocation[n] for n in controller.names],
-                         controller.total_params)["global_sparsity"]
+  before = _global_sparsity(controller, allocation)
   fitted = pruning.fitted(controller, allocation, target)
   print(f"train_eval.fit_to_target: the chosen allocation (global sparsity {before:.4f}) "
         f"scaled to the target {target} before its fine-tune from the dense weights.",

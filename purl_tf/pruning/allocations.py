@@ -109,7 +109,8 @@ def fit(controller: PruningController, levels: Mapping[str, float],
         sparsity: float) -> np.ndarray:
   """`levels` ({layer: sparsity fraction}, every prunable layer) moved to exactly
   `sparsity` globally: every layer's density is scaled by one factor (a layer that would
-  pass density 1 stays dense), so the layers keep their ratios. A search that overshoots
+  pass density 1 stays dense; a layer set to prune everything counts as keeping one weight),
+  so the layers keep their ratios. A search that overshoots
   its target on a coarse action grid hands over the allocation it chose at the target."""
   _check_fraction(sparsity)
   missing = sorted(set(controller.names) - set(levels))
