@@ -6,17 +6,22 @@ ROOT_DIR ?= runs/quickstart
 
 .PHONY: demo test install clean
 
+# uv installs the pinned stack in half pip's time (parallel downloads and bytecode
+# compilation: 56 vs 110 s on 2 cores, README "Development"); pip does it where uv cannot.
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q uv || $(PY) -m pip install -q --upgrade pip
 	touch $@
 
+install_editable = $(PY) -m uv pip install -q --python $(PY) --compile-bytecode -e '$(1)' \
+	|| $(PY) -m pip install -q -e '$(1)'
+
 $(VENV)/.installed: setup.py $(VENV)/.base
-	$(PY) -m pip install -q -e .
+	$(call install_editable,.)
 	touch $@
 
 $(VENV)/.installed-test: setup.py $(VENV)/.base
-	$(PY) -m pip install -q -e '.[test]'
+	$(call install_editable,.[test])
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

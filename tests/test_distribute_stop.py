@@ -33,7 +33,8 @@ def test_a_signal_to_one_worker_stops_both_and_both_resume_from_the_chiefs_check
   del mnist5k_splits  # prepared in data_dir before the workers read it
   root = str(tmp_path / "run")
   command = train_command(root, data_dir, "make_strategy.name = 'multi_worker'",
-                          "train_eval.export_tflite = False", "SearchRunner.num_episodes = 4")
+                          "train_eval.export_tflite = False", "SearchRunner.num_episodes = 4",
+                          "SearchRunner.candidates = 1", "finetune.epochs = 0.1")
 
   def run_workers(attempt, stop=False):
     logs = [str(tmp_path / f"worker{index}.{attempt}.log") for index in range(2)]

@@ -48,7 +48,7 @@ def lenet_policy(pretrained_lenet, tmp_path_factory):
   """(folder, SearchResult) of the greedy policy a 40-episode PuRL search on LeNet-5 saves.
 
   Kept cheap: no retraining after each step (one-shot accuracies), one greedy episode at
-  the end, 64 agent updates per episode.
+  the end, 64 agent updates per episode, candidates not retrained before the choice.
   """
   env = make_env(pretrained_lenet(), pretrained_lenet.splits, retrain_steps=0)
   root = str(tmp_path_factory.mktemp("lenet_search"))
@@ -56,7 +56,8 @@ def lenet_policy(pretrained_lenet, tmp_path_factory):
   gin.bind_parameter("make_agent.fc_layer_params", Q_NETWORK)
   try:
     result = search.SearchRunner(env, root, num_episodes=40, eval_interval=40,
-                                 agent_updates_per_episode=64, log_every=1_000, seed=0).run()
+                                 agent_updates_per_episode=64, log_every=1_000,
+                                 rescore_steps=0, seed=0).run()
   finally:
     gin.clear_config()
   policy = os.path.join(root, files.POLICY_DIR)
@@ -95,7 +96,8 @@ def test_a_policy_learned_on_lenet_prunes_another_network_to_the_target_at_once(
   gin.bind_parameter("make_agent.fc_layer_params", Q_NETWORK)
   keras.utils.set_random_seed(0)
   result = search.SearchRunner(cnn_env, str(tmp_path / "transfer"), num_episodes=1,
-                               eval_interval=1, log_every=1_000, initial_policy=policy).run()
+                               eval_interval=1, log_every=1_000, rescore_steps=0,
+                               initial_policy=policy).run()
   first = result.episodes[0]
   assert (first.policy, first.episode) == (search.GREEDY, 0)  # before any training here
   assert os.path.exists(os.path.join(str(tmp_path / "transfer"), files.POLICY_DIR,

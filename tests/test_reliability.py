@@ -1,11 +1,8 @@
 """Crashes, signals, numerical faults and bad input lose nothing and explain themselves."""
+import dataclasses
 import glob
-import json
 import os
 import random
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -19,38 +16,48 @@ from purl_tf.env import PruningEnv
 from purl_tf.errors import PurlError
 from purl_tf.training import MaskedTrainer
 
-from conftest import REPO, start_from, train_command
 
+def test_a_random_search_crashed_at_a_random_step_ends_as_an_uninterrupted_one(
+    pretrained_lenet, tmp_path, monkeypatch, capsys):
+  """The random learner's resume (a SIGKILL of a whole run is test_resume's): a search that
+  dies in the middle of an episode, rerun in a fresh environment, repeats the episodes,
+  the best and the chosen allocation of a search never stopped."""
+  splits = pretrained_lenet.splits
 
-def test_a_random_search_killed_at_a_random_moment_ends_as_an_uninterrupted_one(
-    data_dir, pretrained_lenet, tmp_path):
-  extra = ("train_eval.method = 'random'", "train_eval.export_tflite = False",
-           "finetune.epochs = 0.1", "SearchRunner.checkpoint_seconds = 0")
-  reference, root = str(tmp_path / "reference"), str(tmp_path / "stopped")
-  for folder in (reference, root):  # the search is what is stopped: no pre-training
-    start_from(folder, pretrained_lenet.weights_path)
-  done = subprocess.run(train_command(reference, data_dir, *extra), capture_output=True,
-                        text=True, cwd=REPO, timeout=600)
-  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-  process = subprocess.Popen(train_command(root, data_dir, *extra), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, cwd=REPO)
-  for line in process.stdout:
-    if line.startswith("[random ] episode    2"):
-      time.sleep(random.Random(3).uniform(0.0, 1.0))
-      process.kill()
-      break
-  process.communicate(timeout=600)
-  assert process.returncode == -signal.SIGKILL
-  again = subprocess.run(train_command(root, data_dir, *extra), capture_output=True,
-                         text=True, cwd=REPO, timeout=600)
-  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-  assert "Resuming the search after episode" in again.stdout
-  episodes = [{k: v for k, v in e.items() if "seconds" not in k}
-              for e in json.load(open(os.path.join(root, files.EPISODES)))]
-  assert episodes == [{k: v for k, v in e.items() if "seconds" not in k}
-                      for e in json.load(open(os.path.join(reference, files.EPISODES)))]
-  assert (json.load(open(os.path.join(root, files.BEST_ALLOCATION)))
-          == json.load(open(os.path.join(reference, files.BEST_ALLOCATION))))
+  def runner(root):  # a fresh network and environment, as a new process would build
+    controller = pruning.PruningController(pruning.wrap(pretrained_lenet()))
+    trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
+    env = PruningEnv(controller, trainer, splits.train_stream, splits.reward,
+                     retrain_steps=2, target_sparsity=0.9)
+    return search.SearchRunner(env, str(tmp_path / root), learner=search.RANDOM,
+                               num_episodes=3, eval_interval=2, rescore_steps=5,
+                               checkpoint_seconds=0, log_every=100)
+
+  def outcome(result):
+    episodes = [{k: v for k, v in dataclasses.asdict(e).items() if "seconds" not in k}
+                for e in result.episodes]
+    return episodes, result.best.allocation, result.chosen.allocation, result.selection
+
+  reference = outcome(runner("reference").run())
+  layers = len(reference[0][0]["levels"])
+  crash_at = random.Random(3).randrange(layers + 1, 3 * layers)  # in episode 2 or 3
+  real_step, steps = PruningEnv._step, []
+
+  def crash(self, action):
+    steps.append(action)
+    if len(steps) == crash_at:
+      raise RuntimeError("crash")
+    return real_step(self, action)
+
+  monkeypatch.setattr(PruningEnv, "_step", crash)
+  with pytest.raises(RuntimeError, match="crash"):
+    runner("stopped").run()
+  monkeypatch.setattr(PruningEnv, "_step", real_step)
+  capsys.readouterr()
+  resumed = outcome(runner("stopped").run())
+  assert f"Resuming the search after episode {(crash_at - 1) // layers}/" in (
+      capsys.readouterr().out)
+  assert resumed == reference
 
 
 @pytest.fixture
