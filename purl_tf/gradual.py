@@ -21,10 +21,10 @@ from typing import Dict, Sequence
 import gin
 import numpy as np
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from purl_tf import files, interrupt, keras3, models, pruning
+from purl_tf.pruning.tfmot_loader import tfmot
 from purl_tf.errors import PurlError
 from purl_tf.training import MaskedTrainer
 

@@ -245,7 +245,10 @@ def import_order_runs():
       "keras3_first": _python("import tensorflow as tf; tf.keras.layers; import purl_tf"),
       "onednn_unset": _python(onednn),
       "onednn_off": _python(onednn, TF_ENABLE_ONEDNN_OPTS="0"),
-      "purl_tf_first": _python(f"import purl_tf; import tensorflow as tf; {_REPORT}"),
+      "purl_tf_first": _python("import sys; import purl_tf; import tensorflow as tf; "
+                               "import purl_tf.pruning; "
+                               "print('KERAS3_LOADED', 'keras' in sys.modules); "
+                               f"{_REPORT}; import keras; print('KERAS3', keras.__version__)"),
       # TensorFlow itself accepts TF_USE_LEGACY_KERAS=true/True/1 (tensorflow/python/util/
       # lazy_loader.py): Keras 2 was chosen, so importing purl_tf after it must work.
       "legacy_true_tf_first": _python(f"import tensorflow as tf; tf.keras.layers; "
@@ -271,6 +274,16 @@ def test_import_first_selects_tf_keras(import_order_runs):
   assert returncode == 0, stderr[-2000:]
   package, version = _keras_report(stdout)
   assert package == "tf_keras" and version.startswith("2.")
+
+
+def test_tfmot_loads_without_keras3_which_a_user_model_can_still_load(import_order_runs):
+  """purl_tf.pruning imports tfmot without its 2 s detour through Keras 3 (tfmot_loader);
+  Keras 3 imports afterwards, for a user's Keras 3 model."""
+  returncode, stdout, stderr = import_order_runs["purl_tf_first"]
+  assert returncode == 0, stderr[-2000:]
+  lines = stdout.splitlines()
+  assert "KERAS3_LOADED False" in lines, stdout
+  assert any(line.startswith("KERAS3 3.") for line in lines), stdout
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),

@@ -2,9 +2,9 @@
 import os
 
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
+from purl_tf.pruning.tfmot_loader import tfmot
 from purl_tf.pruning.wrap import apply_masks, prunable_layers
 
 

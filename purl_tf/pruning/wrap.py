@@ -20,11 +20,10 @@ from typing import List, Optional, Sequence
 
 import gin
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 import tf_keras as keras
 
 from purl_tf.errors import PurlError
+from purl_tf.pruning.tfmot_loader import pruning_wrapper, tfmot
 
 PruneLowMagnitude = pruning_wrapper.PruneLowMagnitude
 SUPPORTED_LAYER_TYPES = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
