@@ -1,0 +1,81 @@
+"""tools/proxy_study.py: its allocations, its rank correlation, and a resumable study."""
+import json
+import types
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import purl_tf  # noqa: F401
+import tensorflow as tf
+
+from purl_tf import pruning
+
+from conftest import load_tool
+
+TARGET = 0.9
+
+
+@pytest.fixture
+def controller(pretrained_lenet):
+  return pruning.PruningController(pruning.wrap(pretrained_lenet()))
+
+
+@pytest.mark.parametrize("x, y", [
+    ([1, 2, 3, 4, 5], [2, 4, 6, 8, 10]),
+    ([1, 2, 3, 4, 5], [5, 4, 3, 2, 1]),
+    ([0.3, 0.1, 0.1, 0.7, 0.5, 0.2], [0.9, 0.2, 0.4, 0.3, 0.8, 0.8]),
+])
+def test_rank_correlation_is_spearmans_rho(x, y):
+  study = load_tool("proxy_study")
+  assert study.rank_correlation(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+
+
+def test_the_allocations_reach_the_target_and_the_perturbed_ones_differ(controller):
+  study = load_tool("proxy_study")
+  allocations = study.candidate_allocations(controller, TARGET, perturbed=3, sigma=0.5,
+                                            seed=0)
+  assert list(allocations) == [*study.ONE_SHOT, "erk_perturbed0", "erk_perturbed1",
+                               "erk_perturbed2"]
+  sizes = controller.sizes
+  for name, allocation in allocations.items():
+    levels = np.array([allocation[layer] for layer in controller.names])
+    assert np.dot(levels, sizes) / sizes.sum() == pytest.approx(TARGET, abs=1e-3), name
+  erk = np.array(list(allocations["erk"].values()))
+  for index in range(3):
+    assert np.abs(np.array(list(allocations[f"erk_perturbed{index}"].values())) - erk).max() > 0.01
+  again = study.candidate_allocations(controller, TARGET, perturbed=3, sigma=0.5, seed=0)
+  assert again == allocations  # seeded
+
+
+def test_a_study_measures_each_allocation_once_and_resumes(controller, pretrained_lenet,
+                                                          tmp_path, capsys):
+  study = load_tool("proxy_study")
+  splits = pretrained_lenet.splits
+  parts = types.SimpleNamespace(strategy=tf.distribute.get_strategy(), controller=controller,
+                                splits=splits)
+  allocations = study.candidate_allocations(controller, TARGET, perturbed=1, sigma=0.5, seed=0)
+  output = str(tmp_path / "study.json")
+  # mnist5k has no validation split: its test split stands in for one here.
+  first = {name: allocations[name] for name in ("erk", "lamp")}
+  study.study(parts, splits.test, first, [0, 3], 0.01, 0, output)
+  # At step 0 the reward accuracy is the one-shot accuracy of the allocation.
+  controller.reset()
+  pruning.explicit(controller, allocations["erk"])
+  one_shot = float(np.mean(np.concatenate([
+      np.argmax(controller.model(images, training=False), -1) == labels
+      for images, labels in splits.reward])))
+  written = json.load(open(output))
+  assert written["records"]["erk"]["reward"][0] == pytest.approx(one_shot, abs=1e-6)
+  assert written["records"]["erk"]["steps"] == [0, 3]
+  assert len(written["records"]["erk"]["loss"]) == 1
+  capsys.readouterr()
+  state = study.study(parts, splits.test, allocations, [0, 3], 0.01, 0, output)
+  printed = capsys.readouterr().out
+  assert "erk:" not in printed and "lamp:" not in printed  # not measured again
+  assert "global_magnitude:" in printed and "erk_perturbed0:" in printed
+  assert state["records"]["erk"] == written["records"]["erk"]
+  assert set(state["records"]) == set(allocations)
+  rhos = state["correlations"]["validation"]
+  assert rhos[-1] == pytest.approx(1.0)  # the truth ranks itself perfectly
+  assert all(-1.0 <= r <= 1.0 for r in state["correlations"]["reward"])

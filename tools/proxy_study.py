@@ -1,0 +1,199 @@
+"""Does a cheap measurement rank allocations as a longer fine-tune does?
+
+A search learns only what its reward ranks correctly. This study takes many allocations at
+one target on one seed's dense network of a benchmark suite (its kept dense weights):
+ERK, LAMP, global magnitude, uniform with the ends kept dense, and --perturbed random
+perturbations of ERK's layer densities (log-normal factors of spread --sigma, fitted to the
+target by one density factor), plus any --extra run's allocation. Each is applied to the
+dense weights and trained as the fine-tune trains (SGD, momentum 0.9, cosine decay from
+finetune.learning_rate over --steps), on one train stream every allocation shares. At each
+of --checkpoints steps it measures the accuracy on the search's reward split and on the
+whole validation split. The test split is never read.
+
+The output JSON holds one record per allocation, written as each finishes (a rerun goes on
+with the allocations not yet measured), and the Spearman rank correlation of every
+checkpoint's measurements with the last checkpoint's validation accuracy.
+
+  python tools/proxy_study.py --benchmark=mnist_resnet20 --seed=0 --target=0.98
+"""
+import os
+import shutil
+import sys
+import time
+from typing import Dict, List, Sequence
+
+from absl import app, flags
+
+import purl_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
+import gin
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from purl_tf import benchmark, data, files, pipeline, pruning
+from purl_tf.errors import PurlError
+from purl_tf.training import MaskedTrainer
+
+ONE_SHOT = ("erk", "lamp", "global_magnitude", "uniform_keep_ends")
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+  """Spearman's rho: the Pearson correlation of the average ranks (ties share a rank)."""
+  def ranks(values):
+    values = np.asarray(values, np.float64)
+    order = values.argsort(kind="stable")
+    ranked = np.empty(len(values))
+    ranked[order] = np.arange(len(values), dtype=np.float64)
+    for value in np.unique(values):  # ties: their mean rank
+      tied = values == value
+      ranked[tied] = ranked[tied].mean()
+    return ranked
+  if len(x) < 3:
+    return float("nan")
+  return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
+
+
+def candidate_allocations(controller: pruning.PruningController, target: float,
+                          perturbed: int, sigma: float, seed: int) -> Dict[str, dict]:
+  """name -> {layer: sparsity}: the ONE_SHOT allocations and `perturbed` random ones around
+  ERK (each layer's density times exp(sigma * N(0, 1)), then fitted to `target`)."""
+  allocations = {name: pruning.allocate(controller, name, target) for name in ONE_SHOT}
+  erk = allocations["erk"]
+  rng = np.random.default_rng(seed)
+  for index in range(perturbed):
+    factors = np.exp(sigma * rng.standard_normal(len(erk)))
+    levels = {name: float(np.clip(1.0 - (1.0 - level) * factor, 0.0, 1.0))
+              for (name, level), factor in zip(erk.items(), factors)}
+    allocations[f"erk_perturbed{index}"] = pruning.fitted(controller, levels, target)
+  return allocations
+
+
+def measure(controller: pruning.PruningController, trainer: MaskedTrainer, train_stream,
+            evaluations: Dict[str, tf.data.Dataset], allocation: dict,
+            checkpoints: Sequence[int]) -> dict:
+  """Trains `allocation`, applied to the dense weights, with a fresh optimizer on a fresh
+  `train_stream()`; {"steps": checkpoints, "<split>": [accuracy at each checkpoint],
+  "loss": [mean loss of each chunk], "sparsity", "seconds"}."""
+  started = time.time()
+  controller.reset()
+  pruning.explicit(controller, allocation)
+  trainer.reset_optimizer()
+  stream = trainer.stream(train_stream())
+  record = {"steps": list(checkpoints), "loss": [],
+            **{name: [] for name in evaluations}}
+  done = 0
+  for step in checkpoints:
+    if step > done:
+      record["loss"].append(trainer.train(stream, step - done))
+      done = step
+    for name, dataset in evaluations.items():
+      record[name].append(trainer.evaluate(dataset))
+  record.update(sparsity=controller.global_sparsity(), seconds=time.time() - started)
+  return record
+
+
+def correlations(records: Dict[str, dict]) -> Dict[str, List[float]]:
+  """"<split>" -> rho of that split's accuracy at each checkpoint with the validation
+  accuracy at the last one, over the allocations measured."""
+  finished = list(records.values())
+  truth = [r["validation"][-1] for r in finished]
+  splits = [k for k in finished[0] if isinstance(finished[0][k], list)
+            and k not in ("steps", "loss")] if finished else []
+  return {split: [rank_correlation([r[split][i] for r in finished], truth)
+                  for i in range(len(finished[0]["steps"]))] for split in splits}
+
+
+def study(parts: pipeline.Parts, validation: tf.data.Dataset, allocations: Dict[str, dict],
+          checkpoints: Sequence[int], learning_rate: float, seed: int, output: str) -> dict:
+  """Measures every allocation not yet in `output` (JSON), writing it after each."""
+  state = files.read_json(output, {"records": {}})
+  records = state["records"]
+  with parts.strategy.scope():
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(checkpoints[-1], 1))
+    trainer = MaskedTrainer(parts.controller.model, parts.strategy, learning_rate=schedule,
+                            momentum=0.9)
+  evaluations = {"reward": trainer.distribute(parts.splits.reward),
+                 "validation": trainer.distribute(validation)}
+  todo = [name for name in allocations if name not in records]
+  for count, name in enumerate(todo, 1):
+    record = measure(parts.controller, trainer,
+                     lambda: parts.splits.train_stream(0, seed=seed), evaluations,
+                     allocations[name], checkpoints)
+    records[name] = {"allocation": allocations[name], **record}
+    state["correlations"] = correlations(records)
+    files.write_json(output, state)
+    print(f"[{count}/{len(todo)}] {name}: reward {record['reward'][-1]:.4f}  validation "
+          f"{record['validation'][-1]:.4f} after {checkpoints[-1]} steps  "
+          f"({record['seconds']:.0f} s)", flush=True)
+  return state
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  flags.DEFINE_string("benchmark", "mnist_resnet20", "Suite whose config and dense weights "
+                      "are studied.")
+  flags.DEFINE_integer("seed", 0, "The suite's seed: dense weights, reward split, stream.")
+  flags.DEFINE_float("target", 0.98, "Target global sparsity of every allocation.")
+  flags.DEFINE_integer("perturbed", 10, "Random allocations around ERK.")
+  flags.DEFINE_float("sigma", 0.5, "Spread of their log density factors.")
+  flags.DEFINE_list("checkpoints", ["0", "24", "200", "1000"], "Train steps at which both "
+                    "splits are measured; the last is the fine-tune's length.")
+  flags.DEFINE_multi_string("extra", [], "name=path of a run's results.json whose "
+                            "allocation is studied too (fitted to the target).")
+  flags.DEFINE_integer("validation_size", 10_000, "Examples of the reward's split measured "
+                       "as the validation accuracy (the reward split is among them).")
+  flags.DEFINE_string("root_dir", "runs/proxy_study", "Scratch folder.")
+  flags.DEFINE_string("results_dir", os.path.join(benchmark.REPO, "docs", "benchmarks"),
+                      "Where the suite's dense weights are kept and the JSON is written.")
+
+
+def main(argv):
+  del argv
+  try:
+    checkpoints = sorted({int(c) for c in FLAGS.checkpoints})
+  except ValueError:
+    raise PurlError(f"--checkpoints={FLAGS.checkpoints} must be integers.") from None
+  plan = benchmark.make_plan(FLAGS.benchmark, FLAGS.root_dir, [str(FLAGS.seed)], None, False)
+  kept = benchmark.kept_dense(plan, FLAGS.results_dir, FLAGS.seed)
+  if not os.path.exists(kept):
+    raise PurlError(f"{kept} is missing: run the benchmark's seed {FLAGS.seed} first.")
+  root = os.path.join(plan.root_dir, f"target{FLAGS.target}", f"seed{FLAGS.seed}")
+  weights = os.path.join(root, files.DENSE_WEIGHTS)
+  os.makedirs(os.path.dirname(weights), exist_ok=True)
+  shutil.copyfile(kept, weights)
+  gin.parse_config_files_and_bindings(
+      [os.path.join(benchmark.REPO, plan.suite.gin_file)],
+      plan.bindings(FLAGS.target, FLAGS.seed))
+  try:
+    gin.query_parameter("load_splits.reward_split")
+  except ValueError:
+    raise PurlError(f"{plan.suite.gin_file} draws its reward split from train: the study "
+                    "needs a suite whose reward comes from a validation split.") from None
+  builder = gin.query_parameter("train_eval.model_builder").scoped_configurable_fn
+  parts = pipeline.build(root, builder, FLAGS.target, FLAGS.seed)
+  whole = data.load_splits(reward_size=FLAGS.validation_size,
+                           num_replicas=parts.strategy.num_replicas_in_sync)
+  allocations = candidate_allocations(parts.controller, FLAGS.target, FLAGS.perturbed,
+                                      FLAGS.sigma, FLAGS.seed)
+  for extra in FLAGS.extra:
+    name, _, path = extra.partition("=")
+    levels = files.read_json(path)["allocation"]
+    allocations[name] = pruning.fitted(parts.controller, levels, FLAGS.target)
+  output = os.path.join(FLAGS.results_dir, f"proxy_study_{plan.name}_target{FLAGS.target}"
+                        f"_seed{FLAGS.seed}.json")
+  state = study(parts, whole.reward, allocations, checkpoints,
+                gin.query_parameter("finetune.learning_rate"), FLAGS.seed, output)
+  for split, rhos in state["correlations"].items():
+    print(f"rho({split} at {checkpoints}, validation at {checkpoints[-1]}): "
+          + ", ".join(f"{r:+.2f}" for r in rhos))
+  print(f"Results: {output}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  try:
+    app.run(main)
+  except PurlError as error:
+    sys.exit(f"proxy_study: {error}")
