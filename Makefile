@@ -30,12 +30,18 @@ demo: $(VENV)/.installed
 	$(PY) -m purl_tf.train --gin_file=gin/quickstart.gin --root_dir=$(ROOT_DIR)
 	$(PY) tools/report.py $(ROOT_DIR)
 
-# The longest test files start first, so that no worker is left with one at the end.
-FIRST_TESTS := tests/test_distribute_stop.py tests/test_resume.py tests/test_reliability.py \
-	tests/test_distribute.py tests/test_pruning.py tests/test_methods.py tests/test_configs.py
+# The longest test files start first, in this order (longest-first keeps one worker from
+# being left alone with a long file at the end; test_configs shares nothing, so the other
+# worker builds the session's pre-trained LeNet-5 meanwhile without waiting); the rest
+# follow. --no-loadscope-reorder keeps the order: pytest-xdist would otherwise start the
+# files with the most tests first and the long one-test files last.
+FIRST_TESTS := tests/test_configs.py tests/test_pruning.py tests/test_distribute.py \
+	tests/test_methods.py tests/test_search.py tests/test_any_model.py tests/test_models.py \
+	tests/test_policy_transfer.py tests/test_distribute_stop.py tests/test_resume.py \
+	tests/test_data.py tests/test_keras3.py tests/test_reliability.py
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 --dist loadfile $(FIRST_TESTS) tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(FIRST_TESTS) tests
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -31,5 +31,5 @@ setup(
     packages=find_packages(include=["purl_tf", "purl_tf.*"]),
     python_requires=">=3.10",
     install_requires=STACK + EXTRAS,
-    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3", "scikit-learn>=1.2"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3.8", "scikit-learn>=1.2"]},
 )

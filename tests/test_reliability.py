@@ -120,14 +120,14 @@ def test_a_corrupt_checkpoint_falls_back_to_the_one_before(lenet, tmp_path, caps
   env = PruningEnv(controller, trainer, splits.train_stream, splits.reward, retrain_steps=1)
   root = str(tmp_path)
   search.SearchRunner(env, root, num_episodes=2, eval_interval=5, log_every=100,
-                      checkpoint_seconds=0).run()
+                      rescore_steps=0, checkpoint_seconds=0).run()
   newest = sorted(glob.glob(os.path.join(root, files.SEARCH_CHECKPOINTS, "ckpt-2.data*")))
   for path in newest:
     with open(path, "r+b") as handle:
       handle.truncate(16)
   capsys.readouterr()
-  result = search.SearchRunner(env, root, num_episodes=3, eval_interval=5,
-                               log_every=100, checkpoint_seconds=0).run()
+  result = search.SearchRunner(env, root, num_episodes=3, eval_interval=5, log_every=100,
+                               rescore_steps=0, checkpoint_seconds=0).run()
   output = capsys.readouterr().out
   assert "skipped unreadable checkpoint(s) ckpt-2" in output
   assert "Resuming the search after episode 1/3" in output

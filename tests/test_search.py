@@ -136,7 +136,8 @@ def test_the_prior_episode_comes_first_plays_the_prior_and_counts_in_the_budget(
   env = PruningEnv(controller, trainer, splits.train_stream, splits.reward, retrain_steps=1,
                    target_sparsity=0.9, prior="lamp")
   runner = search.SearchRunner(env, str(tmp_path), learner=learner, num_episodes=2,
-                               eval_interval=2, log_every=100, prior_episode=True)
+                               eval_interval=2, log_every=100, rescore_steps=0,
+                               prior_episode=True)
   result = runner.run()
   assert [e.policy for e in result.episodes][0] == search.PRIOR
   assert len(result.episodes) == runner.planned_evaluated == search.evaluated_episodes(2, 2) + 1
