@@ -31,6 +31,11 @@ def test_rank_correlation_is_spearmans_rho(x, y):
   assert study.rank_correlation(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
 
 
+def test_rank_correlation_of_a_constant_is_nan():
+  study = load_tool("proxy_study")
+  assert np.isnan(study.rank_correlation([0.1, 0.1, 0.1], [0.2, 0.5, 0.9]))
+
+
 def test_the_allocations_reach_the_target_and_the_perturbed_ones_differ(controller):
   study = load_tool("proxy_study")
   allocations = study.candidate_allocations(controller, TARGET, perturbed=3, sigma=0.5,
@@ -79,3 +84,10 @@ def test_a_study_measures_each_allocation_once_and_resumes(controller, pretraine
   rhos = state["correlations"]["validation"]
   assert rhos[-1] == pytest.approx(1.0)  # the truth ranks itself perfectly
   assert all(-1.0 <= r <= 1.0 for r in state["correlations"]["reward"])
+  table = study.markdown(state).splitlines()
+  assert len(table) == 2 + len(allocations) + 2  # header, rule, rows, blank, rhos
+  assert table[0].count("|") == 1 + 1 + 2 * 2 + 1  # allocation, 2 + 2 accuracies, 1 loss
+  losses = [-r["loss"][0] for r in state["records"].values()]
+  truth = [r["validation"][-1] for r in state["records"].values()]
+  assert state["correlations"]["train_loss"] == [
+      pytest.approx(stats.spearmanr(losses, truth).statistic)]

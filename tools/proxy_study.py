@@ -38,7 +38,8 @@ ONE_SHOT = ("erk", "lamp", "global_magnitude", "uniform_keep_ends")
 
 
 def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
-  """Spearman's rho: the Pearson correlation of the average ranks (ties share a rank)."""
+  """Spearman's rho: the Pearson correlation of the average ranks (ties share a rank);
+  nan when either side holds a single value."""
   def ranks(values):
     values = np.asarray(values, np.float64)
     order = values.argsort(kind="stable")
@@ -48,8 +49,8 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
       tied = values == value
       ranked[tied] = ranked[tied].mean()
     return ranked
-  if len(x) < 3:
-    return float("nan")
+  if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    return float("nan")  # no ranking to compare: too few values, or all equal
   return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
 
 
@@ -94,13 +95,20 @@ def measure(controller: pruning.PruningController, trainer: MaskedTrainer, train
 
 def correlations(records: Dict[str, dict]) -> Dict[str, List[float]]:
   """"<split>" -> rho of that split's accuracy at each checkpoint with the validation
-  accuracy at the last one, over the allocations measured."""
+  accuracy at the last one, over the allocations measured; "train_loss" -> rho of the
+  negated mean train loss of each stretch between checkpoints with it (a loss can rank
+  allocations while every accuracy still sits at chance)."""
   finished = list(records.values())
+  if not finished:
+    return {}
   truth = [r["validation"][-1] for r in finished]
-  splits = [k for k in finished[0] if isinstance(finished[0][k], list)
-            and k not in ("steps", "loss")] if finished else []
-  return {split: [rank_correlation([r[split][i] for r in finished], truth)
+  splits = [k for k, v in finished[0].items() if isinstance(v, list)
+            and k not in ("steps", "loss")]
+  rhos = {split: [rank_correlation([r[split][i] for r in finished], truth)
                   for i in range(len(finished[0]["steps"]))] for split in splits}
+  rhos["train_loss"] = [rank_correlation([-r["loss"][i] for r in finished], truth)
+                        for i in range(len(finished[0]["loss"]))]
+  return rhos
 
 
 def study(parts: pipeline.Parts, validation: tf.data.Dataset, allocations: Dict[str, dict],
@@ -115,6 +123,9 @@ def study(parts: pipeline.Parts, validation: tf.data.Dataset, allocations: Dict[
   evaluations = {"reward": trainer.distribute(parts.splits.reward),
                  "validation": trainer.distribute(validation)}
   todo = [name for name in allocations if name not in records]
+  if not todo:  # everything measured: the correlations of this code
+    state["correlations"] = correlations(records)
+    files.write_json(output, state)
   for count, name in enumerate(todo, 1):
     record = measure(parts.controller, trainer,
                      lambda: parts.splits.train_stream(0, seed=seed), evaluations,
@@ -126,6 +137,30 @@ def study(parts: pipeline.Parts, validation: tf.data.Dataset, allocations: Dict[
           f"{record['validation'][-1]:.4f} after {checkpoints[-1]} steps  "
           f"({record['seconds']:.0f} s)", flush=True)
   return state
+
+
+def markdown(state: dict) -> str:
+  """The study as a Markdown table (one row per allocation, sorted by the final validation
+  accuracy) followed by its rank correlations."""
+  records = sorted(state["records"].items(), key=lambda item: -item[1]["validation"][-1])
+  if not records:
+    return ""
+  steps = records[0][1]["steps"]
+  stretches = [f"{a}-{b}" for a, b in zip(steps, steps[1:]) if b > a]
+  lines = ["| allocation | " + " | ".join(f"reward @{s}" for s in steps) + " | "
+           + " | ".join(f"validation @{s}" for s in steps) + " | "
+           + " | ".join(f"train loss {s}" for s in stretches) + " |",
+           "| --- |" + " ---: |" * (2 * len(steps) + len(stretches))]
+  for name, r in records:
+    lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in r["reward"] + r["validation"]
+                                             + r["loss"]) + " |")
+  rhos = state["correlations"]
+  lines.append("")
+  lines.append(f"Spearman's rho with the validation accuracy at step {steps[-1]} "
+               f"({len(records)} allocations): " + "; ".join(
+                   f"{split} " + ", ".join(f"{r:+.2f}" for r in values)
+                   for split, values in rhos.items()) + ".")
+  return "\n".join(lines)
 
 
 FLAGS = flags.FLAGS
@@ -185,9 +220,7 @@ def main(argv):
                         f"_seed{FLAGS.seed}.json")
   state = study(parts, whole.reward, allocations, checkpoints,
                 gin.query_parameter("finetune.learning_rate"), FLAGS.seed, output)
-  for split, rhos in state["correlations"].items():
-    print(f"rho({split} at {checkpoints}, validation at {checkpoints[-1]}): "
-          + ", ".join(f"{r:+.2f}" for r in rhos))
+  print(markdown(state))
   print(f"Results: {output}")
 
 
