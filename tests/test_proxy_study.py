@@ -8,8 +8,10 @@ from scipy import stats
 
 import purl_tf  # noqa: F401
 import tensorflow as tf
+import tf_keras as keras
 
 from purl_tf import pruning
+from purl_tf.training import MaskedTrainer
 
 from conftest import load_tool
 
@@ -91,3 +93,26 @@ def test_a_study_measures_each_allocation_once_and_resumes(controller, pretraine
   truth = [r["validation"][-1] for r in state["records"].values()]
   assert state["correlations"]["train_loss"] == [
       pytest.approx(stats.spearmanr(losses, truth).statistic)]
+
+
+def test_the_batch_norm_statistics_are_re_estimated_before_each_measurement(mnist5k_splits):
+  """As the search's environment does: the moving statistics change only when asked."""
+  study = load_tool("proxy_study")
+  splits = mnist5k_splits
+  inputs = keras.Input(splits.image_shape)
+  x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+  outputs = keras.layers.Dense(splits.num_classes, activation="softmax")(
+      keras.layers.Flatten()(x))
+  controller = pruning.PruningController(pruning.wrap(keras.Model(inputs, outputs)))
+  trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
+  norm = next(layer for layer in controller.model.layers
+              if isinstance(layer, keras.layers.BatchNormalization))
+  allocation = {name: 0.5 for name in controller.names}
+  means = []
+  for batches in (0, 2):
+    study.measure(controller, trainer, lambda: splits.train_stream(0, seed=0),
+                  {"reward": trainer.distribute(splits.reward)}, allocation, [0],
+                  lambda: splits.train_stream(0, seed=1), batches)
+    means.append(norm.moving_mean.numpy().copy())
+  np.testing.assert_array_equal(means[0], np.zeros_like(means[0]))  # untouched: initial
+  assert np.abs(means[1]).max() > 1e-4  # re-estimated from the batches

@@ -71,15 +71,19 @@ def candidate_allocations(controller: pruning.PruningController, target: float,
 
 def measure(controller: pruning.PruningController, trainer: MaskedTrainer, train_stream,
             evaluations: Dict[str, tf.data.Dataset], allocation: dict,
-            checkpoints: Sequence[int]) -> dict:
+            checkpoints: Sequence[int], recalibrate_stream=None,
+            recalibrate_batches: int = 0) -> dict:
   """Trains `allocation`, applied to the dense weights, with a fresh optimizer on a fresh
-  `train_stream()`; {"steps": checkpoints, "<split>": [accuracy at each checkpoint],
-  "loss": [mean loss of each chunk], "sparsity", "seconds"}."""
+  `train_stream()`; before each measurement the batch-norm statistics are re-estimated on
+  the next `recalibrate_batches` batches of a fresh `recalibrate_stream()`, as the search's
+  environment does (weights untouched). {"steps": checkpoints, "<split>": [accuracy at each
+  checkpoint], "loss": [mean loss of each chunk], "sparsity", "seconds"}."""
   started = time.time()
   controller.reset()
   pruning.explicit(controller, allocation)
   trainer.reset_optimizer()
   stream = trainer.stream(train_stream())
+  calibration = trainer.stream(recalibrate_stream()) if recalibrate_batches else None
   record = {"steps": list(checkpoints), "loss": [],
             **{name: [] for name in evaluations}}
   done = 0
@@ -87,6 +91,8 @@ def measure(controller: pruning.PruningController, trainer: MaskedTrainer, train
     if step > done:
       record["loss"].append(trainer.train(stream, step - done))
       done = step
+    if calibration is not None:
+      trainer.recalibrate(calibration, recalibrate_batches)
     for name, dataset in evaluations.items():
       record[name].append(trainer.evaluate(dataset))
   record.update(sparsity=controller.global_sparsity(), seconds=time.time() - started)
@@ -112,8 +118,11 @@ def correlations(records: Dict[str, dict]) -> Dict[str, List[float]]:
 
 
 def study(parts: pipeline.Parts, validation: tf.data.Dataset, allocations: Dict[str, dict],
-          checkpoints: Sequence[int], learning_rate: float, seed: int, output: str) -> dict:
-  """Measures every allocation not yet in `output` (JSON), writing it after each."""
+          checkpoints: Sequence[int], learning_rate: float, seed: int, output: str,
+          recalibrate_batches: int = 0) -> dict:
+  """Measures every allocation not yet in `output` (JSON), writing it after each (see
+  measure; the batch-norm statistics are re-estimated on batches of another train stream,
+  the same for every allocation)."""
   state = files.read_json(output, {"records": {}})
   records = state["records"]
   with parts.strategy.scope():
@@ -129,7 +138,8 @@ def study(parts: pipeline.Parts, validation: tf.data.Dataset, allocations: Dict[
   for count, name in enumerate(todo, 1):
     record = measure(parts.controller, trainer,
                      lambda: parts.splits.train_stream(0, seed=seed), evaluations,
-                     allocations[name], checkpoints)
+                     allocations[name], checkpoints,
+                     lambda: parts.splits.train_stream(0, seed=seed + 1), recalibrate_batches)
     records[name] = {"allocation": allocations[name], **record}
     state["correlations"] = correlations(records)
     files.write_json(output, state)
@@ -175,6 +185,9 @@ def _define_flags():
   flags.DEFINE_float("sigma", 0.5, "Spread of their log density factors.")
   flags.DEFINE_list("checkpoints", ["0", "24", "200", "1000"], "Train steps at which both "
                     "splits are measured; the last is the fine-tune's length.")
+  flags.DEFINE_integer("recalibrate_batches", None, "Batches whose batch-norm statistics "
+                       "replace the moving ones before each measurement (default: "
+                       "PruningEnv.recalibrate_batches, what the search's measurement does).")
   flags.DEFINE_multi_string("extra", [], "name=path of a run's results.json whose "
                             "allocation is studied too (fitted to the target).")
   flags.DEFINE_integer("validation_size", 10_000, "Examples of the reward's split measured "
@@ -216,10 +229,13 @@ def main(argv):
     name, _, path = extra.partition("=")
     levels = files.read_json(path)["allocation"]
     allocations[name] = pruning.fitted(parts.controller, levels, FLAGS.target)
+  recalibrate = (parts.env.recalibrate_batches if FLAGS.recalibrate_batches is None
+                 else FLAGS.recalibrate_batches)
   output = os.path.join(FLAGS.results_dir, f"proxy_study_{plan.name}_target{FLAGS.target}"
-                        f"_seed{FLAGS.seed}.json")
+                        f"_seed{FLAGS.seed}_recal{recalibrate}.json")
   state = study(parts, whole.reward, allocations, checkpoints,
-                gin.query_parameter("finetune.learning_rate"), FLAGS.seed, output)
+                gin.query_parameter("finetune.learning_rate"), FLAGS.seed, output,
+                recalibrate)
   print(markdown(state))
   print(f"Results: {output}")
 
