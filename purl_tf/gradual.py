@@ -24,8 +24,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from purl_tf import files, interrupt, keras3, models, pruning
-from purl_tf.pruning.tfmot_loader import tfmot
 from purl_tf.errors import PurlError
+from purl_tf.pruning.tfmot_loader import tfmot
 from purl_tf.training import MaskedTrainer
 
 TFMOT_SKIPS = ("DepthwiseConv2D",)  # layer types tfmot's registry cannot prune

@@ -6,9 +6,10 @@ ERK, LAMP, global magnitude, uniform with the ends kept dense, and --perturbed r
 perturbations of ERK's layer densities (log-normal factors of spread --sigma, fitted to the
 target by one density factor), plus any --extra run's allocation. Each is applied to the
 dense weights and trained as the fine-tune trains (SGD, momentum 0.9, cosine decay from
-finetune.learning_rate over --steps), on one train stream every allocation shares. At each
-of --checkpoints steps it measures the accuracy on the search's reward split and on the
-whole validation split. The test split is never read.
+finetune.learning_rate over the last of --checkpoints steps), on one train stream every
+allocation shares. At each of --checkpoints steps it re-estimates the batch-norm statistics
+as the search's environment does (--recalibrate_batches) and measures the accuracy on the
+search's reward split and on the whole validation split. The test split is never read.
 
 The output JSON holds one record per allocation, written as each finishes (a rerun goes on
 with the allocations not yet measured), and the Spearman rank correlation of every
@@ -132,21 +133,25 @@ def study(parts: pipeline.Parts, validation: tf.data.Dataset, allocations: Dict[
   evaluations = {"reward": trainer.distribute(parts.splits.reward),
                  "validation": trainer.distribute(validation)}
   todo = [name for name in allocations if name not in records]
-  if not todo:  # everything measured: the correlations of this code
-    state["correlations"] = correlations(records)
-    files.write_json(output, state)
   for count, name in enumerate(todo, 1):
     record = measure(parts.controller, trainer,
                      lambda: parts.splits.train_stream(0, seed=seed), evaluations,
                      allocations[name], checkpoints,
                      lambda: parts.splits.train_stream(0, seed=seed + 1), recalibrate_batches)
     records[name] = {"allocation": allocations[name], **record}
-    state["correlations"] = correlations(records)
-    files.write_json(output, state)
+    _save(state, output)
     print(f"[{count}/{len(todo)}] {name}: reward {record['reward'][-1]:.4f}  validation "
           f"{record['validation'][-1]:.4f} after {checkpoints[-1]} steps  "
           f"({record['seconds']:.0f} s)", flush=True)
+  if not todo:  # everything measured before: the correlations as this code computes them
+    _save(state, output)
   return state
+
+
+def _save(state: dict, output: str):
+  """Writes the study with the correlations of its records."""
+  state["correlations"] = correlations(state["records"])
+  files.write_json(output, state)
 
 
 def markdown(state: dict) -> str:
