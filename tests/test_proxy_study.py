@@ -55,6 +55,20 @@ def test_the_allocations_reach_the_target_and_the_perturbed_ones_differ(controll
   assert again == allocations  # seeded
 
 
+def test_each_column_keeps_its_highest_accuracy_and_lowest_loss():
+  study = load_tool("proxy_study")
+  records = {"a": {"steps": [0, 5], "reward": [0.1, 0.9], "validation": [0.3, 0.8],
+                   "loss": [2.0], "sparsity": 0.9},
+             "b": {"steps": [0, 5], "reward": [0.2, 0.7], "validation": [0.2, 0.9],
+                   "loss": [1.5], "sparsity": 0.9}}
+  assert study.picks(records) == {"reward": ["b", "a"], "validation": ["a", "b"],
+                                  "train_loss": ["b"]}
+  line = study.markdown({"records": records,
+                         "correlations": study.correlations(records)}).splitlines()[-1]
+  assert line == ("Kept by each column (its place at step 5 on validation): "
+                  "reward b (1), a (2); validation a (2), b (1); train_loss b (1).")
+
+
 def test_a_study_measures_each_allocation_once_and_resumes(controller, pretrained_lenet,
                                                           tmp_path, capsys):
   study = load_tool("proxy_study")
@@ -87,7 +101,7 @@ def test_a_study_measures_each_allocation_once_and_resumes(controller, pretraine
   assert rhos[-1] == pytest.approx(1.0)  # the truth ranks itself perfectly
   assert all(-1.0 <= r <= 1.0 for r in state["correlations"]["reward"])
   table = study.markdown(state).splitlines()
-  assert len(table) == 2 + len(allocations) + 2  # header, rule, rows, blank, rhos
+  assert len(table) == 2 + len(allocations) + 4  # header, rule, rows, rhos, picks
   assert table[0].count("|") == 1 + 1 + 2 * 2 + 1  # allocation, 2 + 2 accuracies, 1 loss
   losses = [-r["loss"][0] for r in state["records"].values()]
   truth = [r["validation"][-1] for r in state["records"].values()]

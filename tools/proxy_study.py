@@ -148,6 +148,20 @@ def study(parts: pipeline.Parts, validation: tf.data.Dataset, allocations: Dict[
   return state
 
 
+def picks(records: Dict[str, dict]) -> Dict[str, List[str]]:
+  """Like correlations, but per column the allocation a search choosing by it would keep:
+  the one measuring highest (lowest train loss), the first in `records` on a tie."""
+  finished = list(records.items())
+  if not finished:
+    return {}
+  columns = {k: len(v) for k, v in finished[0][1].items()
+             if isinstance(v, list) and k not in ("steps", "allocation")}
+  sign = {"loss": -1.0}
+  return {("train_loss" if column == "loss" else column): [
+      max(finished, key=lambda item: sign.get(column, 1.0) * item[1][column][i])[0]
+      for i in range(length)] for column, length in columns.items()}
+
+
 def _save(state: dict, output: str):
   """Writes the study with the correlations of its records."""
   state["correlations"] = correlations(state["records"])
@@ -175,6 +189,11 @@ def markdown(state: dict) -> str:
                f"({len(records)} allocations): " + "; ".join(
                    f"{split} " + ", ".join(f"{r:+.2f}" for r in values)
                    for split, values in rhos.items()) + ".")
+  place = {name: rank for rank, (name, _) in enumerate(records, 1)}
+  lines.append("")
+  lines.append(f"Kept by each column (its place at step {steps[-1]} on validation): " + "; ".join(
+      f"{column} " + ", ".join(f"{name} ({place[name]})" for name in names)
+      for column, names in picks(dict(records)).items()) + ".")
   return "\n".join(lines)
 
 
