@@ -11,6 +11,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from purl_tf import pruning
+from purl_tf.errors import PurlError
 from purl_tf.training import MaskedTrainer
 
 from conftest import load_tool
@@ -53,6 +54,16 @@ def test_the_allocations_reach_the_target_and_the_perturbed_ones_differ(controll
     assert np.abs(np.array(list(allocations[f"erk_perturbed{index}"].values())) - erk).max() > 0.01
   again = study.candidate_allocations(controller, TARGET, perturbed=3, sigma=0.5, seed=0)
   assert again == allocations  # seeded
+
+
+def test_only_keeps_the_named_allocations_and_refuses_an_unknown_name():
+  study = load_tool("proxy_study")
+  allocations = {"erk": {"a": 0.9}, "lamp": {"a": 0.8}, "erk_perturbed3": {"a": 0.7}}
+  assert study.selected(allocations, []) == allocations
+  assert list(study.selected(allocations, ["erk_perturbed3", "erk"])) == [
+      "erk_perturbed3", "erk"]
+  with pytest.raises(PurlError, match="--only=erk_perturbed9 names no allocation"):
+    study.selected(allocations, ["erk", "erk_perturbed9"])
 
 
 def test_each_column_keeps_its_highest_accuracy_and_lowest_loss():

@@ -16,6 +16,9 @@ with the allocations not yet measured), and the Spearman rank correlation of eve
 checkpoint's measurements with the last checkpoint's validation accuracy.
 
   python tools/proxy_study.py --benchmark=mnist_resnet20 --seed=0 --target=0.98
+
+--only studies some of the allocations (e.g. the best few of a study, trained longer with
+--checkpoints ending at a whole fine-tune's length and a --tag naming that output).
 """
 import os
 import shutil
@@ -68,6 +71,16 @@ def candidate_allocations(controller: pruning.PruningController, target: float,
               for (name, level), factor in zip(erk.items(), factors)}
     allocations[f"erk_perturbed{index}"] = pruning.fitted(controller, levels, target)
   return allocations
+
+
+def selected(allocations: Dict[str, dict], only: Sequence[str]) -> Dict[str, dict]:
+  """The allocations named in `only` (all of them when it is empty), in `only`'s order;
+  a PurlError names any it does not hold."""
+  unknown = sorted(set(only) - set(allocations))
+  if unknown:
+    raise PurlError(f"--only={','.join(unknown)} names no allocation: use some of "
+                    f"{sorted(allocations)}.")
+  return {name: allocations[name] for name in only} if only else allocations
 
 
 def measure(controller: pruning.PruningController, trainer: MaskedTrainer, train_stream,
@@ -214,6 +227,10 @@ def _define_flags():
                        "PruningEnv.recalibrate_batches, what the search's measurement does).")
   flags.DEFINE_multi_string("extra", [], "name=path of a run's results.json whose "
                             "allocation is studied too (fitted to the target).")
+  flags.DEFINE_list("only", [], "Study only these allocations (names as in the table); "
+                    "default: all of them.")
+  flags.DEFINE_string("tag", "", "Appended to the output's name, to keep this study beside "
+                      "another of the same seed and target (e.g. a longer one).")
   flags.DEFINE_integer("validation_size", 10_000, "Examples of the reward's split measured "
                        "as the validation accuracy (the reward split is among them).")
   flags.DEFINE_string("root_dir", "runs/proxy_study", "Scratch folder.")
@@ -253,10 +270,11 @@ def main(argv):
     name, _, path = extra.partition("=")
     levels = files.read_json(path)["allocation"]
     allocations[name] = pruning.fitted(parts.controller, levels, FLAGS.target)
+  allocations = selected(allocations, FLAGS.only)
   recalibrate = (parts.env.recalibrate_batches if FLAGS.recalibrate_batches is None
                  else FLAGS.recalibrate_batches)
   output = os.path.join(FLAGS.results_dir, f"proxy_study_{plan.name}_target{FLAGS.target}"
-                        f"_seed{FLAGS.seed}_recal{recalibrate}.json")
+                        f"_seed{FLAGS.seed}_recal{recalibrate}{FLAGS.tag}.json")
   state = study(parts, whole.reward, allocations, checkpoints,
                 gin.query_parameter("finetune.learning_rate"), FLAGS.seed, output,
                 recalibrate)
