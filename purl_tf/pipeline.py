@@ -85,7 +85,9 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
     seed: seeds TensorFlow once, the search's train stream and episodes, and the
       fine-tune's data order.
     deterministic: also make TensorFlow's ops deterministic (slower), so that a run
-      resumed after a crash ends exactly as an uninterrupted one.
+      resumed after a crash ends exactly as an uninterrupted one. It stays on for the
+      rest of the process (TensorFlow has no public switch back), and its kernels give
+      other numbers than the default ones: a later run in the same process differs.
     export_tflite: write and measure the TFLite flatbuffers (see export.py).
     finetune_from: for a searched method, 'search' fine-tunes the network the search
       measured for its chosen allocation (masks and retrained weights); 'dense' applies
