@@ -56,6 +56,20 @@ def test_the_allocations_reach_the_target_and_the_perturbed_ones_differ(controll
   assert again == allocations  # seeded
 
 
+def test_the_perturbed_ones_can_centre_on_lamp(controller):
+  study = load_tool("proxy_study")
+  allocations = study.candidate_allocations(controller, TARGET, perturbed=2, sigma=0.1,
+                                            seed=0, around="lamp")
+  assert list(allocations)[-2:] == ["lamp_perturbed0", "lamp_perturbed1"]
+  lamp, erk = (np.array(list(allocations[name].values())) for name in ("lamp", "erk"))
+  for index in range(2):
+    near = np.array(list(allocations[f"lamp_perturbed{index}"].values()))
+    assert np.abs(near - lamp).max() < np.abs(near - erk).max()  # around LAMP, not ERK
+  with pytest.raises(PurlError, match="--around=random is not one of"):
+    study.candidate_allocations(controller, TARGET, perturbed=1, sigma=0.1, seed=0,
+                                around="random")
+
+
 def test_only_keeps_the_named_allocations_and_refuses_an_unknown_name():
   study = load_tool("proxy_study")
   allocations = {"erk": {"a": 0.9}, "lamp": {"a": 0.8}, "erk_perturbed3": {"a": 0.7}}

@@ -3,8 +3,9 @@
 A search learns only what its reward ranks correctly. This study takes many allocations at
 one target on one seed's dense network of a benchmark suite (its kept dense weights):
 ERK, LAMP, global magnitude, uniform with the ends kept dense, and --perturbed random
-perturbations of ERK's layer densities (log-normal factors of spread --sigma, fitted to the
-target by one density factor), plus any --extra run's allocation. Each is applied to the
+perturbations of the layer densities of one of them (--around, default ERK; log-normal
+factors of spread --sigma, fitted to the target by one density factor), plus any --extra
+run's allocation. Each is applied to the
 dense weights and trained as the fine-tune trains (SGD, momentum 0.9, cosine decay from
 finetune.learning_rate over the last of --checkpoints steps), on one train stream every
 allocation shares. At each of --checkpoints steps it re-estimates the batch-norm statistics
@@ -59,17 +60,21 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def candidate_allocations(controller: pruning.PruningController, target: float,
-                          perturbed: int, sigma: float, seed: int) -> Dict[str, dict]:
+                          perturbed: int, sigma: float, seed: int,
+                          around: str = "erk") -> Dict[str, dict]:
   """name -> {layer: sparsity}: the ONE_SHOT allocations and `perturbed` random ones around
-  ERK (each layer's density times exp(sigma * N(0, 1)), then fitted to `target`)."""
+  the ONE_SHOT allocation `around`, named '<around>_perturbed<i>' (each layer's density
+  times exp(sigma * N(0, 1)), then fitted to `target`)."""
+  if around not in ONE_SHOT:
+    raise PurlError(f"--around={around} is not one of {', '.join(ONE_SHOT)}.")
   allocations = {name: pruning.allocate(controller, name, target) for name in ONE_SHOT}
-  erk = allocations["erk"]
+  centre = allocations[around]
   rng = np.random.default_rng(seed)
   for index in range(perturbed):
-    factors = np.exp(sigma * rng.standard_normal(len(erk)))
+    factors = np.exp(sigma * rng.standard_normal(len(centre)))
     levels = {name: float(np.clip(1.0 - (1.0 - level) * factor, 0.0, 1.0))
-              for (name, level), factor in zip(erk.items(), factors)}
-    allocations[f"erk_perturbed{index}"] = pruning.fitted(controller, levels, target)
+              for (name, level), factor in zip(centre.items(), factors)}
+    allocations[f"{around}_perturbed{index}"] = pruning.fitted(controller, levels, target)
   return allocations
 
 
@@ -218,7 +223,8 @@ def _define_flags():
                       "are studied.")
   flags.DEFINE_integer("seed", 0, "The suite's seed: dense weights, reward split, stream.")
   flags.DEFINE_float("target", 0.98, "Target global sparsity of every allocation.")
-  flags.DEFINE_integer("perturbed", 10, "Random allocations around ERK.")
+  flags.DEFINE_integer("perturbed", 10, "Random allocations around --around.")
+  flags.DEFINE_enum("around", "erk", ONE_SHOT, "The allocation the random ones perturb.")
   flags.DEFINE_float("sigma", 0.5, "Spread of their log density factors.")
   flags.DEFINE_list("checkpoints", ["0", "24", "200", "1000"], "Train steps at which both "
                     "splits are measured; the last is the fine-tune's length.")
@@ -265,7 +271,7 @@ def main(argv):
   whole = data.load_splits(reward_size=FLAGS.validation_size,
                            num_replicas=parts.strategy.num_replicas_in_sync)
   allocations = candidate_allocations(parts.controller, FLAGS.target, FLAGS.perturbed,
-                                      FLAGS.sigma, FLAGS.seed)
+                                      FLAGS.sigma, FLAGS.seed, FLAGS.around)
   for extra in FLAGS.extra:
     name, _, path = extra.partition("=")
     levels = files.read_json(path)["allocation"]
