@@ -259,6 +259,9 @@ def _open_builder(dataset, folder, data_dir, manual_dir, download):
   except PurlError:  # a builder of ours that already says what to do (mnist_full)
     raise
   except Exception as error:
+    again = tfds.builder(dataset, data_dir=data_dir)
+    if again.is_prepared():  # another process prepared it first: tfds could not move ours
+      return again
     where = data_dir or tfds.core.constants.DATA_DIR
     if needs_manual:
       raise PurlError(f"{dataset} is not prepared in {where} and needs a manual download: put "

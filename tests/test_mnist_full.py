@@ -82,6 +82,31 @@ def test_builder_finds_the_wheel_in_the_default_folder(synthetic, tmp_path, monk
   assert _read_split(data_dir, "test") == expected["test"]
 
 
+def test_a_preparation_another_process_finished_first_is_read(synthetic, tmp_path,
+                                                               monkeypatch):
+  """Two runs started together on a new machine both prepare mnist_full; the one that
+  finishes second cannot move its copy in place, and reads the first one's."""
+  folder, _, sha, expected = synthetic
+  monkeypatch.setattr(mnist_full, "WHEEL_SHA256", sha)
+  monkeypatch.setenv("PURL_TF_DATA", folder)
+  data_dir = str(tmp_path / "tfds")
+  generate = mnist_full.MnistFull._split_generators
+  other = []
+
+  def other_process_first(self, dl_manager):
+    if not other:  # the other run prepares it all while this one is generating
+      other.append(True)
+      tfds.builder("mnist_full", data_dir=data_dir).download_and_prepare()
+    return generate(self, dl_manager)
+
+  monkeypatch.setattr(mnist_full.MnistFull, "_split_generators", other_process_first)
+  splits = data.load_splits.__wrapped__(dataset="mnist_full", data_dir=data_dir,
+                                        reward_split="validation", reward_size=REWARD_SIZE,
+                                        batch_size=8)
+  assert other and splits.num_classes == 10
+  assert _read_split(data_dir, "test") == expected["test"]
+
+
 def _load_error(**bindings):
   """The message of the PurlError load_splits raises (gin's wrapper bypassed: it appends a
   line); asserts it is one line."""
