@@ -81,8 +81,8 @@ class Suite:
 
 SUITES = {
     "mnist_resnet20": Suite(
-        "mnist_resnet20", "mnist_full: ResNet-20 (width 8) at 0.95 and 0.98",
-        "gin/mnist_resnet20.gin", (0.95, 0.98), episodes=40, runs_here=True),
+        "mnist_resnet20", "mnist_full: ResNet-20 (width 8) at 0.95, 0.98 and 0.99",
+        "gin/mnist_resnet20.gin", (0.95, 0.98, 0.99), episodes=40, runs_here=True),
     "mnist5k": Suite(
         "mnist5k", "mnist5k: LeNet-5 at 0.95 and 0.98", "gin/quickstart.gin", (0.95, 0.98),
         episodes=50,
