@@ -134,6 +134,24 @@ def test_a_study_measures_each_allocation_once_and_resumes(controller, pretraine
       pytest.approx(stats.spearmanr(losses, truth).statistic)]
 
 
+def test_another_order_trains_on_other_batches_and_one_order_repeats(controller,
+                                                                     pretrained_lenet,
+                                                                     tmp_path):
+  study = load_tool("proxy_study")
+  assert study.stream_seed(2, 0) == 2  # order 0: the seed's own, as every earlier study
+  splits = pretrained_lenet.splits
+  first = {order: next(iter(splits.train_stream(0, seed=study.stream_seed(0, order))))[1]
+           for order in (0, 1, 2)}
+  assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[1], first[2])
+  parts = types.SimpleNamespace(strategy=tf.distribute.get_strategy(), controller=controller,
+                                splits=splits)
+  erk = {"erk": pruning.allocate(controller, "erk", TARGET)}
+  losses = [study.study(parts, splits.test, erk, [0, 3], 0.01, study.stream_seed(0, 1),
+                        str(tmp_path / f"run{run}.json"))["records"]["erk"]["loss"][0]
+            for run in range(2)]
+  assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # one order, one result
+
+
 def test_the_batch_norm_statistics_are_re_estimated_before_each_measurement(mnist5k_splits):
   """As the search's environment does: the moving statistics change only when asked."""
   study = load_tool("proxy_study")

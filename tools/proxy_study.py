@@ -78,6 +78,13 @@ def candidate_allocations(controller: pruning.PruningController, target: float,
   return allocations
 
 
+def stream_seed(seed: int, order: int) -> int:
+  """The seed of the train order a study trains on: the suite's seed itself for order 0
+  (what every study before --order trained on), another order of the same data for each
+  order > 0 (1000 apart, clear of the other seeds' orders)."""
+  return seed + 1000 * order
+
+
 def selected(allocations: Dict[str, dict], only: Sequence[str]) -> Dict[str, dict]:
   """The allocations named in `only` (all of them when it is empty), in `only`'s order;
   a PurlError names any it does not hold."""
@@ -235,6 +242,9 @@ def _define_flags():
                             "allocation is studied too (fitted to the target).")
   flags.DEFINE_list("only", [], "Study only these allocations (names as in the table); "
                     "default: all of them.")
+  flags.DEFINE_integer("order", 0, "Train order (0: the seed's own, as the benchmark's "
+                       "cells; 1, 2, ...: others of the same seed), to see how far the order "
+                       "alone moves an allocation's end point.")
   flags.DEFINE_string("tag", "", "Appended to the output's name, to keep this study beside "
                       "another of the same seed and target (e.g. a longer one).")
   flags.DEFINE_integer("validation_size", 10_000, "Examples of the reward's split measured "
@@ -280,9 +290,11 @@ def main(argv):
   recalibrate = (parts.env.recalibrate_batches if FLAGS.recalibrate_batches is None
                  else FLAGS.recalibrate_batches)
   output = os.path.join(FLAGS.results_dir, f"proxy_study_{plan.name}_target{FLAGS.target}"
-                        f"_seed{FLAGS.seed}_recal{recalibrate}{FLAGS.tag}.json")
+                        f"_seed{FLAGS.seed}_recal{recalibrate}"
+                        f"{f'_order{FLAGS.order}' if FLAGS.order else ''}{FLAGS.tag}.json")
   state = study(parts, whole.reward, allocations, checkpoints,
-                gin.query_parameter("finetune.learning_rate"), FLAGS.seed, output,
+                gin.query_parameter("finetune.learning_rate"),
+                stream_seed(FLAGS.seed, FLAGS.order), output,
                 recalibrate)
   print(markdown(state))
   print(f"Results: {output}")
