@@ -20,6 +20,8 @@ checkpoint's measurements with the last checkpoint's validation accuracy.
 
 --only studies some of the allocations (e.g. the best few of a study, trained longer with
 --checkpoints ending at a whole fine-tune's length and a --tag naming that output).
+--order=K (K > 0) trains them on another order of the same seed's data, to see how far the
+train order alone moves an allocation's end point.
 """
 import os
 import shutil
