@@ -134,6 +134,27 @@ def test_a_study_measures_each_allocation_once_and_resumes(controller, pretraine
       pytest.approx(stats.spearmanr(losses, truth).statistic)]
 
 
+def test_merge_makes_one_study_of_studies_run_in_parts(tmp_path):
+  study = load_tool("proxy_study")
+  record = lambda final: {"steps": [0, 5], "reward": [0.1, final], "validation": [0.1, final],
+                          "loss": [1.0 - final], "sparsity": 0.9}
+  parts = {"a": {"erk": record(0.8), "lamp": record(0.9)},
+           "b": {"lamp_perturbed0": record(0.7), "global_magnitude": record(0.6)}}
+  paths = []
+  for name, records in parts.items():
+    paths.append(str(tmp_path / f"{name}.json"))
+    json.dump({"records": records}, open(paths[-1], "w"))
+  state = study.merged(paths)
+  assert list(state["records"]) == ["erk", "lamp", "lamp_perturbed0", "global_magnitude"]
+  assert state["correlations"]["validation"][-1] == pytest.approx(1.0)
+  assert state["correlations"]["reward"][0] != state["correlations"]["reward"][0]  # nan
+  rows = study.markdown(state).splitlines()[2:6]  # one table, by final validation
+  assert [row.split(" | ")[0] for row in rows] == [
+      "| lamp", "| erk", "| lamp_perturbed0", "| global_magnitude"]
+  with pytest.raises(PurlError, match="--merge: .* is not a study file"):
+    study.merged([paths[0], str(tmp_path / "missing.json")])
+
+
 def test_another_order_trains_on_other_batches_and_one_order_repeats(controller,
                                                                      pretrained_lenet,
                                                                      tmp_path):

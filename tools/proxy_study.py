@@ -5,10 +5,9 @@ one target on one seed's dense network of a benchmark suite (its kept dense weig
 ERK, LAMP, global magnitude, uniform with the ends kept dense, and --perturbed random
 perturbations of the layer densities of one of them (--around, default ERK; log-normal
 factors of spread --sigma, fitted to the target by one density factor), plus any --extra
-run's allocation. Each is applied to the
-dense weights and trained as the fine-tune trains (SGD, momentum 0.9, cosine decay from
-finetune.learning_rate over the last of --checkpoints steps), on one train stream every
-allocation shares. At each of --checkpoints steps it re-estimates the batch-norm statistics
+run's allocation. Each is applied to the dense weights and trained as the fine-tune trains
+(SGD, momentum 0.9, cosine decay from finetune.learning_rate over the last of --checkpoints
+steps), on one train stream every allocation shares. At each of --checkpoints steps it re-estimates the batch-norm statistics
 as the search's environment does (--recalibrate_batches) and measures the accuracy on the
 search's reward split and on the whole validation split. The test split is never read.
 
@@ -21,7 +20,8 @@ checkpoint's measurements with the last checkpoint's validation accuracy.
 --only studies some of the allocations (e.g. the best few of a study, trained longer with
 --checkpoints ending at a whole fine-tune's length and a --tag naming that output).
 --order=K (K > 0) trains them on another order of the same seed's data, to see how far the
-train order alone moves an allocation's end point.
+train order alone moves an allocation's end point. --merge=A.json,B.json prints one table
+of studies run in parts.
 """
 import os
 import shutil
@@ -189,6 +189,18 @@ def picks(records: Dict[str, dict]) -> Dict[str, List[str]]:
       for i in range(length)] for column, length in columns.items()}
 
 
+def merged(paths: Sequence[str]) -> dict:
+  """One study of the records of several study files (a later file's record of a name
+  replaces an earlier one's), with the correlations over all of them."""
+  records = {}
+  for path in paths:
+    if not os.path.isfile(path):
+      raise PurlError(f"--merge: {path} is not a study file: name the JSON files a study "
+                      "wrote.")
+    records.update(files.read_json(path)["records"])
+  return {"records": records, "correlations": correlations(records)}
+
+
 def _save(state: dict, output: str):
   """Writes the study with the correlations of its records."""
   state["correlations"] = correlations(state["records"])
@@ -247,6 +259,8 @@ def _define_flags():
   flags.DEFINE_integer("order", 0, "Train order (0: the seed's own, as the benchmark's "
                        "cells; 1, 2, ...: others of the same seed), to see how far the order "
                        "alone moves an allocation's end point.")
+  flags.DEFINE_list("merge", [], "Print one table of these study files' allocations (e.g. "
+                    "parts run side by side with --only) and stop; nothing is trained.")
   flags.DEFINE_string("tag", "", "Appended to the output's name, to keep this study beside "
                       "another of the same seed and target (e.g. a longer one).")
   flags.DEFINE_integer("validation_size", 10_000, "Examples of the reward's split measured "
@@ -258,6 +272,9 @@ def _define_flags():
 
 def main(argv):
   del argv
+  if FLAGS.merge:
+    print(markdown(merged(FLAGS.merge)))
+    return
   try:
     checkpoints = sorted({int(c) for c in FLAGS.checkpoints})
   except ValueError:
