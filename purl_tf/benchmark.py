@@ -37,7 +37,7 @@ if __name__ == "__main__":
 # pylint: disable=wrong-import-position
 from absl import app, flags  # noqa: E402
 
-from purl_tf import files, plots  # noqa: E402
+from purl_tf.runtime import files, plots  # noqa: E402
 from purl_tf.errors import PurlError  # noqa: E402
 from purl_tf.markdown import command_line, machine, Section, write_section  # noqa: E402
 from purl_tf.verdicts import (MATCHED, METHOD_NAMES, METHOD_ORDER, SEARCHES,  # noqa: E402

@@ -59,7 +59,7 @@ NOISE = tuple(re.compile(pattern.encode()) for pattern in (
 
 # Beginnings of the log messages that `quiet_sources` drops (TensorFlow logs through the
 # `absl` and `tensorflow` loggers), all about library internals: tf-agents' policy saving,
-# the replay buffer read of purl_tf.agent and tf-agents' discounted returns.
+# the replay buffer read of purl_tf.rl.agent and tf-agents' discounted returns.
 LOG_NOISE = tuple(re.compile(pattern) for pattern in (
     r"`[^`]+` is not a valid tf\.function parameter name\. Sanitizing to `[^`]+`\.",
     r"From \S+: ReplayBuffer\.gather_all \(from tf_agents\.replay_buffers\.replay_buffer\) "

@@ -6,7 +6,7 @@ r"""Command line of one run: dense model -> a method's allocation -> fine-tune -
   python -m purl_tf.train --gin_file=gin/quickstart.gin --root_dir=runs/lamp \
       --gin_bindings="train_eval.method='global_magnitude'"
 
-Every knob is a gin parameter (see purl_tf.pipeline.train_eval). Rerunning with the same
+Every knob is a gin parameter (see purl_tf.run.pipeline.train_eval). Rerunning with the same
 root_dir resumes an interrupted run; a finished stage is not redone.
 """
 import os
@@ -22,9 +22,10 @@ if __name__ == "__main__":
 from absl import app, flags, logging
 import tensorflow_datasets as tfds
 
-from purl_tf import distribute, export, files, interrupt, pipeline
+from purl_tf.run import export, pipeline
+from purl_tf.runtime import distribute, files, interrupt
 from purl_tf.errors import PurlError
-from purl_tf.results import RunResult
+from purl_tf.runtime.results import RunResult
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root_dir", None, "Run folder: results, checkpoints, TensorBoard logs.")

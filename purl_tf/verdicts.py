@@ -8,8 +8,8 @@ import dataclasses
 import statistics
 from typing import Dict, List, Optional, Sequence
 
-from purl_tf import search
-from purl_tf.results import reached_target
+from purl_tf.rl import search
+from purl_tf.runtime.results import reached_target
 
 # In the order a seed runs them: the first pre-trains the dense model the others share.
 METHOD_ORDER = ("purl", "episodic", "random", "global_magnitude", "lamp", "erk", "uniform",

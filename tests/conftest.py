@@ -16,7 +16,7 @@ import sys
 import types
 
 import purl_tf  # noqa: F401  (must come first: selects tf-keras before TensorFlow loads)
-from purl_tf import distribute
+from purl_tf.runtime import distribute
 
 distribute.split_cpu(2)
 
@@ -24,7 +24,8 @@ import gin  # noqa: E402
 import pytest  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from purl_tf import data, files, models  # noqa: E402
+from purl_tf import data, models  # noqa: E402
+from purl_tf.runtime import files  # noqa: E402
 
 # Epochs of dense pre-training of the shared LeNet-5. Measured on mnist5k (3,500 train
 # examples, batch 64, Adam 1e-3): 4 epochs reach ~96 % test accuracy, 6 epochs 96-97 %

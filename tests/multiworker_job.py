@@ -11,14 +11,15 @@ import json
 import sys
 
 import purl_tf  # noqa: F401
-from purl_tf import distribute
+from purl_tf.runtime import distribute
 
 strategy = distribute.make_strategy("multi_worker")
 
 import numpy as np  # noqa: E402
 
 from multiworker_lenet import pretrained_lenet  # noqa: E402
-from purl_tf import finetune, pruning  # noqa: E402
+from purl_tf import pruning  # noqa: E402
+from purl_tf.run import finetune  # noqa: E402
 
 
 def variables_digest(model):

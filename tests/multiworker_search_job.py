@@ -15,16 +15,16 @@ import json
 import sys
 
 import purl_tf  # noqa: F401
-from purl_tf import distribute
+from purl_tf.runtime import distribute
 
 strategy = distribute.make_strategy(sys.argv[1])  # first: multi-worker starts before ops
 
 import tensorflow as tf  # noqa: E402
 
 from multiworker_lenet import pretrained_lenet  # noqa: E402
-from purl_tf import search  # noqa: E402
-from purl_tf.env import PruningEnv  # noqa: E402
-from purl_tf.training import MaskedTrainer  # noqa: E402
+from purl_tf.rl import search  # noqa: E402
+from purl_tf.rl.env import PruningEnv  # noqa: E402
+from purl_tf.pruning.training import MaskedTrainer  # noqa: E402
 
 
 class RecordingEnv(PruningEnv):

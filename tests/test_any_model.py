@@ -20,10 +20,11 @@ import tensorflow as tf
 import tf_keras as keras
 from tf_keras.src.applications import densenet, efficientnet, mobilenet_v3
 
-from purl_tf import models, pipeline, pruning
+from purl_tf import models, pruning
+from purl_tf.run import pipeline
 from purl_tf.errors import PurlError
 from purl_tf.pruning.wrap import SUPPORTED_LAYER_TYPES
-from purl_tf.training import MaskedTrainer
+from purl_tf.pruning.training import MaskedTrainer
 
 from conftest import REPO, load_tool
 

@@ -8,9 +8,10 @@ import statistics
 import pytest
 
 import purl_tf  # noqa: F401
-from purl_tf import benchmark, files, markdown, verdicts
+from purl_tf import benchmark, markdown, verdicts
+from purl_tf.runtime import files
 from purl_tf.errors import PurlError
-from purl_tf.results import reached_target
+from purl_tf.runtime.results import reached_target
 
 LAYERS = ("conv1", "conv2", "dense1", "dense2")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ import purl_tf  # noqa: F401
 import gin
 import tensorflow_datasets as tfds
 
-from purl_tf import pipeline
+from purl_tf.run import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

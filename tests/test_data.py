@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from purl_tf import data, mnist5k
+from purl_tf import data
+from purl_tf.data import mnist5k
 from purl_tf.errors import PurlError
 
 NUM_TRAIN_SOURCE = 4000  # mnist5k's train split: 400 digits per class

@@ -11,7 +11,9 @@ import pytest
 import purl_tf  # noqa: F401
 import tensorflow as tf
 
-from purl_tf import distribute, finetune, pruning
+from purl_tf import pruning
+from purl_tf.run import finetune
+from purl_tf.runtime import distribute
 
 from conftest import start_workers
 

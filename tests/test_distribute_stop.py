@@ -10,7 +10,7 @@ import time
 
 import purl_tf  # noqa: F401
 
-from purl_tf import files
+from purl_tf.runtime import files
 
 from conftest import start_workers, train_command
 

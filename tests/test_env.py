@@ -6,10 +6,11 @@ import purl_tf  # noqa: F401
 import tensorflow as tf
 from tf_agents.environments import utils as env_utils
 
-from purl_tf import pruning, rewards
-from purl_tf.env import NUM_FEATURES, PruningEnv
+from purl_tf import pruning
+from purl_tf.rl import rewards
+from purl_tf.rl.env import NUM_FEATURES, PruningEnv
 from purl_tf.errors import PurlError
-from purl_tf.training import MaskedTrainer
+from purl_tf.pruning.training import MaskedTrainer
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_conforms_to_the_tf_agents_environment_contract(lenet_parts):
 
 
 # DenseReward's and EpisodicReward's default constants, written out here (not read from
-# purl_tf.rewards) so that the expected rewards below are computed independently.
+# purl_tf.rl.rewards) so that the expected rewards below are computed independently.
 W_SPARSITY, W_ACCURACY, W_MISS = 1.0, 5.0, 5.0
 
 # (actions, enforce_target): with the target enforced every episode ends at or above it (no

@@ -9,7 +9,8 @@ import pytest
 import purl_tf  # noqa: F401
 import tensorflow as tf
 
-from purl_tf import export, pruning
+from purl_tf import pruning
+from purl_tf.run import export
 
 
 @pytest.fixture(scope="module")

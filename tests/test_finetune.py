@@ -5,7 +5,8 @@ import pytest
 import purl_tf  # noqa: F401
 import tf_keras as keras
 
-from purl_tf import finetune, pruning
+from purl_tf import pruning
+from purl_tf.run import finetune
 
 ALLOCATION = {"conv1": 0.5, "conv2": 0.8, "fc1": 0.95, "predictions": 0.6}
 

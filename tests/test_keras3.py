@@ -22,7 +22,10 @@ import pytest
 import tensorflow_datasets as tfds
 import tf_keras as keras
 
-from purl_tf import files, keras3, models, pipeline, pruning, train
+from purl_tf import models, pruning, train
+from purl_tf.models import keras3
+from purl_tf.run import pipeline
+from purl_tf.runtime import files
 from purl_tf.errors import PurlError
 
 from conftest import REPO

@@ -24,9 +24,9 @@ from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
-from purl_tf import rewards, search
-from purl_tf.env import SPARSITY_LEVELS, StepRecord
-from purl_tf.results import reached_target
+from purl_tf.rl import rewards, search
+from purl_tf.rl.env import SPARSITY_LEVELS, StepRecord
+from purl_tf.runtime.results import reached_target
 
 NAMES = ("small0", "big1", "small2", "small3", "big4", "small5")
 SIZES = np.array([600, 45_000, 900, 1_500, 50_000, 2_000])

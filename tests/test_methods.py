@@ -10,10 +10,13 @@ import purl_tf  # noqa: F401
 import gin
 import tf_keras as keras
 
-from purl_tf import benchmark, files, gradual, models, pipeline, pruning, search, train
-from purl_tf.env import SPARSITY_LEVELS
+from purl_tf import benchmark, models, pruning, train
+from purl_tf.rl import search
+from purl_tf.run import gradual, pipeline
+from purl_tf.runtime import files
+from purl_tf.rl.env import SPARSITY_LEVELS
 from purl_tf.errors import PurlError
-from purl_tf.results import RunResult
+from purl_tf.runtime.results import RunResult
 
 from conftest import QUICKSTART, load_tool, start_from
 

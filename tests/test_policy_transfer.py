@@ -15,10 +15,12 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import files, models, pruning, search
-from purl_tf.env import PruningEnv
+from purl_tf import models, pruning
+from purl_tf.rl import search
+from purl_tf.runtime import files
+from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
-from purl_tf.training import MaskedTrainer
+from purl_tf.pruning.training import MaskedTrainer
 
 TARGET = 0.9
 # A policy's own levels reach the target to within a grid step (it is not enforced here);

@@ -12,7 +12,7 @@ import tf_keras as keras
 
 from purl_tf import pruning
 from purl_tf.errors import PurlError
-from purl_tf.training import MaskedTrainer
+from purl_tf.pruning.training import MaskedTrainer
 
 from conftest import load_tool
 

@@ -15,7 +15,7 @@ import tf_keras as keras
 from purl_tf import models, pruning
 from purl_tf.errors import PurlError
 from purl_tf.pruning import selection
-from purl_tf.training import MaskedTrainer
+from purl_tf.pruning.training import MaskedTrainer
 
 PRUNABLE_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 LENET_LAYERS = ["conv1", "conv2", "fc1", "predictions"]

@@ -11,10 +11,13 @@ import purl_tf  # noqa: F401
 import gin
 import tensorflow as tf
 
-from purl_tf import files, finetune, pipeline, pruning, search
-from purl_tf.env import PruningEnv
+from purl_tf import pruning
+from purl_tf.rl import search
+from purl_tf.run import finetune, pipeline
+from purl_tf.runtime import files
+from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
-from purl_tf.training import MaskedTrainer
+from purl_tf.pruning.training import MaskedTrainer
 
 
 def test_a_random_search_crashed_at_a_random_step_ends_as_an_uninterrupted_one(

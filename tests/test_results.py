@@ -1,7 +1,7 @@
 """results.doubts: the warnings a run's results.json carries."""
 import dataclasses
 
-from purl_tf.results import RunResult, doubts
+from purl_tf.runtime.results import RunResult, doubts
 
 
 def result_with(**values) -> RunResult:

@@ -10,7 +10,8 @@ import time
 
 import purl_tf  # noqa: F401
 
-from purl_tf import files, search
+from purl_tf.rl import search
+from purl_tf.runtime import files
 
 from conftest import REPO, start_from, train_command
 

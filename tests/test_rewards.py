@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import purl_tf  # noqa: F401
-from purl_tf import rewards
+from purl_tf.rl import rewards
 
 
 def _episode(sparsities, accuracies, dense=0.95, target=0.9):
@@ -18,7 +18,7 @@ def _episode(sparsities, accuracies, dense=0.95, target=0.9):
 
 
 # The default constants and the failure penalty, written out here (not read from
-# purl_tf.rewards) so that the expected returns are computed independently:
+# purl_tf.rl.rewards) so that the expected returns are computed independently:
 # w_s = 1, w_a = 5, w_miss = 5; worst() = -(w_s + w_a + w_miss), below anything a step earns.
 W_SPARSITY, W_ACCURACY, W_MISS = 1.0, 5.0, 5.0
 WORST = -(W_SPARSITY + W_ACCURACY + W_MISS)
@@ -157,7 +157,7 @@ def test_missing_the_target_costs_more_than_its_share_of_progress():
 
 def test_a_discount_breaks_the_equivalence_so_the_dense_reward_refuses_one():
   from tf_agents.specs import array_spec  # pylint: disable=import-outside-toplevel
-  from purl_tf import agent  # pylint: disable=import-outside-toplevel
+  from purl_tf.rl import agent  # pylint: disable=import-outside-toplevel
   from purl_tf.errors import PurlError  # pylint: disable=import-outside-toplevel
   from tf_agents.trajectories import time_step as ts  # pylint: disable=import-outside-toplevel
   outcomes = _episode([0.3, 0.6, 0.9], [0.94, 0.9, 0.85])

@@ -16,10 +16,13 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import export, files, pipeline, pruning, search
-from purl_tf.env import PruningEnv
+from purl_tf import pruning
+from purl_tf.rl import search
+from purl_tf.run import export, pipeline
+from purl_tf.runtime import files
+from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
-from purl_tf.training import MaskedTrainer
+from purl_tf.pruning.training import MaskedTrainer
 
 from conftest import QUICKSTART, REPO, load_tool, quick_bindings, train_command
 

@@ -1,11 +1,13 @@
-"""MaskedTrainer (purl_tf.training): masks held through retraining, no retracing when levels
+"""MaskedTrainer (purl_tf.pruning.training): masks held through retraining, no retracing when levels
 change, and the same numbers under MirroredStrategy on two logical CPUs."""
 import purl_tf  # noqa: F401  (before tensorflow: selects tf-keras)
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from purl_tf import distribute, models, pruning, training
+from purl_tf import models, pruning
+from purl_tf.pruning import training
+from purl_tf.runtime import distribute
 
 LEVELS = [0.5, 0.8, 0.9, 0.3]
 

@@ -1,4 +1,4 @@
-r"""Writes and measures the TFLite flatbuffers of a pruned model (see purl_tf/export.py).
+r"""Writes and measures the TFLite flatbuffers of a pruned model (see purl_tf/run/export.py).
 
   python tools/export_tflite.py --root_dir=runs/quickstart
   python tools/export_tflite.py --model=pruned.keras --gin_file=gin/quickstart.gin \
@@ -16,7 +16,9 @@ from absl import app, flags, logging
 import gin
 import tf_keras as keras
 
-from purl_tf import data, export, files
+from purl_tf import data
+from purl_tf.run import export
+from purl_tf.runtime import files
 from purl_tf.errors import PurlError
 
 FLAGS = flags.FLAGS

@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 import tf_keras as keras
 
-from purl_tf import data, mnist5k
+from purl_tf import data
+from purl_tf.data import mnist5k
 from purl_tf.errors import PurlError
 
 FLAGS = flags.FLAGS

@@ -37,9 +37,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import benchmark, data, files, pipeline, pruning
+from purl_tf import benchmark, data, pruning
+from purl_tf.run import pipeline
+from purl_tf.runtime import files
 from purl_tf.errors import PurlError
-from purl_tf.training import MaskedTrainer
+from purl_tf.pruning.training import MaskedTrainer
 
 ONE_SHOT = ("erk", "lamp", "global_magnitude", "uniform_keep_ends")
 

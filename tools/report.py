@@ -15,7 +15,9 @@ if __name__ == "__main__":
 # pylint: disable=wrong-import-position
 from absl import app
 
-from purl_tf import export, files, plots, search
+from purl_tf.rl import search
+from purl_tf.run import export
+from purl_tf.runtime import files, plots
 from purl_tf.errors import PurlError
 
 

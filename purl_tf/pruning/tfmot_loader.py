@@ -4,7 +4,7 @@ tfmot's prune registry probes `keras.src.engine`, which Keras 3 does not have: t
 imports the whole Keras 3 package (1.9-2.4 s of every process's start, measured) only to
 fail and fall back. While Keras 3 is not loaded, the probe is made to fail at once instead:
 the registry ends the same (its fallback; base_layer None either way), and Keras 3 stays
-free to load later, for a user's Keras 3 model (purl_tf.keras3).
+free to load later, for a user's Keras 3 model (purl_tf.models.keras3).
 """
 import sys
 

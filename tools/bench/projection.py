@@ -13,8 +13,11 @@ import tensorflow as tf
 
 from bench.common import (command_line, fmt_ms, machine, median_seconds, per_step_seconds,
                           REPO, Section)
-from purl_tf import data, models, pipeline, pruning, search, training
-from purl_tf.env import PruningEnv
+from purl_tf import data, models, pruning
+from purl_tf.pruning import training
+from purl_tf.rl import search
+from purl_tf.run import pipeline
+from purl_tf.rl.env import PruningEnv
 
 FLAGS = flags.FLAGS
 

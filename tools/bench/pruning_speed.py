@@ -10,7 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from bench.common import command_line, fmt_ms, machine, median_seconds, Section, spread
-from purl_tf import models, pruning, training
+from purl_tf import models, pruning
+from purl_tf.pruning import training
 
 FLAGS = flags.FLAGS
 

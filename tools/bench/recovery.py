@@ -27,7 +27,8 @@ import gin
 import numpy as np
 
 from bench.common import command_line, machine, REPO, Section
-from purl_tf import files, methods, pipeline
+from purl_tf.run import methods, pipeline
+from purl_tf.runtime import files
 from purl_tf.errors import PurlError
 
 FLAGS = flags.FLAGS

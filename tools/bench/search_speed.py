@@ -19,7 +19,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from bench.common import command_line, fmt_ms, machine, REPO, Section
-from purl_tf import files, models, pipeline, search
+from purl_tf import models
+from purl_tf.rl import search
+from purl_tf.run import pipeline
+from purl_tf.runtime import files
 
 FLAGS = flags.FLAGS
 

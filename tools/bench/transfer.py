@@ -21,7 +21,8 @@ import gin
 import tensorflow as tf
 
 from bench.common import command_line, machine, Section
-from purl_tf import files, finetune, pipeline
+from purl_tf.run import finetune, pipeline
+from purl_tf.runtime import files
 from purl_tf.errors import PurlError
 
 FLAGS = flags.FLAGS

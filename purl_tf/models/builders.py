@@ -11,7 +11,8 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import files, keras3
+from purl_tf.models import keras3
+from purl_tf.runtime import files
 from purl_tf.errors import PurlError
 
 

@@ -36,11 +36,12 @@ from tf_agents.drivers import py_driver
 from tf_agents.policies import policy_saver, py_tf_eager_policy, scripted_py_policy
 from tf_agents.utils import common, nest_utils
 
-from purl_tf import agent as agent_lib
-from purl_tf import distribute, files, interrupt, plots, rewards
-from purl_tf.env import PruningEnv
+from purl_tf.rl import agent as agent_lib
+from purl_tf.rl import rewards
+from purl_tf.runtime import distribute, files, interrupt, plots
+from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
-from purl_tf.results import NEAR_CHANCE_SHARE, reached_target, retained_share
+from purl_tf.runtime.results import NEAR_CHANCE_SHARE, reached_target, retained_share
 
 COLLECT, GREEDY, RANDOM, PRIOR = "collect", "greedy", "random", "prior"  # episode policies
 CHANCE_EPISODES = 3  # this many episodes, all near chance, and the search warns

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from purl_tf import files
+from purl_tf.runtime import files
 from purl_tf.errors import PurlError
 
 # Attribute of a translated tf-keras model holding its Keras 3 original.

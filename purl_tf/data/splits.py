@@ -9,9 +9,9 @@
   test    the source's test split ('validation' for imagenet2012), or, for a source
           without one, `test_size` more held-out training examples: final reporting only.
 
-Sources (purl_tf.sources: tfds, or image folders read file by file) give images still
+Sources (purl_tf.data.sources: tfds, or image folders read file by file) give images still
 encoded, so that holding examples out (which needs only their position) decodes nothing;
-purl_tf.preprocessing fits, augments and normalises them once decoded. The train
+purl_tf.data.preprocessing fits, augments and normalises them once decoded. The train
 split's files are read in a seeded order, reshuffled every pass, when no example is held
 out of it (held-out examples are named by position, which needs the files in order). The
 reward and test splits are cached decoded while together they fit `cache_eval_bytes`, and
@@ -25,9 +25,9 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from purl_tf import sources
+from purl_tf.data import sources
 from purl_tf.errors import PurlError
-from purl_tf.preprocessing import AUGMENTATIONS, IMAGENET_STYLE, NORMALISERS, Geometry
+from purl_tf.data.preprocessing import AUGMENTATIONS, IMAGENET_STYLE, NORMALISERS, Geometry
 
 AUTOTUNE = tf.data.AUTOTUNE
 _TRAIN, _REWARD, _TEST = 0, 1, 2  # an example's role, by position in its split (_roles)

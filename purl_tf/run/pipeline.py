@@ -15,12 +15,13 @@ from typing import Optional, Sequence
 import gin
 import tensorflow as tf
 
-from purl_tf import (compare, data, distribute, export, files, finetune, gradual, interrupt,
-                     methods, models, pruning)
-from purl_tf.env import PruningEnv
+from purl_tf import data, models, pruning
+from purl_tf.run import compare, export, finetune, gradual, methods
+from purl_tf.runtime import distribute, files, interrupt
+from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
-from purl_tf.results import RunResult, doubts, reached_target
-from purl_tf.training import MaskedTrainer
+from purl_tf.runtime.results import RunResult, doubts, reached_target
+from purl_tf.pruning.training import MaskedTrainer
 
 
 FINETUNE_FROM = ("search", "dense")

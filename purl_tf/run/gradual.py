@@ -23,10 +23,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import files, interrupt, keras3, models, pruning
+from purl_tf import models, pruning
+from purl_tf.models import keras3
+from purl_tf.runtime import files, interrupt
 from purl_tf.errors import PurlError
 from purl_tf.pruning.tfmot_loader import tfmot
-from purl_tf.training import MaskedTrainer
+from purl_tf.pruning.training import MaskedTrainer
 
 TFMOT_SKIPS = ("DepthwiseConv2D",)  # layer types tfmot's registry cannot prune
 

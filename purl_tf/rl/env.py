@@ -36,11 +36,13 @@ from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
-from purl_tf import interrupt, pruning, rewards
+from purl_tf import pruning
+from purl_tf.rl import rewards
+from purl_tf.runtime import interrupt
 from purl_tf.errors import PurlError
 from purl_tf.pruning import SPARSITY, THRESHOLD, PruningController
 from purl_tf.pruning.accounting import KINDS
-from purl_tf.training import MaskedTrainer
+from purl_tf.pruning.training import MaskedTrainer
 
 NUM_FEATURES = 17
 SPARSITY_LEVELS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)

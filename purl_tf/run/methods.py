@@ -21,8 +21,10 @@ import dataclasses
 import time
 from typing import Optional
 
-from purl_tf import distribute, pruning, rewards, search
-from purl_tf.env import PruningEnv
+from purl_tf import pruning
+from purl_tf.rl import rewards, search
+from purl_tf.runtime import distribute
+from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
 
 SEARCHED = {"purl": search.DQN, "episodic": search.DQN, "random": search.RANDOM}

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from purl_tf import mnist5k  # pylint: disable=unused-import  (registers the builder)
-from purl_tf import mnist_full  # pylint: disable=unused-import  (registers the builder)
+from purl_tf.data import mnist5k  # pylint: disable=unused-import  (registers the builder)
+from purl_tf.data import mnist_full  # pylint: disable=unused-import  (registers the builder)
 from purl_tf.errors import PurlError
 
 # Names that are not tfds data sets but local sources, read from `folder`.

@@ -22,7 +22,7 @@ import tensorflow as tf
 import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
-from purl_tf import files
+from purl_tf.runtime import files
 from purl_tf.errors import PurlError
 
 VARIANTS = ("float32", "float32_sparse", "dynamic_int8", "full_int8")

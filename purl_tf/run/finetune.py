@@ -18,10 +18,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import files, interrupt, keras3, pruning
+from purl_tf import pruning
+from purl_tf.models import keras3
+from purl_tf.runtime import files, interrupt
 from purl_tf.data import Splits
 from purl_tf.errors import PurlError
-from purl_tf.training import MaskedTrainer
+from purl_tf.pruning.training import MaskedTrainer
 
 
 def steps(splits: Splits, epochs: float) -> int:

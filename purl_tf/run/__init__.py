@@ -1,0 +1,2 @@
+"""One run end to end: a method chooses an allocation, it is fine-tuned, compared, exported
+and recorded."""
