@@ -29,6 +29,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["purl_tf", "purl_tf.*"]),
+    # purl_tf/configs is a link to gin/: installed with the package, so that
+    # `--gin_file=resnet50` finds it from any folder.
+    package_data={"purl_tf": ["configs/*.gin", "configs/variants/*.gin"]},
     python_requires=">=3.10",
     install_requires=STACK + EXTRAS,
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3.8", "scikit-learn>=1.2"]},

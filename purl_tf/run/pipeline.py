@@ -16,7 +16,7 @@ import gin
 import tensorflow as tf
 
 from purl_tf import data, models, pruning
-from purl_tf.run import compare, export, finetune, gradual, methods
+from purl_tf.run import compare, configs, export, finetune, gradual, methods
 from purl_tf.runtime import distribute, files, interrupt
 from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
@@ -249,11 +249,10 @@ def claim(root_dir: str, config: str, overwrite: bool):
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str]):
   """gin.parse_config_files_and_bindings, with gin's errors made one-line PurlErrors."""
-  for path in gin_files:
-    if not tf.io.gfile.exists(path):
-      raise PurlError(f"gin file {path} does not exist: check --gin_file.")
+  paths = [configs.find(name) for name in gin_files]
+  gin.add_config_file_search_path(configs.folder())  # `include "resnet50.gin"` anywhere
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    gin.parse_config_files_and_bindings(paths, list(bindings))
   except (ValueError, KeyError, SyntaxError, ImportError) as error:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     where = next((line for line in lines[1:] if line.startswith("In ")), "")
