@@ -6,7 +6,7 @@ tests get two replicas on a one-CPU machine.
 """
 import contextlib
 import fcntl
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -35,21 +35,9 @@ PRETRAIN_SEED = 0
 
 
 def load_tool(name):
-  """tools/<name>.py as a module, loaded once per session (some define absl flags)."""
-  key = f"tools_{name}"
-  tools = os.path.join(REPO, "tools")
-  if tools not in sys.path:  # as when run as a script: tools/bench is importable
-    sys.path.insert(0, tools)
-  if key not in sys.modules:
-    spec = importlib.util.spec_from_file_location(key, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module  # before running it: dataclasses look their module up
-    try:
-      spec.loader.exec_module(module)
-    except BaseException:
-      del sys.modules[key]
-      raise
-  return sys.modules[key]
+  """The module tools/<name>.py, imported once per session as `tools.<name>` (pytest.ini puts
+  the checkout on the path; the tools define their absl flags only when run as scripts)."""
+  return importlib.import_module(f"tools.{name}")
 
 
 @pytest.fixture(autouse=True)
