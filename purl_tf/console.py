@@ -1,5 +1,8 @@
 """The console of a run: purl_tf's lines and real warnings, with every byte also in a log.
 
+The library logs through the `purl_tf` logger and prints nothing; `show_logs()` puts its
+records on the console (INFO as the bare line, WARNING and above after their level).
+
 `install()`, the first thing `python -m purl_tf.train` does (before TensorFlow loads),
 silences known third-party noise in two places:
 
@@ -253,3 +256,21 @@ def install():
 def log_to(path: str):
   """Appends everything printed so far, and from now on, to `path`."""
   _LOG.attach(path)
+
+
+class _Lines(logging.Formatter):
+  """A record as the console shows it: the message, after its level from WARNING up."""
+
+  def format(self, record: logging.LogRecord) -> str:
+    message = super().format(record)
+    return message if record.levelno < logging.WARNING else f"{record.levelname}: {message}"
+
+
+def show_logs(stream=None, level: int = logging.INFO):
+  """Shows the `purl_tf` logger's records from `level` up on `stream` (sys.stdout)."""
+  handler = logging.StreamHandler(stream or sys.stdout)
+  handler.setFormatter(_Lines())
+  logger = logging.getLogger("purl_tf")
+  logger.addHandler(handler)
+  logger.setLevel(level)
+  logger.propagate = False  # absl's handler on the root logger would show each line twice

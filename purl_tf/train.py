@@ -76,6 +76,7 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # tf-agents and tfds log every checkpoint/read.
   started = time.time()
+  console.show_logs()
   interrupt.install()
   try:
     pipeline.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
@@ -90,7 +91,7 @@ def main(argv):
     print(f"purl_tf: error: {str(error).splitlines()[0]}", file=sys.stderr)
     sys.exit(1)
   except interrupt.Interrupted as stop:
-    print(f"purl_tf: {stop}; finished work is saved in {os.path.abspath(FLAGS.root_dir)}: "
+    print(f"purl_tf: {str(stop).splitlines()[0]}; finished work is saved in {os.path.abspath(FLAGS.root_dir)}: "
           "rerun the same command to resume.", file=sys.stderr)
     sys.exit(128 + stop.signal_number)
   print(summary(FLAGS.root_dir, result))

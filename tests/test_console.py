@@ -95,8 +95,10 @@ def run_installed(body: str, log: str) -> subprocess.Popen:
   bytes: text mode would turn a progress bar's \\r into \\n."""
   script = "\n".join([
       "import os, sys, time",
-      "from purl_tf import console, interrupt",
+      "from purl_tf import console",
+      "from purl_tf.runtime import interrupt",
       "console.install()",
+      "console.show_logs()  # as purl_tf.train.main does",
       f"NOISE, REAL = {NOISE!r}, {REAL!r}",
       "os.write(2, NOISE.encode())",
       "print('before the log', flush=True)",

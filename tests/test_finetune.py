@@ -1,4 +1,6 @@
 """Fine-tuning under MirroredStrategy over two logical CPUs; resuming a finished fine-tune."""
+import logging
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,8 @@ ALLOCATION = {"conv1": 0.5, "conv2": 0.8, "fc1": 0.95, "predictions": 0.6}
 
 
 def test_mirrored_finetune_keeps_the_allocation_and_saves_a_plain_model(
-    pretrained_lenet, mirrored_strategy, tmp_path, capsys):
+    pretrained_lenet, mirrored_strategy, tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger="purl_tf")
   strategy = mirrored_strategy
   assert strategy.num_replicas_in_sync == 2  # conftest split the CPU in two
   with strategy.scope():
@@ -39,8 +42,8 @@ def test_mirrored_finetune_keeps_the_allocation_and_saves_a_plain_model(
     kernel = plain.get_layer(name).kernel.numpy()
     assert np.mean(kernel == 0) == pytest.approx(fraction, abs=1e-3)
 
-  capsys.readouterr()
+  caplog.clear()
   again = finetune.finetune(controller, strategy, splits, ALLOCATION, str(tmp_path),
                             epochs=1.0)
-  assert "Resuming fine-tuning after step" in capsys.readouterr().out
+  assert "Resuming fine-tuning after step" in caplog.text
   assert again["pruned_test_accuracy"] == pytest.approx(results["pruned_test_accuracy"])

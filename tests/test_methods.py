@@ -1,6 +1,7 @@
 """Every method of train_eval.method end to end on LeNet-5 with tiny budgets: the same
 RunResult, the target reached in the saved model, the budgets the methods share."""
 import json
+import logging
 import os
 
 import numpy as np
@@ -211,13 +212,14 @@ def test_a_searched_allocation_is_fitted_to_the_target_before_a_fine_tune_from_d
 
 
 def test_a_run_at_chance_says_so_while_it_searches_and_in_its_results(
-    data_dir, pretrained_lenet, tmp_path, capsys):
+    data_dir, pretrained_lenet, tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger="purl_tf")
   root = str(tmp_path / "chance")
   # Every layer at 99.9 % with no retrain and no fine-tune: a useless network.
   result = run("random", root, data_dir, pretrained_lenet, target=0.98,
                bindings=["PruningEnv.levels = (0.0, 0.999)", "PruningEnv.retrain_steps = 0",
                          "SearchRunner.rescore_steps = 0", "finetune.epochs = 0"])
-  printed = capsys.readouterr().out
+  printed = caplog.text
   assert result.pruned_test_accuracy < 0.2  # chance is 0.1
   assert "episodes so far end near chance" in printed
   on_disk = json.load(open(os.path.join(root, files.RESULTS)))

@@ -1,5 +1,6 @@
 """Model builders, a user's saved model, compatibility checks, dense pre-training, and the
 tf-keras selection made by `import purl_tf`."""
+import logging
 import os
 import platform
 import subprocess
@@ -58,12 +59,13 @@ def test_pretrain_rejects_unknown_optimizer(mnist5k_splits, tmp_path):
 
 
 def test_pretrain_without_epochs_warns_when_the_reward_is_held_out_of_train(
-    mnist5k_splits, tmp_path, capsys):
+    mnist5k_splits, tmp_path, caplog):
   """Given weights (no pre-training) may have seen the train split the reward comes from."""
+  caplog.set_level(logging.INFO, logger="purl_tf")
   assert mnist5k_splits.reward_source == "train"
   model = models.lenet5(mnist5k_splits.image_shape, mnist5k_splits.num_classes)
   models.pretrain(model, mnist5k_splits, root_dir=str(tmp_path / "given"), epochs=0)
-  assert "bind load_splits.reward_split" in capsys.readouterr().out
+  assert "bind load_splits.reward_split" in caplog.text
 
 
 # --- Builders ------------------------------------------------------------------------------

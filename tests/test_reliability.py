@@ -1,6 +1,7 @@
 """Crashes, signals, numerical faults and bad input lose nothing and explain themselves."""
 import dataclasses
 import glob
+import logging
 import os
 import random
 
@@ -21,10 +22,11 @@ from purl_tf.pruning.training import MaskedTrainer
 
 
 def test_a_random_search_crashed_at_a_random_step_ends_as_an_uninterrupted_one(
-    pretrained_lenet, tmp_path, monkeypatch, capsys):
+    pretrained_lenet, tmp_path, monkeypatch, caplog):
   """The random learner's resume (a SIGKILL of a whole run is test_resume's): a search that
   dies in the middle of an episode, rerun in a fresh environment, repeats the episodes,
   the best and the chosen allocation of a search never stopped."""
+  caplog.set_level(logging.INFO, logger="purl_tf")
   splits = pretrained_lenet.splits
 
   def runner(root):  # a fresh network and environment, as a new process would build
@@ -56,10 +58,10 @@ def test_a_random_search_crashed_at_a_random_step_ends_as_an_uninterrupted_one(
   with pytest.raises(RuntimeError, match="crash"):
     runner("stopped").run()
   monkeypatch.setattr(PruningEnv, "_step", real_step)
-  capsys.readouterr()
+  caplog.clear()
   resumed = outcome(runner("stopped").run())
   assert f"Resuming the search after episode {(crash_at - 1) // layers}/" in (
-      capsys.readouterr().out)
+      caplog.text)
   assert resumed == reference
 
 
@@ -117,7 +119,8 @@ def test_finetune_rolls_back_a_non_finite_epoch_and_gives_up_when_it_repeats(
                       epochs=1.0, max_restarts=2)
 
 
-def test_a_corrupt_checkpoint_falls_back_to_the_one_before(lenet, tmp_path, capsys):
+def test_a_corrupt_checkpoint_falls_back_to_the_one_before(lenet, tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger="purl_tf")
   controller, splits = lenet
   trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
   env = PruningEnv(controller, trainer, splits.train_stream, splits.reward, retrain_steps=1)
@@ -128,10 +131,10 @@ def test_a_corrupt_checkpoint_falls_back_to_the_one_before(lenet, tmp_path, caps
   for path in newest:
     with open(path, "r+b") as handle:
       handle.truncate(16)
-  capsys.readouterr()
+  caplog.clear()
   result = search.SearchRunner(env, root, num_episodes=3, eval_interval=5, log_every=100,
                                rescore_steps=0, checkpoint_seconds=0).run()
-  output = capsys.readouterr().out
+  output = caplog.text
   assert "skipped unreadable checkpoint(s) ckpt-2" in output
   assert "Resuming the search after episode 1/3" in output
   assert sum(e.policy == search.COLLECT for e in result.episodes) == 3

@@ -4,6 +4,7 @@ Killing and resuming runs is tested in test_reliability.py.
 """
 import glob
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -67,12 +68,13 @@ def test_train_eval_writes_every_artefact(finished_run):
   assert os.path.exists(os.path.join(root, files.POLICY_DIR, "saved_model.pb"))
 
 
-def test_a_finished_run_is_not_redone(finished_run, data_dir, capsys):
+def test_a_finished_run_is_not_redone(finished_run, data_dir, caplog):
+  caplog.set_level(logging.INFO, logger="purl_tf")
   root, results = finished_run
   gin.parse_config_files_and_bindings([QUICKSTART], quick_bindings(data_dir))
-  capsys.readouterr()
+  caplog.clear()
   assert pipeline.train_eval(root).to_json() == json.load(open(os.path.join(root, files.RESULTS)))
-  assert "holds a finished run" in capsys.readouterr().out
+  assert "holds a finished run" in caplog.text
 
 
 def test_a_root_dir_with_another_config_is_refused_unless_overwritten(finished_run, data_dir):

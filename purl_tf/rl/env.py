@@ -26,6 +26,7 @@ scales the layer's density under that one-shot allocation at the target by one o
 allocation instead of among mostly ruinous ones.
 """
 import dataclasses
+import logging
 import math
 import time
 from typing import List, Optional, Sequence
@@ -43,6 +44,8 @@ from purl_tf.errors import PurlError
 from purl_tf.pruning import SPARSITY, THRESHOLD, PruningController
 from purl_tf.pruning.accounting import KINDS
 from purl_tf.pruning.training import MaskedTrainer
+
+_log = logging.getLogger(__name__)
 
 NUM_FEATURES = 17
 SPARSITY_LEVELS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)
@@ -151,8 +154,8 @@ class PruningEnv(py_environment.PyEnvironment):
     self._reward_data = trainer.distribute(reward_data)
     self.dense_accuracy = trainer.evaluate(self._reward_data)
     if self.dense_accuracy <= 0.0:
-      print("WARNING: the dense model scores 0 on the reward split, so accuracy cannot guide "
-            "the search: train it first (pretrain.epochs) or check the labels.", flush=True)
+      _log.warning("the dense model scores 0 on the reward split, so accuracy cannot guide "
+                   "the search: train it first (pretrain.epochs) or check the labels.")
       self.dense_accuracy = 1e-3  # A floor that keeps the relative accuracy finite.
     infos = controller.infos
     self._static = np.array([self._static_features(i, info) for i, info in enumerate(infos)],
@@ -335,9 +338,8 @@ class PruningEnv(py_environment.PyEnvironment):
       mask_seconds += time.perf_counter() - started
       self.trainer.reset_optimizer()
       self.failed_steps += 1
-      print(f"WARNING: retrain loss {loss} after pruning {self.controller.names[self._t]} to "
-            f"{level}: step undone (lower MaskedTrainer.learning_rate if this repeats).",
-            flush=True)
+      _log.warning(f"retrain loss {loss} after pruning {self.controller.names[self._t]} to "
+                   f"{level}: step undone (lower MaskedTrainer.learning_rate if this repeats).")
       level = 0.0  # the level in force: what the observation and the episode record show
     started = time.perf_counter()
     accuracy = self._accuracy if failed else self.measure()

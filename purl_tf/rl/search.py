@@ -25,6 +25,7 @@ the train stream continues at its checkpointed position. A finished search is no
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import time
 from typing import List, Optional
@@ -42,6 +43,8 @@ from purl_tf.runtime import distribute, files, interrupt, plots
 from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
 from purl_tf.runtime.results import NEAR_CHANCE_SHARE, reached_target, retained_share
+
+_log = logging.getLogger(__name__)
 
 COLLECT, GREEDY, RANDOM, PRIOR = "collect", "greedy", "random", "prior"  # episode policies
 CHANCE_EPISODES = 3  # this many episodes, all near chance, and the search warns
@@ -391,8 +394,8 @@ class SearchRunner:
     self.env.failed_steps = self.record.failed_steps
     self.env.seek(self.record.train_position)
     if self.record.collected:
-      print(f"Resuming the search after episode {self.record.collected}/{self.planned} "
-            f"from {self.root_dir}.", flush=True)
+      _log.info(f"Resuming the search after episode {self.record.collected}/{self.planned} "
+                f"from {self.root_dir}.")
     return bool(restored)
 
   def _policy(self, kind: str):
@@ -517,8 +520,8 @@ class SearchRunner:
       if self.lockstep:  # all workers re-score the same candidates
         missing = self.lockstep.any(missing)
       if missing:
-        print(f"WARNING: the network of candidate episode {index} is missing ({path}); "
-              "it is not re-scored.", flush=True)
+        _log.warning(f"the network of candidate episode {index} is missing ({path}); "
+                     "it is not re-scored.")
         continue
       interrupt.check()
       # Every candidate retrains on the same batches.
@@ -541,9 +544,9 @@ class SearchRunner:
         "candidates": scored, "chosen_episode": chosen.episode, "chosen_policy": chosen.policy,
         "rescored_accuracy": best["rescored_accuracy"],
         "rescore_steps": self.rescore_steps}
-    print(f"Chosen: episode {chosen.episode} ({chosen.policy}), search accuracy "
-          f"{chosen.accuracy:.4f}, re-scored {best['rescored_accuracy']:.4f} after "
-          f"{self.rescore_steps} batches (of {len(scored)} candidates).", flush=True)
+    _log.info(f"Chosen: episode {chosen.episode} ({chosen.policy}), search accuracy "
+              f"{chosen.accuracy:.4f}, re-scored {best['rescored_accuracy']:.4f} after "
+              f"{self.rescore_steps} batches (of {len(scored)} candidates).")
     return chosen, os.path.join(self.root_dir, files.SEARCH_CHOSEN), selection
 
   def _chart_best(self):
@@ -587,11 +590,11 @@ class SearchRunner:
     if all(retained_share(e.accuracy, self.env.dense_accuracy, classes) < NEAR_CHANCE_SHARE
            for e in episodes):
       self._warned_chance = True
-      print(f"WARNING: all {len(episodes)} episodes so far end near chance (best reward-split "
-            f"accuracy {max(e.accuracy for e in episodes):.4f}, chance {1 / classes:.4f}): the "
-            "search cannot tell allocations apart. Lower train_eval.target_sparsity, raise "
-            "PruningEnv.retrain_steps, or keep the first and last layers dense "
-            "(wrap.exclude).", flush=True)
+      _log.warning(f"all {len(episodes)} episodes so far end near chance (best reward-split "
+                   f"accuracy {max(e.accuracy for e in episodes):.4f}, chance "
+                   f"{1 / classes:.4f}): the search cannot tell allocations apart. Lower "
+                   "train_eval.target_sparsity, raise PruningEnv.retrain_steps, or keep the "
+                   "first and last layers dense (wrap.exclude).")
 
   def _progress(self, result: Episode):
     """The progress line of an episode (and the near-chance warning)."""
@@ -603,11 +606,11 @@ class SearchRunner:
     per_episode = record.seconds / max(done, 1)
     remaining = per_episode * (self.planned_evaluated - done)
     best = record.best
-    print(f"[{result.policy:7s}] episode {record.collected:4d}/{self.planned}"
-          f"  return {result.episode_return:+.3f}"
-          f"  acc {result.accuracy:.4f}  sparsity {result.sparsity:.3f}"
-          f"  eps {result.epsilon:.2f}  best acc {best.accuracy:.4f} @ {best.sparsity:.3f}"
-          f"  {result.seconds:5.1f}s/ep  ETA {_duration(remaining)}", flush=True)
+    _log.info(f"[{result.policy:7s}] episode {record.collected:4d}/{self.planned}"
+              f"  return {result.episode_return:+.3f}"
+              f"  acc {result.accuracy:.4f}  sparsity {result.sparsity:.3f}"
+              f"  eps {result.epsilon:.2f}  best acc {best.accuracy:.4f} @ {best.sparsity:.3f}"
+              f"  {result.seconds:5.1f}s/ep  ETA {_duration(remaining)}")
 
   def _finish(self) -> SearchResult:
     """Saves the greedy policy (DQN); the search's result."""
@@ -656,7 +659,7 @@ def _load_policy(agent, path: str):
   for source, target in zip(saved, variables):
     target.assign(source)
   agent.initialize()  # copies the Q-network into the target network
-  print(f"Q-network initialised from the policy at {path}.", flush=True)
+  _log.info(f"Q-network initialised from the policy at {path}.")
 
 
 def _duration(seconds: float) -> str:

@@ -8,6 +8,7 @@ pruned model is saved without wrappers. Progress (weights, optimizer, steps done
 checkpointed after every epoch in root_dir/finetune, so a rerun continues from the last
 finished epoch on the batches an uninterrupted run would have seen.
 """
+import logging
 import math
 import os
 import time
@@ -24,6 +25,8 @@ from purl_tf.runtime import files, interrupt
 from purl_tf.data import Splits
 from purl_tf.errors import PurlError
 from purl_tf.pruning.training import MaskedTrainer
+
+_log = logging.getLogger(__name__)
 
 
 def steps(splits: Splits, epochs: float) -> int:
@@ -88,7 +91,7 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
   manager = tf.train.CheckpointManager(
       checkpoint, os.path.join(root_dir, files.FINETUNE_CHECKPOINTS), max_to_keep=2)
   if files.restore_latest(checkpoint, manager):
-    print(f"Resuming fine-tuning after step {int(done)}/{total_steps}.", flush=True)
+    _log.info(f"Resuming fine-tuning after step {int(done)}/{total_steps}.")
   else:
     manager.save(checkpoint_number=0)  # the pruned start: what a first-epoch failure undoes
   failures = 0
@@ -106,8 +109,8 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
       if failures > max_restarts:
         raise PurlError(f"fine-tuning diverged {failures} times in a row at step "
                         f"{int(done)}: lower finetune.learning_rate.")
-      print(f"WARNING: fine-tuning loss {loss} at step {int(done)}: back to the last "
-            "checkpoint, retrying on reshuffled data.", flush=True)
+      _log.warning(f"fine-tuning loss {loss} at step {int(done)}: back to the last "
+                   "checkpoint, retrying on reshuffled data.")
       count = int(restarts) + 1
       files.restore_latest(checkpoint, manager)
       restarts.assign(count)  # after the restore, which rolls it back too
@@ -115,9 +118,8 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
     failures = 0
     done.assign_add(chunk)
     accuracy = trainer.evaluate(reward)
-    print(f"[finetune] step {int(done):6d}/{total_steps}  loss {loss:.4f}  "
-          f"reward acc {accuracy:.4f}  sparsity {controller.global_sparsity():.3f}",
-          flush=True)
+    _log.info(f"[finetune] step {int(done):6d}/{total_steps}  loss {loss:.4f}  "
+              f"reward acc {accuracy:.4f}  sparsity {controller.global_sparsity():.3f}")
     manager.save(checkpoint_number=int(done))
 
   path = pruning.save(controller.model, os.path.join(root_dir, files.PRUNED_MODEL))

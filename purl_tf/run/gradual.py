@@ -14,6 +14,7 @@ and the network at chance, so the default ramps to ERK's targets, which keep sma
 denser.
 """
 import dataclasses
+import logging
 import os
 import time
 from typing import Dict, Sequence
@@ -29,6 +30,8 @@ from purl_tf.runtime import files, interrupt
 from purl_tf.errors import PurlError
 from purl_tf.pruning.tfmot_loader import tfmot
 from purl_tf.pruning.training import MaskedTrainer
+
+_log = logging.getLogger(__name__)
 
 TFMOT_SKIPS = ("DepthwiseConv2D",)  # layer types tfmot's registry cannot prune
 
@@ -129,8 +132,8 @@ def gradual(dense: keras.Model, controller: pruning.PruningController,
   names = controller.names
   total = prune_steps + tune_steps
   targets = layer_targets(controller, target, allocation)
-  print(f"[gradual] ramping each layer to its {allocation} sparsity at {target} over "
-        f"{prune_steps:,} steps, then {tune_steps:,} at the target.", flush=True)
+  _log.info(f"[gradual] ramping each layer to its {allocation} sparsity at {target} over "
+            f"{prune_steps:,} steps, then {tune_steps:,} at the target.")
   with strategy.scope():
     model = tfmot_prune(dense, {name: schedule(share, max(prune_steps, 1), frequency)
                                 for name, share in targets.items() if share > 0.0})
@@ -179,5 +182,5 @@ def _train(model, splits, seed, steps, progress, names, sizes):
     progress.done += chunk
     progress.chunks += 1
     shares = np.array(list(mask_sparsities(model, names).values()))
-    print(f"[gradual] step {progress.done:6d}/{progress.total}  loss {last.loss:.4f}  "
-          f"sparsity {float(np.dot(shares, sizes) / sizes.sum()):.3f}", flush=True)
+    _log.info(f"[gradual] step {progress.done:6d}/{progress.total}  loss {last.loss:.4f}  "
+              f"sparsity {float(np.dot(shares, sizes) / sizes.sum()):.3f}")

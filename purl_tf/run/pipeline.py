@@ -9,6 +9,7 @@ same root_dir resumes an interrupted run; a finished stage is not redone.
 import dataclasses
 import functools
 import inspect
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -22,6 +23,8 @@ from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
 from purl_tf.runtime.results import RunResult, doubts, reached_target
 from purl_tf.pruning.training import MaskedTrainer
+
+_log = logging.getLogger(__name__)
 
 
 FINETUNE_FROM = ("search", "dense")
@@ -48,14 +51,14 @@ def build(root_dir: str, model_builder, target_sparsity: float, seed: int = 0,
   """
   strategy = strategy or distribute.make_strategy()
   splits = data.load_splits(num_replicas=strategy.num_replicas_in_sync)
-  print(f"Data: {splits.name} {splits.image_shape}, {splits.num_classes} classes, "
-        f"examples {splits.num_examples}.", flush=True)
+  _log.info(f"Data: {splits.name} {splits.image_shape}, {splits.num_classes} classes, "
+            f"examples {splits.num_examples}.")
   with strategy.scope():
     model = model_builder(input_shape=splits.image_shape, num_classes=splits.num_classes)
     models.check_compatible(model, splits.image_shape, splits.num_classes)
     pruning.wrap(model, check_only=True)
     dense_accuracy = models.pretrain(model, splits, root_dir)
-    print(f"Dense {model.name}: reward-split accuracy {dense_accuracy:.4f}.", flush=True)
+    _log.info(f"Dense {model.name}: reward-split accuracy {dense_accuracy:.4f}.")
     wrapped = pruning.wrap(model)
     controller = pruning.PruningController(wrapped)
     trainer = MaskedTrainer(wrapped, strategy)
@@ -63,8 +66,8 @@ def build(root_dir: str, model_builder, target_sparsity: float, seed: int = 0,
   env = PruningEnv(controller, trainer, functools.partial(splits.train_stream, seed=seed),
                    splits.reward, target_sparsity=target_sparsity, **options)
   around = f", scaling {env.prior}'s levels" if env.prior else ""
-  print(f"Search over {env.num_layers} prunable layers, {env.action_spec().maximum + 1} "
-        f"levels ({env.mode}{around}), target sparsity {target_sparsity}.", flush=True)
+  _log.info(f"Search over {env.num_layers} prunable layers, {env.action_spec().maximum + 1} "
+            f"levels ({env.mode}{around}), target sparsity {target_sparsity}.")
   return Parts(strategy, splits, model.name, dense_accuracy, controller, env)
 
 
@@ -120,7 +123,7 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
   results_path = os.path.join(root_dir, files.RESULTS)
   finished = files.read_json(results_path)
   if finished:
-    print(f"{root_dir} holds a finished run: results in {results_path}.", flush=True)
+    _log.info(f"{root_dir} holds a finished run: results in {results_path}.")
     return RunResult(**finished)
   tf.keras.utils.set_random_seed(seed)
   if deterministic:
@@ -139,8 +142,8 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
     extra = 0
     if match_search_steps and method in methods.ONE_SHOT:
       extra = methods.search_steps(parts.env, root_dir, seed)
-      print(f"train_eval.match_search_steps: {extra:,} more fine-tune steps, as many as a "
-            "search of this config spends.", flush=True)
+      _log.info(f"train_eval.match_search_steps: {extra:,} more fine-tune steps, as many as a "
+                "search of this config spends.")
     tuned = finetune.finetune(parts.controller, parts.strategy, parts.splits,
                               choice.allocation, root_dir, seed=seed,
                               start_state=choice.start_state, extra_steps=extra)
@@ -164,7 +167,7 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
       rescored_reward_accuracy=choice.rescored_accuracy, selection=choice.selection)
   result.warnings = doubts(result)
   for line in result.warnings:
-    print(f"WARNING: {line}", flush=True)
+    _log.warning(f"{line}")
   operative = gin.operative_config_str()
   with tf.io.gfile.GFile(os.path.join(root_dir, files.OPERATIVE_CONFIG), "w") as handle:
     handle.write(operative)
@@ -179,9 +182,8 @@ def _write_best_allocation(root_dir: str, method: str, env: PruningEnv,
   """root_dir/best_allocation.json: the allocation chosen and how it scored."""
   sparsity = _global_sparsity(env.controller, choice.allocation)
   if not reached_target(sparsity, env.target):
-    print(f"WARNING: the chosen allocation reaches {sparsity:.3f}, below the target "
-          f"{env.target}; fine-tuning it. Search longer or widen PruningEnv.levels.",
-          flush=True)
+    _log.warning(f"the chosen allocation reaches {sparsity:.3f}, below the target "
+                 f"{env.target}; fine-tuning it. Search longer or widen PruningEnv.levels.")
   files.write_json(os.path.join(root_dir, files.BEST_ALLOCATION), {
       "allocation": choice.allocation, "accuracy_reward_split": choice.best_accuracy,
       "rescored_accuracy_reward_split": choice.rescored_accuracy,
@@ -201,9 +203,8 @@ def _fit(controller: pruning.PruningController, allocation: dict, target: float)
   """train_eval.fit_to_target: the allocation scaled to exactly `target`, said aloud."""
   before = _global_sparsity(controller, allocation)
   fitted = pruning.fitted(controller, allocation, target)
-  print(f"train_eval.fit_to_target: the chosen allocation (global sparsity {before:.4f}) "
-        f"scaled to the target {target} before its fine-tune from the dense weights.",
-        flush=True)
+  _log.info(f"train_eval.fit_to_target: the chosen allocation (global sparsity {before:.4f}) "
+            f"scaled to the target {target} before its fine-tune from the dense weights.")
   return fitted
 
 
@@ -238,7 +239,7 @@ def claim(root_dir: str, config: str, overwrite: bool):
         if not overwrite:
           raise PurlError(f"{root_dir} holds a run with another config ({path}): use another "
                           "--root_dir, or --overwrite to delete that run.")
-        print(f"--overwrite: deleting the run in {root_dir}.", flush=True)
+        _log.info(f"--overwrite: deleting the run in {root_dir}.")
         tf.io.gfile.rmtree(root_dir)
   tf.io.gfile.makedirs(root_dir)
   if not tf.io.gfile.exists(path):

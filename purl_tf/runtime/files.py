@@ -1,10 +1,13 @@
 """The run folder's layout, and writing its files so that a crash never leaves a partial one."""
 import json
+import logging
 import os
 
 import tensorflow as tf
 
 from purl_tf.errors import PurlError
+
+_log = logging.getLogger(__name__)
 
 # Paths inside a run folder (root_dir).
 CONFIG = "config.gin"  # the gin config the run was started with
@@ -64,8 +67,8 @@ def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.Checkpoint
       if validate is not None:
         validate()
       if problems:
-        print(f"WARNING: skipped unreadable checkpoint(s) {'; '.join(problems)}; resuming "
-              f"from {path}.", flush=True)
+        _log.warning(f"skipped unreadable checkpoint(s) {'; '.join(problems)}; resuming "
+                     f"from {path}.")
       return path
     except Exception as error:  # Corruption shows up as many error types.
       problems.append(f"{os.path.basename(path)} ({type(error).__name__})")

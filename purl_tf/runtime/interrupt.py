@@ -6,8 +6,11 @@ everything finished is already checkpointed, so a rerun resumes from there. A se
 signal stops the process at once. In a multi-worker run `share()` makes every check one
 decision of all workers: a signal to any of them stops all at the same check.
 """
+import logging
 import signal
 from typing import Callable, Optional
+
+_log = logging.getLogger(__name__)
 
 _received = []
 _shared = []  # the function that tells whether any worker was asked to stop
@@ -28,8 +31,8 @@ def _handle(signal_number, frame):
     signal.signal(signal_number, signal.SIG_DFL)
     signal.raise_signal(signal_number)
   _received.append(signal_number)
-  print(f"\n{signal.Signals(signal_number).name} received: stopping after the current step "
-        "(signal again to stop at once).", flush=True)
+  _log.info(f"{signal.Signals(signal_number).name} received: stopping after the current step "
+            "(signal again to stop at once).")
 
 
 def install():
