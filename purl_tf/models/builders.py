@@ -4,6 +4,7 @@ Every builder takes `input_shape` (H, W, C) and `num_classes` from the data and 
 tf-keras functional model whose output is class probabilities (B, num_classes). Builders
 are gin-configurable, so a gin file picks one with `train_eval.model_builder = @resnet50`.
 """
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -14,6 +15,8 @@ import tf_keras as keras
 from purl_tf.models import keras3
 from purl_tf.runtime import files
 from purl_tf.errors import PurlError
+
+_log = logging.getLogger(__name__)
 
 
 def _application(constructor, name, input_shape, num_classes, weights, **kwargs):
@@ -250,9 +253,9 @@ def pretrain(model: keras.Model, splits, root_dir: str, epochs: int = 3,
     if epochs > 0:
       model.fit(splits.train, epochs=epochs, validation_data=splits.reward, verbose=verbose)
     elif splits.reward_source == "train":
-      print("WARNING: pretrain.epochs = 0 and the reward is held out of the train split: if "
-            "the model was trained on that split, bind load_splits.reward_split to a split "
-            "it never saw (e.g. its test split).", flush=True)
+      _log.warning("pretrain.epochs = 0 and the reward is held out of the train split: if "
+                   "the model was trained on that split, bind load_splits.reward_split to a split "
+                   "it never saw (e.g. its test split).")
     tf.io.gfile.makedirs(os.path.dirname(path))
     partial = path + ".partial.h5"
     model.save_weights(partial)
