@@ -4,13 +4,18 @@ Every builder takes `input_shape` (H, W, C) and `num_classes` from the data and 
 tf-keras functional model whose output is class probabilities (B, num_classes). Builders
 are gin-configurable, so a gin file picks one with `train_eval.model_builder = @resnet50`.
 """
+import json
 import logging
 import os
+import zipfile
 from typing import Optional, Sequence
 
 import gin
+import h5py
 import tensorflow as tf
 import tf_keras as keras
+from google.protobuf import message
+from tf_keras.protobuf import saved_metadata_pb2
 
 from purl_tf.models import keras3
 from purl_tf.runtime import files
@@ -128,14 +133,19 @@ def saved_model(input_shape: Sequence[int], num_classes: int, path: str = gin.RE
     input_shape: (H, W, C) of the data's images.
     num_classes: of the data (checked by check_compatible, not here).
     path: the .keras / .h5 file or SavedModel folder.
-    safe_mode: tf-keras' guard against loading Python code (Lambda layers) from a .keras
-      file; set False only for a file you trust.
+    safe_mode: refuse a file holding Python code (a Lambda layer's function), which
+      loading would run: Keras 3's rule, checked here in the file's model config before
+      anything is deserialized, for every format (tf-keras checks only .keras files and
+      runs an .h5 file's or a SavedModel's Lambda code as it loads). Set False only for
+      a file you trust.
   """
   del num_classes  # Checked against the data by check_compatible.
   path = os.path.expanduser(path)
   if not os.path.exists(path):
     raise PurlError(f"saved_model.path={path!r} does not exist: point it at a .keras/.h5 "
                     "file or a SavedModel folder.")
+  if safe_mode:  # Before any loader: loading a file deserializes and runs its Lambdas.
+    _refuse_python_code(path)
   if keras3.is_keras3_file(path):
     return _fix_input_size(keras3.load(path, safe_mode), input_shape)
   try:
@@ -150,6 +160,81 @@ def saved_model(input_shape: Sequence[int], num_classes: int, path: str = gin.RE
                     f"{message[:200]}): save it with tf_keras model.save(...), using "
                     "built-in layers or registered custom ones.") from error
   return _fix_input_size(model, input_shape)
+
+
+# Keys of a tf-keras Lambda layer's config that say how a function is saved; "lambda"
+# means as Python bytecode, which loading turns back into a function and runs.
+_FUNCTION_TYPES = ("function_type", "output_shape_type", "mask_type")
+
+
+def _refuse_python_code(path: str):
+  """Raises PurlError, naming the layer, when the model file or SavedModel folder `path`
+  holds Python code in its model config (a Lambda's bytecode, a Keras 3 `__lambda__`).
+
+  Reads the config only (an .h5 file's model_config attribute, a .keras zip's config.json,
+  a SavedModel's keras_metadata.pb), deserializing nothing; a config it cannot read is
+  left to the loader, which fails on it.
+  """
+  for config in _model_configs(path):
+    where = _python_code(config)
+    if where is None:
+      continue
+    name, kind = where[-1] if where else ("?", "layer")
+    outer = [model for model, _ in where[1:-1]]
+    inside = f" (in model {'/'.join(outer)!r})" if outer else ""
+    raise PurlError(f"model file {path}: layer {name!r}{inside} is a {kind} holding Python "
+                    "code, which loading would run: rebuild it without Lambda, or bind "
+                    "saved_model.safe_mode=False if you trust the file.")
+
+
+def _model_configs(path: str) -> list:
+  """The model configs (parsed JSON) saved in `path`, by its content, not its name."""
+  try:
+    if os.path.isdir(path):
+      metadata_path = os.path.join(path, "keras_metadata.pb")
+      if not os.path.isfile(metadata_path):
+        return []
+      metadata = saved_metadata_pb2.SavedMetadata()
+      with open(metadata_path, "rb") as handle:
+        metadata.ParseFromString(handle.read())
+      return [json.loads(node.metadata) for node in metadata.nodes if node.metadata]
+    if zipfile.is_zipfile(path):
+      with zipfile.ZipFile(path) as archive:
+        if "config.json" not in archive.namelist():
+          return []
+        return [json.loads(archive.read("config.json"))]
+    if h5py.is_hdf5(path):
+      with h5py.File(path, "r") as handle:
+        config = handle.attrs.get("model_config")
+      if config is None:
+        return []
+      return [json.loads(config.decode("utf-8") if isinstance(config, bytes) else config)]
+  except (OSError, ValueError, zipfile.BadZipFile, message.DecodeError):
+    return []  # Unreadable: the loader says why.
+  return []
+
+
+def _python_code(node, where=()):
+  """The layers, as (name, class name) from the outermost model in, enclosing the first
+  serialized Python code in the config `node`; None when it holds none."""
+  if isinstance(node, dict):
+    config = node.get("config")
+    if "class_name" in node and isinstance(config, dict) and isinstance(config.get("name"),
+                                                                        str):
+      where = where + ((config["name"], str(node["class_name"])),)
+    if node.get("class_name") == "__lambda__" or any(
+        node.get(key) == "lambda" for key in _FUNCTION_TYPES):
+      return where
+    children = list(node.values())
+  elif isinstance(node, list):
+    children = node
+  else:
+    return None
+  for child in children:
+    found = _python_code(child, where)
+    if found is not None:
+      return found
+  return None
 
 
 def _fix_input_size(model: keras.Model, input_shape: Sequence[int]) -> keras.Model:

@@ -64,7 +64,8 @@ def is_keras3_file(path: str) -> bool:
 def load(path: str, safe_mode: bool = True) -> tf_keras.Model:
   """The tf-keras twin of the Keras 3 model in `path`, with its weights.
 
-  The returned model holds its Keras 3 original in the attribute ORIGINAL.
+  The returned model holds its Keras 3 original in the attribute ORIGINAL. `safe_mode`
+  is Keras 3's: it refuses a file holding Python code (a Lambda's lambda).
   """
   import keras  # pylint: disable=import-outside-toplevel
   try:
@@ -74,6 +75,10 @@ def load(path: str, safe_mode: bool = True) -> tf_keras.Model:
     while cause.__cause__ or cause.__context__:  # Keras 3 wraps the error that says why.
       cause = cause.__cause__ or cause.__context__
     message = (str(cause).strip().splitlines() or [""])[0]
+    if safe_mode and "safe_mode" in str(cause):  # Keras 3 refused Python code (a lambda).
+      raise PurlError(f"{path} holds Python code (a lambda), which Keras 3 loads only from "
+                      "a trusted file: bind saved_model.safe_mode=False if you trust "
+                      "it.") from error
     raise PurlError(f"cannot load {path} with Keras 3 ({type(cause).__name__}: "
                     f"{message[:200]}): purl_tf translates models of built-in keras.layers "
                     "to tf-keras.") from error
