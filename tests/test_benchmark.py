@@ -1,5 +1,4 @@
-"""purl_tf.benchmark and purl_tf.verdicts (method against method, no runs) and purl_tf.markdown's
-sections."""
+"""tools/bench: methods and verdicts (method against method, no runs) and markdown's sections."""
 import dataclasses
 import os
 import shlex
@@ -8,10 +7,11 @@ import statistics
 import pytest
 
 import purl_tf  # noqa: F401
-from purl_tf import benchmark, markdown, verdicts
 from purl_tf.runtime import files
 from purl_tf.errors import PurlError
 from purl_tf.runtime.results import reached_target
+from tools.bench import markdown, verdicts
+from tools.bench import methods as benchmark
 
 LAYERS = ("conv1", "conv2", "dense1", "dense2")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -362,9 +362,9 @@ def test_mock_plan_runs_elsewhere_on_tiny_budgets(tmp_path, monkeypatch):
   quick = benchmark.make_plan("mnist5k", str(tmp_path), ["0"], 3, True, quick=True)
   assert quick.name == "mnist5k_quick_mock" and quick.episodes == 3
   assert quick.root_dir == str(tmp_path / "mock" / "mnist5k")
-  monkeypatch.chdir(tmp_path)  # no --root_dir: runs/benchmark under the current folder
+  monkeypatch.chdir(tmp_path)  # no --out_dir: runs/benchmarks under the current folder
   plan = benchmark.make_plan("mnist5k", None, ["0"], None, False)
-  assert plan.root_dir == str(tmp_path / "runs" / "benchmark" / "mnist5k")
+  assert plan.root_dir == str(tmp_path / "runs" / "benchmarks" / "mnist5k")
 
 
 def test_plan_checks_its_flags(tmp_path):

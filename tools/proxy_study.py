@@ -1,19 +1,23 @@
 """Does a cheap measurement rank allocations as a longer fine-tune does?
 
 A search learns only what its reward ranks correctly. This study takes many allocations at
-one target on one seed's dense network of a benchmark suite (its kept dense weights):
+one target on one seed's dense network of a benchmark suite (the one the benchmark caches
+in --out_dir; pre-trained from the seed as the benchmark's cells do when not cached yet):
 ERK, LAMP, global magnitude, uniform with the ends kept dense, and --perturbed random
 perturbations of the layer densities of one of them (--around, default ERK; log-normal
 factors of spread --sigma, fitted to the target by one density factor), plus any --extra
-run's allocation. Each is applied to the dense weights and trained as the fine-tune trains
-(SGD, momentum 0.9, cosine decay from finetune.learning_rate over the last of --checkpoints
-steps), on one train stream every allocation shares. At each of --checkpoints steps it re-estimates the batch-norm statistics
-as the search's environment does (--recalibrate_batches) and measures the accuracy on the
-search's reward split and on the whole validation split. The test split is never read.
+run's allocation. Each is applied to the dense weights and trained as a run's fine-tune
+(purl_tf.run.finetune) trains: the package's MaskedTrainer with the suite's bound
+finetune.learning_rate and finetune.momentum, the learning rate decayed along a cosine over
+the last of --checkpoints steps, on one train stream every allocation shares. At each of
+--checkpoints steps it re-estimates the batch-norm statistics as the search's environment
+does (--recalibrate_batches) and measures the accuracy on the search's reward split and on
+the whole validation split. The test split is never read.
 
-The output JSON holds one record per allocation, written as each finishes (a rerun goes on
-with the allocations not yet measured), and the Spearman rank correlation of every
-checkpoint's measurements with the last checkpoint's validation accuracy.
+The output JSON (in --out_dir; with --update_docs also copied into --docs_data) holds one
+record per allocation, written as each finishes (a rerun goes on with the allocations not
+yet measured), and the Spearman rank correlation of every checkpoint's measurements with
+the last checkpoint's validation accuracy.
 
   python tools/proxy_study.py --benchmark=mnist_resnet20 --seed=0 --target=0.98
 
@@ -27,21 +31,25 @@ import os
 import shutil
 import sys
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from absl import app, flags
 
 import purl_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
-import gin
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import benchmark, data, pruning
-from purl_tf.run import pipeline
+from purl_tf import data, pruning
+from purl_tf.run import finetune, pipeline
 from purl_tf.runtime import files
 from purl_tf.errors import PurlError
 from purl_tf.pruning.training import MaskedTrainer
+
+if __package__:  # imported as tools.proxy_study (the tests)
+  from .bench import methods as suites
+else:  # python tools/proxy_study.py: Python puts tools/ first on the path
+  from bench import methods as suites
 
 ONE_SHOT = ("erk", "lamp", "global_magnitude", "uniform_keep_ends")
 
@@ -149,16 +157,20 @@ def correlations(records: Dict[str, dict]) -> Dict[str, List[float]]:
 
 def study(parts: pipeline.Parts, validation: tf.data.Dataset, allocations: Dict[str, dict],
           checkpoints: Sequence[int], learning_rate: float, seed: int, output: str,
-          recalibrate_batches: int = 0) -> dict:
+          recalibrate_batches: int = 0, momentum: Optional[float] = None) -> dict:
   """Measures every allocation not yet in `output` (JSON), writing it after each (see
   measure; the batch-norm statistics are re-estimated on batches of another train stream,
-  the same for every allocation)."""
+  the same for every allocation). The optimizer is the fine-tune's (finetune.finetune):
+  SGD with `momentum` (default: finetune.momentum as gin binds it) and the learning rate
+  decayed from `learning_rate` to 0 along a cosine over the last checkpoint's steps."""
   state = files.read_json(output, {"records": {}})
   records = state["records"]
+  if momentum is None:
+    momentum = pipeline.bound(finetune.finetune, "momentum")
   with parts.strategy.scope():
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(checkpoints[-1], 1))
     trainer = MaskedTrainer(parts.controller.model, parts.strategy, learning_rate=schedule,
-                            momentum=0.9)
+                            momentum=momentum)
   evaluations = {"reward": trainer.distribute(parts.splits.reward),
                  "validation": trainer.distribute(validation)}
   todo = [name for name in allocations if name not in records]
@@ -267,9 +279,12 @@ def _define_flags():
                       "another of the same seed and target (e.g. a longer one).")
   flags.DEFINE_integer("validation_size", 10_000, "Examples of the reward's split measured "
                        "as the validation accuracy (the reward split is among them).")
-  flags.DEFINE_string("root_dir", "runs/proxy_study", "Scratch folder.")
-  flags.DEFINE_string("results_dir", os.path.join(benchmark.REPO, "docs", "benchmarks"),
-                      "Where the suite's dense weights are kept and the JSON is written.")
+  flags.DEFINE_string("out_dir", suites.OUT_DIR, "Where the suite's dense weights are cached "
+                      "(as its benchmark caches them: a study there shares them), the JSON "
+                      "is written, and the study's scratch runs go (<out_dir>/proxy_study).")
+  flags.DEFINE_bool("update_docs", False, "Also copy the JSON into --docs_data.")
+  flags.DEFINE_string("docs_data", os.path.join("docs", "benchmarks"), "The docs' folder of "
+                      "results files (with --update_docs).")
 
 
 def main(argv):
@@ -281,24 +296,19 @@ def main(argv):
     checkpoints = sorted({int(c) for c in FLAGS.checkpoints})
   except ValueError:
     raise PurlError(f"--checkpoints={FLAGS.checkpoints} must be integers.") from None
-  plan = benchmark.make_plan(FLAGS.benchmark, FLAGS.root_dir, [str(FLAGS.seed)], None, False)
-  kept = benchmark.kept_dense(plan, FLAGS.results_dir, FLAGS.seed)
-  if not os.path.exists(kept):
-    raise PurlError(f"{kept} is missing: run the benchmark's seed {FLAGS.seed} first.")
+  out_dir = os.path.abspath(os.path.expanduser(FLAGS.out_dir))
+  plan = suites.make_plan(FLAGS.benchmark, os.path.join(out_dir, "proxy_study"),
+                          [str(FLAGS.seed)], None, False)
+  kept = suites.kept_dense(plan, out_dir, FLAGS.seed)
   root = os.path.join(plan.root_dir, f"target{FLAGS.target}", f"seed{FLAGS.seed}")
-  weights = os.path.join(root, files.DENSE_WEIGHTS)
-  os.makedirs(os.path.dirname(weights), exist_ok=True)
-  shutil.copyfile(kept, weights)
-  gin.parse_config_files_and_bindings(
-      [os.path.join(benchmark.REPO, plan.suite.gin_file)],
-      plan.bindings(FLAGS.target, FLAGS.seed))
-  try:
-    gin.query_parameter("load_splits.reward_split")
-  except ValueError:
+  suites.restore_dense(kept, root)
+  pipeline.parse_gin([plan.suite.gin_file], plan.bindings(FLAGS.target, FLAGS.seed))
+  if pipeline.bound(data.load_splits, "reward_split") is None:
     raise PurlError(f"{plan.suite.gin_file} draws its reward split from train: the study "
-                    "needs a suite whose reward comes from a validation split.") from None
-  builder = gin.query_parameter("train_eval.model_builder").scoped_configurable_fn
-  parts = pipeline.build(root, builder, FLAGS.target, FLAGS.seed)
+                    "needs a suite whose reward comes from a validation split.")
+  tf.keras.utils.set_random_seed(FLAGS.seed)  # as a cell does before pre-training
+  parts = pipeline.build(root, suites.model_builder(), FLAGS.target, FLAGS.seed)
+  suites.keep_dense(root, kept)  # pre-trained here from the seed: the benchmark shares it
   whole = data.load_splits(reward_size=FLAGS.validation_size,
                            num_replicas=parts.strategy.num_replicas_in_sync)
   allocations = candidate_allocations(parts.controller, FLAGS.target, FLAGS.perturbed,
@@ -310,15 +320,18 @@ def main(argv):
   allocations = selected(allocations, FLAGS.only)
   recalibrate = (parts.env.recalibrate_batches if FLAGS.recalibrate_batches is None
                  else FLAGS.recalibrate_batches)
-  output = os.path.join(FLAGS.results_dir, f"proxy_study_{plan.name}_target{FLAGS.target}"
+  output = os.path.join(out_dir, f"proxy_study_{plan.name}_target{FLAGS.target}"
                         f"_seed{FLAGS.seed}_recal{recalibrate}"
                         f"{f'_order{FLAGS.order}' if FLAGS.order else ''}{FLAGS.tag}.json")
   state = study(parts, whole.reward, allocations, checkpoints,
-                gin.query_parameter("finetune.learning_rate"),
-                stream_seed(FLAGS.seed, FLAGS.order), output,
-                recalibrate)
+                pipeline.bound(finetune.finetune, "learning_rate"),
+                stream_seed(FLAGS.seed, FLAGS.order), output, recalibrate)
   print(markdown(state))
   print(f"Results: {output}")
+  if FLAGS.update_docs:
+    os.makedirs(FLAGS.docs_data, exist_ok=True)
+    shutil.copy(output, FLAGS.docs_data)
+    print(f"Copied to {FLAGS.docs_data}.")
 
 
 if __name__ == "__main__":

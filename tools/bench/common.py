@@ -1,5 +1,5 @@
-"""What the speed benchmarks share: wall-time helpers, and (from purl_tf.markdown) the
-Section, machine and command lines of docs/benchmarks.md."""
+"""What the speed benchmarks share: their common flags, wall-time helpers, and (from
+markdown) the Section, machine and command lines of a results page."""
 import os
 import time
 from typing import Callable, List, Optional, Sequence
@@ -8,17 +8,37 @@ import purl_tf  # noqa: F401  (must come before tensorflow: selects tf-keras)
 
 from absl import flags
 
-from purl_tf.markdown import command_line, machine, Section, write_section  # noqa: F401
+from .markdown import command_line, machine, Section, write_section  # noqa: F401
+from .methods import OUT_DIR, model_builder, variant_bindings  # noqa: F401
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_integer("repeats", 7, "Timed repetitions of each measured operation.")
-flags.DEFINE_integer("seed", 0, "Seed of the random levels and inputs.")
-flags.DEFINE_integer("episodes", None, "search_speed: collect episodes of each search "
-                     "(default: the benchmark's).")
+flags.DEFINE_integer("seed", 0, "Seed of the random levels and inputs, and of the dense "
+                     "network a benchmark pre-trains.")
+flags.DEFINE_integer("episodes", None, "Collect episodes of every search (default: the "
+                     "benchmark's).")
+flags.DEFINE_string("out_dir", OUT_DIR, "Folder the benchmark writes into (its runs, results "
+                    "files, figures, cached dense weights and <out_dir>/results.md), each "
+                    "named by the benchmark.")
+flags.DEFINE_multi_string("gin_bindings", [], "Further gin bindings (of every cell of a "
+                          "method-against-method benchmark; of the config a speed benchmark "
+                          "measures).")
+flags.DEFINE_string("variant", "", "A shipped variant, gin/variants/<name>.gin: its bindings "
+                    "go on the searches, gradual and the matched rows of a method-against-"
+                    "method benchmark (which then runs in <out_dir>/<benchmark>/<name> and "
+                    "writes <benchmark>_<name>.json), and on the config a speed benchmark "
+                    "measures (before --gin_bindings).")
 
-# The repository root (tools/bench/common.py is two folders down).
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+def extra_bindings() -> List[str]:
+  """The bindings a speed benchmark puts on its config: --variant's, then --gin_bindings."""
+  return [*(variant_bindings(FLAGS.variant) if FLAGS.variant else ()), *FLAGS.gin_bindings]
+
+
+def out_dir(*names: str) -> str:
+  """A path in --out_dir (absolute)."""
+  return os.path.join(os.path.abspath(os.path.expanduser(FLAGS.out_dir)), *names)
 
 
 def median_seconds(function: Callable[[], object], repeats: int,

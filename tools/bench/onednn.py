@@ -10,7 +10,7 @@ import sys
 
 from absl import flags
 
-from bench.common import REPO, Section, command_line, fmt_ms, machine, spread
+from .common import Section, command_line, fmt_ms, machine, spread
 
 FLAGS = flags.FLAGS
 SETTINGS = ("0", "1")  # TF_ENABLE_ONEDNN_OPTS
@@ -44,7 +44,7 @@ print("RESULT " + json.dumps({{"onednn": bool(port.IsMklEnabled()), "train": tra
 def _measure(setting: str) -> dict:
   """One child process's seconds per train step and per inference batch."""
   env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting, TF_CPP_MIN_LOG_LEVEL="3")
-  run = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=REPO, text=True,
+  run = subprocess.run([sys.executable, "-c", CHILD], env=env, text=True,
                        capture_output=True, check=True)
   line = next(l for l in run.stdout.splitlines() if l.startswith("RESULT "))
   return json.loads(line[len("RESULT "):])

@@ -1,6 +1,5 @@
 """The per-episode cost of the ImageNet configs, projected from step costs measured here."""
 import datetime
-import os
 import statistics
 from typing import Callable
 
@@ -11,20 +10,20 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from bench.common import (command_line, fmt_ms, machine, median_seconds, per_step_seconds,
-                          REPO, Section)
 from purl_tf import data, models, pruning
 from purl_tf.pruning import training
 from purl_tf.rl import search
 from purl_tf.run import pipeline
 from purl_tf.rl.env import PruningEnv
 
+from .common import command_line, fmt_ms, machine, median_seconds, per_step_seconds, Section
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_integer("projection_batch", 8, "imagenet_projection: images per measured batch.")
 
-PROJECTED = (("ResNet-50", "gin/resnet50.gin", "resnet50"),
-             ("MobileNet-V2", "gin/mobilenet_v2.gin", "mobilenet_v2"))
+PROJECTED = (("ResNet-50", "resnet50", "resnet50"),  # (title, shipped config, builder)
+             ("MobileNet-V2", "mobilenet_v2", "mobilenet_v2"))
 
 
 def _step_costs(builder: Callable, size: int, batch: int, repeats: int) -> dict:
@@ -62,7 +61,7 @@ def imagenet_projection() -> Section:
   notes = []
   for title, gin_file, builder_name in PROJECTED:
     gin.clear_config()
-    pipeline.parse_gin([os.path.join(REPO, gin_file)], [f"{builder_name}.weights = None"])
+    pipeline.parse_gin([gin_file], [f"{builder_name}.weights = None"])
     builder = getattr(models, builder_name)
     size = int(pipeline.bound(data.load_splits, "image_size"))
     batch = int(pipeline.bound(data.load_splits, "batch_size"))
@@ -79,7 +78,7 @@ def imagenet_projection() -> Section:
     episode = layers * step + costs["reset"]
     evaluated = search.evaluated_episodes(episodes, interval)
     rows.append(
-        f"| `{gin_file}` ({title}, {size}x{size}) | {layers} | {layers * retrain * batch:,}, "
+        f"| `--gin_file={gin_file}` ({title}, {size}x{size}) | {layers} | {layers * retrain * batch:,}, "
         f"{layers * reward:,} | {costs['train_image']:.3f}, {costs['eval_image']:.3f} | "
         f"{step / 60:.1f} min | {episode / 3600:.1f} h | {evaluated * episode / 86400:,.0f} "
         "days |")

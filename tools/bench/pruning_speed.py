@@ -9,7 +9,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from bench.common import command_line, fmt_ms, machine, median_seconds, Section, spread
+from .common import command_line, fmt_ms, machine, median_seconds, Section, spread
 from purl_tf import models, pruning
 from purl_tf.pruning import training
 

@@ -14,6 +14,11 @@ as whole episodes: the spread of the final reward-split accuracy an episode meas
 (PruningEnv.final_retrain_steps included), and of the same after `--noise_batches` more
 retrain batches. Two episodes of one allocation differ only by the train batches they
 draw; that spread is the noise in every return the agent learns from.
+
+Both measure the dense network of --recovery_gin_file at --seed: --recovery_dense when
+given, else the one pre-trained from the seed as a benchmark cell of that config and seed
+pre-trains it (its seed bindings), cached in <out_dir>/<config>_dense/seed<seed>.h5 (where
+the method-against-method benchmark of the same config caches it too).
 """
 import contextlib
 import os
@@ -25,18 +30,23 @@ import purl_tf  # noqa: F401  (must come before tensorflow: selects tf-keras)
 from absl import flags
 import gin
 import numpy as np
+import tensorflow as tf
 
-from bench.common import command_line, machine, REPO, Section
-from purl_tf.run import methods, pipeline
-from purl_tf.runtime import files
+from purl_tf.run import configs, methods, pipeline
 from purl_tf.errors import PurlError
+
+from .common import command_line, extra_bindings, machine, model_builder, out_dir, Section
+from .methods import keep_dense, restore_dense, seed_bindings
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("recovery_gin_file", "gin/mnist_resnet20.gin",
-                    "allocation_recovery: the config whose network and MDP are measured.")
-flags.DEFINE_string("recovery_dense", "docs/benchmarks/mnist_resnet20_dense/seed0.h5",
-                    "allocation_recovery: dense weights of that config's network.")
+flags.DEFINE_string("recovery_gin_file", "mnist_resnet20", "allocation_recovery, "
+                    "measurement_noise: the config (a shipped name or a path) whose network "
+                    "and MDP are measured.")
+flags.DEFINE_string("recovery_dense", "", "allocation_recovery, measurement_noise: dense "
+                    "weights (.h5) of that config's network; default: pre-trained from --seed "
+                    "and cached in <out_dir>/<config>_dense/seed<seed>.h5 (--gin_bindings that "
+                    "change pre-training then need another --out_dir).")
 flags.DEFINE_float("recovery_target", 0.9, "allocation_recovery: target sparsity.")
 flags.DEFINE_list("recovery_batches", ["2", "5", "10", "20", "50"],
                   "allocation_recovery: retrain batches after which accuracy is measured.")
@@ -70,23 +80,37 @@ def _random_allocation(env, rng):
   return env.controller.sparsities(), env.episode[-1].accuracy
 
 
+def _config_name() -> str:
+  """The file name of --recovery_gin_file (e.g. mnist_resnet20.gin)."""
+  return os.path.basename(configs.find(FLAGS.recovery_gin_file))
+
+
+def _dense() -> str:
+  """The dense weights measured: --recovery_dense, else the cache of the seed's."""
+  if FLAGS.recovery_dense:
+    return FLAGS.recovery_dense
+  return out_dir(f"{os.path.splitext(_config_name())[0]}_dense", f"seed{FLAGS.seed}.h5")
+
+
 @contextlib.contextmanager
 def _built_env():
-  """The PruningEnv of --recovery_gin_file (and --gin_bindings) at --recovery_target on the
-  dense weights --recovery_dense, in a temporary run folder removed afterwards."""
-  dense = os.path.join(REPO, FLAGS.recovery_dense)
-  if not os.path.exists(dense):
-    raise PurlError(f"--recovery_dense={FLAGS.recovery_dense} does not exist: run the "
-                    "config's benchmark first (it keeps each seed's dense weights).")
+  """The PruningEnv of --recovery_gin_file (with --seed's, --variant's and --gin_bindings'
+  bindings) at --recovery_target on the dense weights _dense() (pre-trained from the seed
+  and cached there when missing), in a temporary run folder removed afterwards."""
+  dense = _dense()
+  if FLAGS.recovery_dense and not os.path.exists(dense):
+    raise PurlError(f"--recovery_dense={dense} does not exist: name a dense network's .h5, "
+                    "or leave the flag out to pre-train one from --seed.")
   root = tempfile.mkdtemp(prefix="recovery")
   try:
-    os.makedirs(os.path.join(root, "dense"))
-    shutil.copyfile(dense, os.path.join(root, files.DENSE_WEIGHTS))
+    restore_dense(dense, root)
     gin.clear_config()
-    pipeline.parse_gin([os.path.join(REPO, FLAGS.recovery_gin_file)], FLAGS.gin_bindings)
-    builder = pipeline.bound(pipeline.train_eval, "model_builder")
-    builder = getattr(builder, "scoped_configurable_fn", builder)
-    yield pipeline.build(root, builder, FLAGS.recovery_target, seed=FLAGS.seed).env
+    pipeline.parse_gin([FLAGS.recovery_gin_file], [*seed_bindings(FLAGS.seed),
+                                                   *extra_bindings()])
+    tf.keras.utils.set_random_seed(FLAGS.seed)  # as a run does before pre-training
+    env = pipeline.build(root, model_builder(), FLAGS.recovery_target, seed=FLAGS.seed).env
+    keep_dense(root, dense)
+    yield env
   finally:
     shutil.rmtree(root, ignore_errors=True)
 
@@ -112,21 +136,21 @@ def allocation_recovery() -> Section:
                  + " | ".join(f"{a:.3f}" for a in accuracies) + " |")
   body = "\n".join([
       f"Reward-split accuracy of allocations at {FLAGS.recovery_target} put on the dense "
-      f"weights ({FLAGS.recovery_dense}) of `{FLAGS.recovery_gin_file}` and retrained "
+      f"weights ({_dense()}) of `{FLAGS.recovery_gin_file}` and retrained "
       f"(its MaskedTrainer, batch-norm statistics recalibrated before each measurement); "
       f"the random-search draws also show what their own episode measured (layer by layer, "
       f"{env.retrain_steps} batches after each step). Chance is {1 / env.num_classes:.2f}.",
       "", *lines, "", f"- Command: `{command_line()}`", f"- Machine: {machine()}"])
-  return Section(heading=f"Allocation recovery ({os.path.basename(FLAGS.recovery_gin_file)},"
-                 f" target {FLAGS.recovery_target})", body=body)
+  return Section(heading=f"Allocation recovery ({_config_name()}, target "
+                 f"{FLAGS.recovery_target})", body=body)
 
 
 def measurement_noise() -> Section:
   with _built_env() as env:
     if env.prior_action is None:
       raise PurlError("measurement_noise replays the prior's allocation: bind "
-                      "PruningEnv.prior (e.g. --gin_bindings=\"PruningEnv.prior = 'erk'\") "
-                      "with 1.0 among PruningEnv.prior_factors.")
+                      "PruningEnv.prior (e.g. --variant=prior_erk) with 1.0 among "
+                      "PruningEnv.prior_factors.")
     keep = np.int64(env.prior_action)
     finals, longer = [], []
     for _ in range(FLAGS.noise_episodes):
@@ -148,9 +172,9 @@ def measurement_noise() -> Section:
   body = "\n".join([
       f"The prior's allocation ({env.prior} at {FLAGS.recovery_target}, every action "
       f"keeping its level) replayed as {FLAGS.noise_episodes} whole episodes of "
-      f"`{FLAGS.recovery_gin_file}` on the dense weights {FLAGS.recovery_dense}: the "
+      f"`{FLAGS.recovery_gin_file}` on the dense weights {_dense()}: the "
       "episodes differ only by the train batches they draw, so the spread of what they "
       "measure is the noise in the returns the agent learns from.", "", *rows, "",
       f"- Command: `{command_line()}`", f"- Machine: {machine()}"])
-  return Section(heading=f"Measurement noise ({os.path.basename(FLAGS.recovery_gin_file)}, "
-                 f"{env.prior} at {FLAGS.recovery_target})", body=body)
+  return Section(heading=f"Measurement noise ({_config_name()}, {env.prior} at "
+                 f"{FLAGS.recovery_target})", body=body)

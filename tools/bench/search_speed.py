@@ -1,13 +1,13 @@
 """Search speed: where a search's wall time goes, and its retrain and measurement against a
 plain compiled Keras step on the same batches, measured side by side in one process.
 
-Targets (the search-runner issue): overhead, the share of the search's wall time outside
-retraining and measuring, below 10 %; retrain and measurement inside the search at least
-0.9 of plain Keras (Keras seconds per batch / ours).
+What each row is held to: overhead, the share of the search's wall time outside retraining
+and measuring, below 10 %; retrain and measurement inside the search at least 0.9 of plain
+Keras (Keras seconds per batch / ours). Runs go to <out_dir>/search_speed/<model>/<time>;
+each model's dense weights are cached in <out_dir>/search_speed/<model>/dense.
 """
 import datetime
 import os
-import shutil
 import statistics
 import time
 
@@ -18,20 +18,21 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from bench.common import command_line, fmt_ms, machine, REPO, Section
 from purl_tf import models
 from purl_tf.rl import search
 from purl_tf.run import pipeline
 from purl_tf.runtime import files
 
+from .common import command_line, extra_bindings, fmt_ms, machine, model_builder, out_dir, Section
+from .methods import keep_dense, restore_dense
+
 FLAGS = flags.FLAGS
 
-# name -> (title, gin file, bindings, collect episodes unless --episodes): the quickstart
-# as `make demo` runs it, and a deep network on the same data (~45 s an episode here).
+# name -> (title, shipped config, bindings, collect episodes unless --episodes): the
+# quickstart as `make demo` runs it, and a deep network on the same data (~45 s an episode).
 SPEED_MODELS = {
-    "quickstart": ("LeNet-5 (4 prunable layers), the quickstart", "gin/quickstart.gin", (),
-                   100),
-    "resnet20": ("CIFAR-style ResNet-20 (22 prunable layers) at 28x28", "gin/quickstart.gin",
+    "quickstart": ("LeNet-5 (4 prunable layers), the quickstart", "quickstart", (), 100),
+    "resnet20": ("CIFAR-style ResNet-20 (22 prunable layers) at 28x28", "quickstart",
                  ("train_eval.model_builder = @cifar_resnet", "cifar_resnet.depth = 20",
                   "pretrain.epochs = 3", "load_splits.channels = 3"), 10),
 }
@@ -52,12 +53,11 @@ def _searched(name: str, episodes: int, root: str):
   returns (parts, SearchResult, bindings)."""
   _, gin_file, extra, _ = SPEED_MODELS[name]
   bindings = ["make_strategy.name = 'default'", f"SearchRunner.num_episodes = {episodes}",
-              "SearchRunner.eval_interval = 10", *extra, *FLAGS.gin_bindings]
+              "SearchRunner.eval_interval = 10", *extra, *extra_bindings()]
   gin.clear_config()
-  pipeline.parse_gin([os.path.join(REPO, gin_file)], bindings)
+  pipeline.parse_gin([gin_file], bindings)
   tf.keras.utils.set_random_seed(0)
-  builder = pipeline.bound(pipeline.train_eval, "model_builder")
-  builder = getattr(builder, "scoped_configurable_fn", builder)
+  builder = model_builder()
   parts = pipeline.build(root, builder, 0.9)
   result = search.SearchRunner(parts.env, root).run()
   return parts, builder, result, bindings
@@ -100,21 +100,16 @@ def _verdict(met: bool) -> str:
 def search_speed() -> Section:
   """Per model: the search's own breakdown of its wall time (results.json's
   search_seconds_by_part) and the ratios to plain Keras."""
-  base = os.path.abspath(os.path.expanduser(FLAGS.root_dir or os.path.join("runs", "benchmark")))
   stamp = datetime.datetime.now().strftime("run-%Y%m%d-%H%M%S")
   blocks = []
   for name in FLAGS.speed_models:
     title, episodes = SPEED_MODELS[name][0], FLAGS.episodes or SPEED_MODELS[name][3]
-    root = os.path.join(base, "search_speed", name, stamp)
-    cache = os.path.join(base, "search_speed", name, "dense", files.DENSE_WEIGHTS)
-    if os.path.exists(cache):
-      os.makedirs(os.path.dirname(os.path.join(root, files.DENSE_WEIGHTS)))
-      shutil.copyfile(cache, os.path.join(root, files.DENSE_WEIGHTS))
+    root = out_dir("search_speed", name, stamp)
+    cache = out_dir("search_speed", name, "dense", files.DENSE_WEIGHTS)
+    restore_dense(cache, root)
     print(f"search_speed: {title}: a {episodes}-episode search in {root} ...", flush=True)
     parts, builder, found, bindings = _searched(name, episodes, root)
-    if not os.path.exists(cache):
-      os.makedirs(os.path.dirname(cache), exist_ok=True)
-      shutil.copyfile(os.path.join(root, files.DENSE_WEIGHTS), cache)
+    keep_dense(root, cache)
     keras_seconds = _keras_seconds(parts, builder, root, FLAGS.speed_repeats)
     by_part = found.seconds_by_part
     steps = sum(len(e.levels) for e in found.episodes)
@@ -147,7 +142,7 @@ def search_speed() -> Section:
                f"{episodes} collect episodes plus greedy evaluations: {len(found.episodes)} "
                f"episodes, {steps} steps; the search traced its train and eval functions "
                f"{traces['train']} and {traces['eval']} times. Config: "
-               f"`{SPEED_MODELS[name][1]}` plus " + ", ".join(f"`{b}`" for b in bindings) + ".",
+               f"`--gin_file={SPEED_MODELS[name][1]}` plus " + ", ".join(f"`{b}`" for b in bindings) + ".",
                "", *rows, "", *ratio_rows, ""]
     print("\n".join(rows + [""] + ratio_rows), flush=True)
   gin.clear_config()

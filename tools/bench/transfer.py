@@ -5,9 +5,9 @@ A searched method fine-tunes the network its search trained (train_eval.finetune
 `--transfer_runs`, its chosen allocation (best_allocation.json) is put on its dense
 weights and given the same fine-tune (its own config.gin and seed), as
 `finetune_from = 'dense'` would do, and the test accuracy is set beside the run's own.
-`--gin_bindings` change that fine-tune for every run (e.g. `finetune.epochs = 18.984`: a
-one-shot allocation given the train steps of a search, 7,404 on mnist_resnet20); they name
-the section, so each setting keeps its own.
+`--variant` and `--gin_bindings` change that fine-tune for every run (e.g. `finetune.epochs =
+18.984`: a one-shot allocation given the train steps of a search, 7,404 on mnist_resnet20);
+their bindings name the section, so each setting keeps its own.
 """
 import json
 import os
@@ -20,10 +20,11 @@ from absl import flags
 import gin
 import tensorflow as tf
 
-from bench.common import command_line, machine, Section
 from purl_tf.run import finetune, pipeline
 from purl_tf.runtime import files
 from purl_tf.errors import PurlError
+
+from .common import command_line, extra_bindings, machine, model_builder, Section
 
 FLAGS = flags.FLAGS
 
@@ -45,13 +46,11 @@ def _from_dense(run: str) -> dict:
     shutil.copyfile(os.path.join(run, files.DENSE_WEIGHTS),
                     os.path.join(root, files.DENSE_WEIGHTS))
     gin.clear_config()
-    pipeline.parse_gin([os.path.join(run, files.CONFIG)], FLAGS.gin_bindings)
-    seed = gin.query_parameter("train_eval.seed")
-    target = gin.query_parameter("train_eval.target_sparsity")
-    builder = pipeline.bound(pipeline.train_eval, "model_builder")
-    builder = getattr(builder, "scoped_configurable_fn", builder)
+    pipeline.parse_gin([os.path.join(run, files.CONFIG)], extra_bindings())
+    seed = pipeline.bound(pipeline.train_eval, "seed")
+    target = pipeline.bound(pipeline.train_eval, "target_sparsity")
     tf.keras.utils.set_random_seed(seed)
-    parts = pipeline.build(root, builder, target, seed=seed)
+    parts = pipeline.build(root, model_builder(), target, seed=seed)
     with open(os.path.join(run, files.BEST_ALLOCATION)) as handle:
       allocation = json.load(handle)["allocation"]
     return finetune.finetune(parts.controller, parts.strategy, parts.splits, allocation,
@@ -63,7 +62,7 @@ def _from_dense(run: str) -> dict:
 def allocation_transfer() -> Section:
   if not FLAGS.transfer_runs:
     raise PurlError("allocation_transfer needs --transfer_runs: finished run folders, e.g. "
-                    "a benchmark's runs/benchmark/mnist_resnet20/target0.95/seed0/purl.")
+                    "a benchmark's runs/benchmarks/mnist_resnet20/target0.95/seed0/purl.")
   rows = ["| run | method | target | sparsity | test accuracy, as run | fine-tuned from the "
           "dense weights | its fine-tune steps |", "| --- | --- | --- | --- | --- | --- | --- |"]
   for run in FLAGS.transfer_runs:
@@ -79,10 +78,10 @@ def allocation_transfer() -> Section:
       "Each run's chosen allocation put on its dense weights and given its own fine-tune "
       "(config and seed), beside the run's result (a searched method fine-tunes the network "
       "its search trained; a one-shot method starts from the dense weights, so its two "
-      "columns agree unless `--gin_bindings` change the fine-tune: they are in the heading).",
+      "columns agree unless bindings change the fine-tune: they are in the heading).",
       "", *rows, "", f"- Command: `{command_line()}`",
       f"- Machine: {machine()}"])
   heading = "Allocation transfer: searched allocations from the dense weights"
-  if FLAGS.gin_bindings:
-    heading += f" ({', '.join(FLAGS.gin_bindings)})"
+  if extra_bindings():
+    heading += f" ({', '.join(extra_bindings())})"
   return Section(heading=heading, body=body)

@@ -1,4 +1,5 @@
-"""Benchmark sections of docs/benchmarks.md: a Section, the machine line, the writer."""
+"""Sections of a results page (markdown): a Section, the machine line, the command line and
+the writer that replaces one section of a file."""
 import dataclasses
 import os
 import platform
@@ -10,9 +11,8 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 _DOC_TITLE = "# Benchmarks"
-_DOC_INTRO = ("Measured with `python -m purl_tf.benchmark` (method against method) and "
-              "`tools/benchmark.py` (speed) on the machine named in each section. Each "
-              "section is rewritten when its benchmark is run again with `--output`.")
+_DOC_INTRO = ("Measured with `tools/benchmark.py` on the machine named in each section. Each "
+              "section is rewritten when its benchmark is run again.")
 
 
 @dataclasses.dataclass
@@ -47,13 +47,9 @@ def machine() -> str:
 def command_line(arguments: Optional[Sequence[str]] = None) -> str:
   """The command that reproduces this run, relative to the current folder, quoted for a
   shell; `arguments` replace the process's own (sys.argv[1:])."""
-  script = sys.argv[0]
-  if script.endswith(os.path.join("purl_tf", "benchmark.py")):
-    script = ["-m", "purl_tf.benchmark"]
-  else:
-    script = [os.path.relpath(os.path.abspath(script))]
+  script = os.path.relpath(os.path.abspath(sys.argv[0]))
   arguments = sys.argv[1:] if arguments is None else arguments
-  return " ".join(_quoted(word) for word in [".venv/bin/python", *script, *arguments])
+  return " ".join(_quoted(word) for word in [".venv/bin/python", script, *arguments])
 
 
 def _quoted(word: str) -> str:

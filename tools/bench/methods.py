@@ -1,23 +1,30 @@
 r"""Method against method: every allocation method over targets and seeds, one table.
 
-  python -m purl_tf.benchmark --benchmark=mnist_resnet20            # the whole table
-  python -m purl_tf.benchmark --benchmark=mnist_resnet20 --quick    # one seed, one target
-  python -m purl_tf.benchmark --benchmark=imagenet_resnet50 --mock  # a GPU suite, checked
+  python tools/benchmark.py --benchmark=mnist_resnet20            # the whole table
+  python tools/benchmark.py --benchmark=mnist_resnet20 --quick    # one seed, one target
+  python tools/benchmark.py --benchmark=imagenet_resnet50 --mock  # a GPU suite, checked
+  python tools/benchmark.py --benchmark=mnist_resnet20 --variant=prior_erk_retrain6_final24
 
-Each cell (method, target, seed) is one `python -m purl_tf.train` process in
---root_dir/<benchmark>/target<t>/seed<s>/<method>, its log beside it. A finished cell is
-never run again: its folder's results.json, or its record in the results file (which is
-committed, so a benchmark continues in a fresh clone of the repository where the last
-one stopped). The first cell of a seed pre-trains the dense model every other cell of
-that seed starts from; its weights are kept beside the results file
-(<benchmark>_dense/seed<s>.h5) for the same reason. A seed changes the
-reward split (load_splits.reward_seed), the pre-training and retraining order
-(load_splits.shuffle_seed), the search and the fine-tune (train_eval.seed). --seeds,
---targets and --methods run part of a table; the results file keeps the other parts'
-cells.
+Everything goes into --out_dir (default runs/benchmarks), named by the benchmark, so one
+folder holds several benchmarks and their variants side by side. Each cell (method, target,
+seed) is one `python -m purl_tf.train` process in <out_dir>/<benchmark>/target<t>/seed<s>/
+<method>, its log beside it. A finished cell is never run again: its folder's results.json,
+or its record in the results file <out_dir>/<name>.json (with --update_docs, the copy kept
+in the docs is read too, so a benchmark continues in a fresh clone where the last one
+stopped). The first cell of a seed pre-trains the dense model every other cell of that seed
+starts from, deterministically from the seed; its weights are cached in
+<out_dir>/<name>_dense/seed<s>.h5 for the other cells (and for studies of that network). A
+seed changes the reward split (load_splits.reward_seed), the pre-training and retraining
+order (load_splits.shuffle_seed), the search and the fine-tune (train_eval.seed). --seeds,
+--targets and --methods run part of a table; the results file keeps the other parts' cells.
 
-Outputs: docs/benchmarks/<benchmark>.json (every cell's numbers), three PNGs beside it,
-and the benchmark's section of docs/benchmarks.md (tables and goals, MET or NOT MET).
+A variant (--variant=<name>) is the shipped gin file variants/<name>.gin (gin/variants/ in
+the repository): its bindings apply to the searches, gradual and the matched rows, which run
+in <out_dir>/<benchmark>/<name>; the other cells are the plain benchmark's, shared.
+
+Outputs: <out_dir>/<name>.json (every cell's numbers), three PNGs beside it and the
+benchmark's section of <out_dir>/results.md (tables and goals, MET or NOT MET); with
+--update_docs also the section of the docs page and its results file and PNGs.
 """
 import dataclasses
 import datetime
@@ -29,22 +36,19 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from purl_tf import console  # first: importing purl_tf selects tf-keras before TensorFlow
+import purl_tf  # noqa: F401  (first: selects tf-keras before TensorFlow loads)
+import gin
 
-if __name__ == "__main__":
-  console.install()  # before TensorFlow loads: its libraries print while they load
+from purl_tf.errors import PurlError
+from purl_tf.run import configs, pipeline
+from purl_tf.runtime import files, plots
 
-# pylint: disable=wrong-import-position
-from absl import app, flags  # noqa: E402
+from .markdown import command_line, machine, Section, write_section
+from .verdicts import (MATCHED, METHOD_NAMES, METHOD_ORDER, SEARCHES, best_so_far,
+                       episodes_to_within, goals, percent, stats, summary, table)
 
-from purl_tf.runtime import files, plots  # noqa: E402
-from purl_tf.errors import PurlError  # noqa: E402
-from purl_tf.markdown import command_line, machine, Section, write_section  # noqa: E402
-from purl_tf.verdicts import (MATCHED, METHOD_NAMES, METHOD_ORDER, SEARCHES,  # noqa: E402
-                              best_so_far, episodes_to_within, goals, percent, stats,
-                              summary, table)
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT_DIR = os.path.join("runs", "benchmarks")  # --out_dir unless given
+SECTIONS = "results.md"  # in --out_dir: every benchmark's section
 
 # Methods whose cell depends on the search's settings: the searches, and gradual and the
 # MATCHED rows, which train for the search's retrain budget (a variant's bindings apply
@@ -70,7 +74,7 @@ class Suite:
   """A named benchmark: one gin config, its targets and the bindings put on top of it."""
   name: str
   title: str
-  gin_file: str  # relative to the repository
+  gin_file: str  # a shipped config's name (purl_tf.run.configs.find)
   targets: Tuple[float, ...]
   episodes: int  # SearchRunner.num_episodes of every search
   bindings: Tuple[str, ...] = ()
@@ -82,22 +86,22 @@ class Suite:
 SUITES = {
     "mnist_resnet20": Suite(
         "mnist_resnet20", "mnist_full: ResNet-20 (width 8) at 0.95, 0.98 and 0.99",
-        "gin/mnist_resnet20.gin", (0.95, 0.98, 0.99), episodes=40, runs_here=True),
+        "mnist_resnet20", (0.95, 0.98, 0.99), episodes=40, runs_here=True),
     "mnist5k": Suite(
-        "mnist5k", "mnist5k: LeNet-5 at 0.95 and 0.98", "gin/quickstart.gin", (0.95, 0.98),
+        "mnist5k", "mnist5k: LeNet-5 at 0.95 and 0.98", "quickstart", (0.95, 0.98),
         episodes=50,
         bindings=("train_eval.export_tflite = False", f"PruningEnv.levels = {WIDE_LEVELS}",
                   "SearchRunner.eval_interval = 10"),
         runs_here=True),
     "cifar10": Suite(
-        "cifar10", "CIFAR-10: ResNet-20 at 0.8", "gin/cifar10.gin", (0.8,), episodes=150,
+        "cifar10", "CIFAR-10: ResNet-20 at 0.8", "cifar10", (0.8,), episodes=150,
         bindings=("train_eval.export_tflite = False",)),
     "imagenet_resnet50": Suite(
-        "imagenet_resnet50", "ImageNet: ResNet-50 at 0.8", "gin/resnet50.gin", (0.8,),
+        "imagenet_resnet50", "ImageNet: ResNet-50 at 0.8", "resnet50", (0.8,),
         episodes=150, bindings=("train_eval.export_tflite = False",),
         mock_bindings=("resnet50.weights = None",)),
     "imagenet_mobilenet_v2": Suite(
-        "imagenet_mobilenet_v2", "ImageNet: MobileNet-V2 at 0.7", "gin/mobilenet_v2.gin",
+        "imagenet_mobilenet_v2", "ImageNet: MobileNet-V2 at 0.7", "mobilenet_v2",
         (0.7,), episodes=150, bindings=("train_eval.export_tflite = False",),
         mock_bindings=("mobilenet_v2.weights = None",)),
 }
@@ -114,8 +118,9 @@ class Plan:
   mock: bool
   quick: bool = False
   extra_bindings: Tuple[str, ...] = ()
-  # A named variant of the searches: extra_bindings apply to the VARIED methods only,
-  # which run in root_dir/<variant>; the other cells are the plan's own, shared.
+  # A named variant of the searches (gin/variants/<variant>.gin, whose bindings are
+  # extra_bindings): they apply to the VARIED methods only, which run in
+  # root_dir/<variant>; the other cells are the plan's own, shared.
   variant: str = ""
   # The methods whose cells this invocation runs (--methods); the report still shows the
   # finished cells of every method.
@@ -156,9 +161,48 @@ class Plan:
     mock = (*MOCK_BINDINGS, *self.suite.mock_bindings) if self.mock else ()
     extra = self.extra_bindings if not self.variant or method in VARIED else ()
     return [*self.suite.bindings, *mock, f"train_eval.target_sparsity = {target}",
-            f"train_eval.seed = {seed}", f"load_splits.reward_seed = {seed}",
-            f"load_splits.shuffle_seed = {seed}", f"SearchRunner.num_episodes = {self.episodes}",
-            *extra]
+            *seed_bindings(seed), f"SearchRunner.num_episodes = {self.episodes}", *extra]
+
+
+def seed_bindings(seed) -> List[str]:
+  """What a seed changes in a cell: the search, pre-training and fine-tune (train_eval.seed),
+  the reward split and the train order. A tool that pre-trains with these bindings on a
+  suite's config gets the dense network of that seed's cells."""
+  return [f"train_eval.seed = {seed}", f"load_splits.reward_seed = {seed}",
+          f"load_splits.shuffle_seed = {seed}"]
+
+
+def variant_bindings(name: str) -> Tuple[str, ...]:
+  """The bindings of the shipped variant `name` (variants/<name>.gin), one string each in
+  file order: comment and blank lines dropped, a tuple or list spread over lines joined. A
+  variant holds bindings only (it goes on top of a suite's config, as a second --gin_file
+  of `python -m purl_tf.train` does)."""
+  path = configs.find(f"variants/{name}")
+  bindings, pending = [], ""
+  with open(path, encoding="utf-8") as handle:
+    for line in handle:
+      line = line.strip()
+      if not line or line.startswith("#"):
+        continue
+      if line.startswith("include "):
+        raise PurlError(f"{path}: a variant holds bindings only, not '{line}'.")
+      pending = f"{pending} {line}".strip()
+      if sum(pending.count(o) - pending.count(c) for o, c in ("()", "[]", "{}")) <= 0:
+        bindings.append(pending)  # else a tuple or list goes on
+        pending = ""
+  if pending:
+    raise PurlError(f"{path}: the binding '{pending}' is not closed.")
+  if not bindings:
+    raise PurlError(f"{path} holds no bindings.")
+  return tuple(bindings)
+
+
+def model_builder():
+  """The model builder gin binds to train_eval.model_builder, through gin's public API:
+  the configurable a reference (@cifar_resnet) names, else the bound or default function."""
+  bound = pipeline.bound(pipeline.train_eval, "model_builder")
+  selector = getattr(bound, "selector", None)
+  return gin.get_configurable(selector) if selector else bound
 
 
 def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
@@ -180,8 +224,8 @@ def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
   if episodes is not None and episodes < 1:
     raise PurlError(f"--episodes={episodes} must be at least 1.")
   if variant and (not variant.isidentifier() or not extra_bindings):
-    raise PurlError(f"--variant={variant!r} must be a name (letters, digits, _) and come "
-                    "with the --gin_bindings that make the variant.")
+    raise PurlError(f"--variant={variant!r} must be a name (letters, digits, _) of a gin "
+                    "file gin/variants/<name>.gin holding the bindings that make the variant.")
   if not suite.runs_here and not mock:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     if not tf.config.list_physical_devices("GPU"):
@@ -204,15 +248,32 @@ def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
   if quick:
     seed_values = seed_values[:1]
     targets = (suite.quick_target or max(suite.targets),)
-  base = os.path.abspath(os.path.expanduser(root_dir or os.path.join("runs", "benchmark")))
+  base = os.path.abspath(os.path.expanduser(root_dir or OUT_DIR))
   folder = os.path.join(base, "mock" if mock else "", suite_name)
   return Plan(suite, folder, seed_values, targets, episodes or (1 if mock else suite.episodes),
               mock, quick, tuple(extra_bindings), variant, methods)
 
 
 def kept_dense(plan: Plan, results_dir: str, seed: int) -> str:
-  """Where the dense weights of a seed are kept beside the results file."""
+  """Where the dense weights of a seed are cached beside the results file (in --out_dir,
+  never in the checkout: they are pre-trained again from the seed where missing)."""
   return os.path.join(results_dir, f"{plan.base_name}_dense", f"seed{seed}.h5")
+
+
+def restore_dense(kept: str, root: str):
+  """Puts the cached dense weights `kept` (when cached) where a run in `root` loads them
+  instead of pre-training."""
+  weights = os.path.join(root, files.DENSE_WEIGHTS)
+  if os.path.exists(kept) and not os.path.exists(weights):
+    os.makedirs(os.path.dirname(weights), exist_ok=True)
+    shutil.copyfile(kept, weights)
+
+
+def keep_dense(root: str, kept: str):
+  """Caches the dense weights a run in `root` pre-trained as `kept`, unless cached."""
+  if not os.path.exists(kept):
+    os.makedirs(os.path.dirname(kept), exist_ok=True)
+    shutil.copyfile(os.path.join(root, files.DENSE_WEIGHTS), kept)
 
 
 def method_bindings(method: str) -> List[str]:
@@ -231,12 +292,10 @@ def run_cell(plan: Plan, seed: int, target: float, method: str, results_dir: str
   folder = plan.run_dir(target, seed, method)
   if os.path.exists(os.path.join(folder, files.RESULTS)):
     return folder
-  kept, weights = kept_dense(plan, results_dir, seed), os.path.join(folder, files.DENSE_WEIGHTS)
-  if os.path.exists(kept) and not os.path.exists(weights):
-    os.makedirs(os.path.dirname(weights), exist_ok=True)
-    shutil.copyfile(kept, weights)
+  kept = kept_dense(plan, results_dir, seed)
+  restore_dense(kept, folder)
   command = [sys.executable, "-m", "purl_tf.train", f"--root_dir={folder}",
-             f"--gin_file={os.path.join(REPO, plan.suite.gin_file)}"]
+             f"--gin_file={plan.suite.gin_file}"]
   command += [f"--gin_bindings={b}"
               for b in (*plan.bindings(target, seed, method), *method_bindings(method))]
   if plan.mock:
@@ -248,16 +307,14 @@ def run_cell(plan: Plan, seed: int, target: float, method: str, results_dir: str
     handle.write(f"$ {' '.join(command)}\n")
     handle.flush()
     code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False,
-                          cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1")).returncode
+                          env=dict(os.environ, PYTHONUNBUFFERED="1")).returncode
   if code:
     with open(log, encoding="utf-8") as handle:
       tail = [line.strip() for line in handle if line.strip()][-1:]
     raise PurlError(f"{method} (target {target}, seed {seed}) failed with exit code {code}: "
                     f"{tail[0] if tail else ''} (log: {log}).")
   files.write_json(plan.elapsed_path(target, seed, method), {"seconds": time.time() - started})
-  if not os.path.exists(kept):
-    os.makedirs(os.path.dirname(kept), exist_ok=True)
-    shutil.copyfile(weights, kept)
+  keep_dense(folder, kept)
   return folder
 
 
@@ -492,11 +549,12 @@ def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_file
       f"- Every cell's numbers: `{os.path.relpath(results_file, where)}`.",
       f"- Time: {len(seconds)} of {len(plan.cells())} cell processes took "
       f"{sum(seconds) / 60:.0f} min in all.",
-      f"- Config: `{plan.suite.gin_file}` plus, for every cell, "
+      f"- Config: `--gin_file={plan.suite.gin_file}` plus, for every cell, "
       + ", ".join(f"`{b}`" for b in plan.bindings("<target>", "<seed>"))
       + ", `train_eval.method = '<method>'` (the rows fine-tuned as long as a search trains: "
       "their one-shot method and `train_eval.match_search_steps = True`).",
-      *([f"- Variant `{plan.variant}`: the last {len(plan.extra_bindings)} bindings apply to "
+      *([f"- Variant `{plan.variant}` (gin/variants/{plan.variant}.gin): the last "
+         f"{len(plan.extra_bindings)} bindings apply to "
          f"{', '.join(VARIED)} only (gradual and the matched rows train for the search's "
          "retrain budget); the other methods' cells are the plain benchmark's."]
         if plan.variant else []),
@@ -557,63 +615,30 @@ def _duration(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _define_flags():
-  """The command line's flags (defined only when run as a program: purl_tf.train has
-  flags of the same names)."""
-  flags.DEFINE_enum("benchmark", "mnist_resnet20", sorted(SUITES), "Benchmark to run.")
-  flags.DEFINE_bool("quick", False, "One seed and one target (the highest), every method.")
-  flags.DEFINE_list("seeds", [str(seed) for seed in SEEDS], "Seeds to run.")
-  flags.DEFINE_list("targets", [], "Some of the benchmark's targets to run (default: all).")
-  flags.DEFINE_list("methods", [], "Some of the methods to run (default: all); the report "
-                    "keeps the other methods' finished cells.")
-  flags.DEFINE_bool("rerun", False, "Measure the cells of --methods again (at --seeds and "
-                    "--targets): their folders and records are removed first.")
-  flags.DEFINE_integer("episodes", None, "Collect episodes of every search (default: the "
-                       "benchmark's).")
-  flags.DEFINE_bool("mock", False, "Run on tfds mock data with tiny budgets (checks a GPU "
-                    "benchmark's definition on any machine).")
-  flags.DEFINE_string("root_dir", None, "Folder of the cells (default runs/benchmark).")
-  flags.DEFINE_multi_string("gin_bindings", [], "Further gin bindings of every cell (with "
-                            "--variant: of the searches and gradual only).")
-  flags.DEFINE_string("variant", "", "Name of a variant of the searches: --gin_bindings then "
-                      "apply to purl, episodic, random and gradual only, which run in "
-                      "<root_dir>/<benchmark>/<variant>; the other methods' cells are shared "
-                      "with the plain benchmark. Results go to <benchmark>_<variant>.json.")
-  flags.DEFINE_string("output", "docs/benchmarks.md", "Markdown file whose section of this "
-                      "benchmark is replaced (or appended); empty: print only.")
-  flags.DEFINE_string("results_dir", "docs/benchmarks", "Folder of the results file and "
-                      "PNGs.")
+def run(plan: Plan, out_dir: str, rerun: bool = False, docs: Optional[str] = None,
+        docs_data: Optional[str] = None) -> Section:
+  """Runs the plan's missing cells, rewriting its results file, figures and section in
+  out_dir (<out_dir>/results.md) after each; with `docs` also the section of that markdown
+  file and the results file and figures in `docs_data` (a fresh out_dir first takes the
+  cells recorded there, so a table continues where the docs' copy stopped). `rerun`
+  measures the plan's methods again (forget). Returns the section."""
+  if docs and not os.path.exists(results_path(plan, out_dir)):
+    recorded_in_docs = results_path(plan, docs_data)
+    if os.path.exists(recorded_in_docs):
+      os.makedirs(out_dir, exist_ok=True)
+      shutil.copyfile(recorded_in_docs, results_path(plan, out_dir))
 
+  def publish():
+    section = report(plan, os.path.join(out_dir, SECTIONS), out_dir)
+    write_section(os.path.join(out_dir, SECTIONS), section)
+    if docs:
+      os.makedirs(docs_data, exist_ok=True)
+      shutil.copyfile(results_path(plan, out_dir), results_path(plan, docs_data))
+      section = report(plan, docs, docs_data)
+      write_section(docs, section)
+    return section
 
-def main(argv):
-  del argv
-  options = flags.FLAGS
-  output = options.output or None
-  try:
-    plan = make_plan(options.benchmark, options.root_dir, options.seeds, options.episodes,
-                     options.mock, options.quick, options.gin_bindings, options.variant,
-                     options.targets, options.methods)
-    print(f"{plan.name}: {len(plan.seeds)} seeds x {len(plan.targets)} targets x "
-          f"{len(plan.methods)} methods in {plan.root_dir}.", flush=True)
-
-    def publish():
-      section = report(plan, output, options.results_dir)
-      if output:
-        write_section(output, section)
-      return section
-
-    if options.rerun:
-      forget(plan, options.results_dir)
-    run_plan(plan, options.results_dir, after_cell=publish)
-    section = publish()
-  except PurlError as error:
-    print(f"benchmark: error: {str(error).splitlines()[0]}", file=sys.stderr)
-    sys.exit(1)
-  print(f"\n## {section.heading}\n\n{section.body}\n")
-  if output:
-    print(f"Wrote the section to {output} and the results to {options.results_dir}.")
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  if rerun:
+    forget(plan, out_dir)
+  run_plan(plan, out_dir, after_cell=publish)
+  return publish()

@@ -1,5 +1,6 @@
 """The benchmark's verdicts: its methods, what a cell's search measured, the table of a
-target over seeds and the goals of the value-proof issue, each MET or NOT MET.
+target over seeds and the goals a table is judged by, each MET or NOT MET (the margins and
+rivals below are the benchmark's, not the library's).
 
 A cell is the dict a results file holds (benchmark.cell_record): accuracies and
 sparsities are fractions, seeds ints; the tables print percentages.
