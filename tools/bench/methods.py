@@ -177,6 +177,10 @@ def variant_bindings(name: str) -> Tuple[str, ...]:
   file order: comment and blank lines dropped, a tuple or list spread over lines joined. A
   variant holds bindings only (it goes on top of a suite's config, as a second --gin_file
   of `python -m purl_tf.train` does)."""
+  shipped = [n.split("/", 1)[1] for n in configs.names() if n.startswith("variants/")]
+  if name not in shipped:
+    raise PurlError(f"--variant={name} is not a shipped variant (gin/variants/<name>.gin): "
+                    f"use one of {', '.join(shipped)}.")
   path = configs.find(f"variants/{name}")
   bindings, pending = [], ""
   with open(path, encoding="utf-8") as handle:
