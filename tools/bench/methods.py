@@ -213,9 +213,10 @@ def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
               episodes: Optional[int], mock: bool, quick: bool = False,
               extra_bindings: Sequence[str] = (), variant: str = "",
               targets: Sequence[str] = (), methods: Sequence[str] = ()) -> Plan:
-  """Checks a benchmark's flags; one-line PurlErrors for bad ones. `targets` (empty: all
-  of the suite's) picks some of the suite's targets, `methods` (empty: all) the methods
-  whose cells run."""
+  """Checks a benchmark's flags; one-line PurlErrors for bad ones. The cells go to
+  <root_dir>/<benchmark> (<root_dir>/mock/<benchmark> with `mock`); root_dir is --out_dir
+  (None: runs/benchmarks). `targets` (empty: all of the suite's) picks some of the suite's
+  targets, `methods` (empty: all) the methods whose cells run."""
   if suite_name not in SUITES:
     raise PurlError(f"--benchmark={suite_name} is unknown: use one of {sorted(SUITES)}.")
   suite = SUITES[suite_name]
