@@ -11,7 +11,7 @@ import purl_tf  # noqa: F401
 import gin
 import tf_keras as keras
 
-from purl_tf import benchmark, models, pruning, train
+from purl_tf import models, pruning, train
 from purl_tf.rl import search
 from purl_tf.run import gradual, pipeline
 from purl_tf.runtime import files
@@ -122,10 +122,10 @@ def test_an_unknown_gradual_allocation_is_a_one_line_error():
 
 def test_a_one_shot_method_can_train_as_long_as_the_searches(finished, data_dir,
                                                              pretrained_lenet, tmp_path):
-  """The benchmark's row "ERK, fine-tuned as long as a search trains", run by its bindings."""
+  """ERK, fine-tuned as long as a search trains (train_eval.match_search_steps)."""
   _, random = finished("random")
   matched = run("uniform", str(tmp_path / "erk"), data_dir, pretrained_lenet,
-                bindings=benchmark.method_bindings("erk_matched"))
+                bindings=["train_eval.method = 'erk'", "train_eval.match_search_steps = True"])
   assert matched.method == "erk"
   assert matched.search_retrain_steps == 0
   assert matched.finetune_steps == random.search_retrain_steps + random.finetune_steps
