@@ -7,7 +7,7 @@ ROOT_DIR ?= runs/quickstart
 .PHONY: demo test install clean
 
 # uv installs the pinned stack in half pip's time (parallel downloads and bytecode
-# compilation: 56 vs 110 s on 2 cores, README "Development"); pip does it where uv cannot.
+# compilation: 56 vs 110 s on 2 cores, docs/development.md); pip does it where uv cannot.
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv || $(PY) -m pip install -q --upgrade pip

@@ -1,7 +1,7 @@
 """purl_tf: PuRL (pruning with reinforcement learning and dense rewards) on TensorFlow/Keras."""
 from setuptools import find_packages, setup
 
-# The stack measured to work together (see docs/stack.md): tf-agents 0.19 does not
+# The stack measured to work together: tf-agents 0.19 does not
 # resolve beside TensorFlow 2.21, tfp 0.22.1 is the one tf-agents 0.18 accepts.
 STACK = [
     "tensorflow==2.21.0",
