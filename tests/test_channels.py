@@ -202,6 +202,20 @@ def test_least_important_removed_and_bn_gamma():
       np.abs(resnet.get_layer(name).gamma.numpy()) for name in norms), rtol=1e-6)
 
 
+def test_shared_layers_tie_their_calls(digits):
+  """A conv and a batch norm called on two branches: the branches' channels are one group
+  (the shared conv reads both with one kernel), and shrink still equals mask."""
+  inputs = keras.Input((32, 32, 3))
+  shared, norm = L.Conv2D(5, 3, padding="same", name="shared"), L.BatchNormalization(name="bn")
+  branches = [L.Conv2D(6, 3, padding="same", name="a")(inputs), L.Conv2D(6, 1, name="b")(inputs)]
+  x = L.Add(name="add")([norm(shared(branch)) for branch in branches])
+  x = L.GlobalAveragePooling2D(name="pool")(L.Conv2D(4, 1, name="c")(L.ReLU(name="relu")(x)))
+  model = _randomized(keras.Model(inputs, L.Dense(3, name="out")(x)))
+  found, _, _, _ = _check_shrink_equals_mask(model, digits)
+  assert sorted(sorted(group.producers) for group in found.groups) == [["a", "b"], ["c"],
+                                                                       ["shared"]]
+
+
 def test_opaque_layers_leave_their_channels_whole():
   """A Lambda and a Reshape keep their inputs' channels whole (with a warning); the other
   groups are still pruned, and shrink still equals mask."""

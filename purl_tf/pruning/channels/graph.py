@@ -7,7 +7,8 @@ gate too) and their kin make their inputs' elements the same channels; Concatena
 inputs' elements side by side; Flatten repeats them over positions (flat index pos * C + c).
 The elements one producer makes, and the elements tied to them, form a *group*: the unit of
 one pruning decision. A group lists its members: each (layer, role, positions) where a
-layer's weights hold its channels (see layers.py for the roles).
+layer's weights hold its channels (see layers.py for the roles). A layer called more than
+once (shared) holds one set of weights, so its calls' channels are tied.
 
 What is left whole, with a warning (`ChannelGroups.warnings`, also logged), rather than
 refused: channels feeding or made by a grouped Conv2D; depthwise and separable convs of depth
