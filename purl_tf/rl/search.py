@@ -40,9 +40,9 @@ from tf_agents.utils import common, nest_utils
 from purl_tf.errors import PurlError
 from purl_tf.rl import agent as agent_lib
 from purl_tf.rl import rewards
+from purl_tf.rl.candidates import CandidatePool
 from purl_tf.rl.env import PruningEnv
-from purl_tf.rl.episode import (COLLECT, CRITERIA, GREEDY, PRIOR, RANDOM, Episode, is_better,
-                                rank)
+from purl_tf.rl.episode import COLLECT, CRITERIA, GREEDY, PRIOR, RANDOM, Episode, is_better
 from purl_tf.runtime import distribute, files, interrupt, plots
 from purl_tf.runtime.results import NEAR_CHANCE_SHARE, retained_share
 
@@ -160,13 +160,11 @@ class SearchRunner:
       action grid size and Q-network layers. Its greedy policy runs once first.
     prior_episode: with PruningEnv.prior set, play the prior's own allocation first (one
       more evaluated episode, for either learner); see the module docstring.
-    candidates: how many of the best episodes keep their network (masks and retrained
-      weights, in root_dir/search/candidates) to be re-scored when the search ends.
+    candidates: how many of the best episodes keep their network to be re-scored when
+      the search ends (candidates.CandidatePool).
     rescore_steps: train batches each candidate's network gets, from one common stream
       position, before its reward-split accuracy is measured again; the highest re-score
       is the allocation the run keeps, and its network is what the fine-tune starts from.
-      (The best of many noisy estimates is biased upwards; a fresh, longer-trained
-      measurement of a few candidates is not chosen among so many.)
     checkpoint_seconds: checkpoint after an episode when this many seconds have passed
       since the last checkpoint (and always after the last episode, and before stopping
       on SIGINT/SIGTERM). A kill loses at most this much finished work besides the
@@ -334,10 +332,10 @@ class SearchRunner:
     # One compiled summary writer per writer: a traced summary op keeps its writer.
     self.summaries = {kind: tf.function(_write_summaries, autograph=False)
                       for kind in files.TENSORBOARD_DIRS}
+    self.pool = CandidatePool(env, self.root_dir, self.candidates, self.rescore_steps,
+                              self.criterion, self.lockstep)
     self._chart_due = False
     self._first_observation = None
-    self._dropped: List[str] = []  # candidate files no longer among the best
-    self._forgotten: List[str] = []  # ... and not named by the last checkpoint either
     self._warned_chance = False
     self._saved_at, self._unsaved = time.time(), False
 
@@ -434,7 +432,7 @@ class SearchRunner:
     if is_better(result, record.best, self.env.target, self.criterion):
       record.best = result
       self._chart_due = True
-    self._consider(len(record.episodes) - 1)
+    self.pool(record)
     scalars = {"episode/return": result.episode_return, "episode/accuracy": result.accuracy,
                "episode/sparsity": result.sparsity, "best/accuracy": record.best.accuracy,
                "best/sparsity": record.best.sparsity}
@@ -452,60 +450,6 @@ class SearchRunner:
           tf.constant(result.episode, tf.int64),
           {name: tf.constant(value, tf.float32) for name, value in scalars.items()},
           tf.constant(list(result.allocation.values()), tf.float32))
-
-  def _candidate_file(self, index: int) -> str:
-    return os.path.join(self.root_dir, files.SEARCH_CANDIDATES, f"episode{index:05d}.npz")
-
-  def _consider(self, index: int):
-    """Keeps the network of episode `index` (as its last step left it) when it ranks among
-    the `candidates` best so far."""
-    record = self.record
-    ranked = sorted([*record.candidates, index], reverse=True,
-                    key=lambda i: rank(record.episodes[i], self.env.target, self.criterion))
-    record.candidates = ranked[:self.candidates]
-    if index in record.candidates:
-      self.env.save_network(self._candidate_file(index))
-    self._dropped += [self._candidate_file(i) for i in ranked[self.candidates:] if i != index]
-
-  def _rescore(self):
-    """Re-scores the candidates' networks; returns (chosen episode, its state file after
-    the re-score, selection dict). Leaves the env at the last candidate's network."""
-    record, env = self.record, self.env
-    scored = []
-    for index in record.candidates:
-      path = self._candidate_file(index)
-      missing = not tf.io.gfile.exists(path)
-      if self.lockstep:  # all workers re-score the same candidates
-        missing = self.lockstep.any(missing)
-      if missing:
-        _log.warning(f"the network of candidate episode {index} is missing ({path}); "
-                     "it is not re-scored.")
-        continue
-      interrupt.check()
-      # Every candidate retrains on the same batches.
-      accuracy = env.rescore(path, record.train_position, self.rescore_steps)
-      episode = record.episodes[index]
-      scored.append({"episode": episode.episode, "policy": episode.policy, "index": index,
-                     "search_accuracy": episode.accuracy, "rescored_accuracy": accuracy,
-                     "sparsity": episode.sparsity})
-      best = max(scored, key=lambda c: rank(record.episodes[c["index"]], env.target,
-                                            self.criterion, c["rescored_accuracy"]))
-      if best is scored[-1]:
-        env.save_network(os.path.join(self.root_dir, files.SEARCH_CHOSEN))
-    if not scored:
-      return record.best, None, {"rule": "the search's best (no candidate network left)"}
-    chosen = record.episodes[best["index"]]
-    selection = {
-        "rule": f"the {self.candidates} best episodes by {self.criterion}, each network "
-                f"retrained {self.rescore_steps} more batches (the same batches for all) "
-                "and measured again on the reward split; the highest re-score is kept",
-        "candidates": scored, "chosen_episode": chosen.episode, "chosen_policy": chosen.policy,
-        "rescored_accuracy": best["rescored_accuracy"],
-        "rescore_steps": self.rescore_steps}
-    _log.info(f"Chosen: episode {chosen.episode} ({chosen.policy}), search accuracy "
-              f"{chosen.accuracy:.4f}, re-scored {best['rescored_accuracy']:.4f} after "
-              f"{self.rescore_steps} batches (of {len(scored)} candidates).")
-    return chosen, os.path.join(self.root_dir, files.SEARCH_CHOSEN), selection
 
   def _chart_best(self):
     """The best allocation's chart in TensorBoard (rendering takes ~0.1 s: done at each
@@ -525,10 +469,7 @@ class SearchRunner:
     record = self.record
     record.store()
     saving = time.time()
-    if self._forgotten:
-      self.checkpoint.sync()  # the last checkpoint, which no longer names them, is whole
-      _remove(self._forgotten)
-    self._forgotten, self._dropped = self._dropped, []
+    self.pool.release(self.checkpoint.sync)
     # Written in the background; a kill mid-write leaves a checkpoint that restore_latest
     # skips for the one before.
     self.manager.save(checkpoint_number=record.collected,
@@ -571,14 +512,14 @@ class SearchRunner:
               f"  {result.seconds:5.1f}s/ep  ETA {_duration(remaining)}")
 
   def _finish(self) -> SearchResult:
-    """Saves the greedy policy (DQN); the search's result."""
+    """Saves the greedy policy (DQN), re-scores the candidates; the search's result."""
     self.checkpoint.sync()  # the last checkpoint written
-    _remove(self._forgotten)
+    self.pool.release(self.checkpoint.sync)
     if self.learner == DQN:
       policy_saver.PolicySaver(self.agent.policy, batch_size=None).save(
           os.path.join(self.root_dir, files.POLICY_DIR))
     record = self.record
-    chosen, state, selection = self._rescore()
+    chosen, state, selection = self.pool.choose(record)
     return SearchResult(best=record.best, chosen=chosen, chosen_state=state,
                         selection=selection, episodes=record.episodes,
                         seconds=record.seconds, failed_steps=record.failed_steps,
@@ -593,12 +534,6 @@ def _write_summaries(step, scalars, layer_sparsities):
   for tag, value in scalars.items():
     tf.summary.scalar(tag, value, step=step)
   tf.summary.histogram("episode/layer_sparsity", layer_sparsities, step=step)
-
-
-def _remove(paths: List[str]):
-  for path in paths:
-    if tf.io.gfile.exists(path):
-      tf.io.gfile.remove(path)
 
 
 def _load_policy(agent, path: str):
