@@ -1,8 +1,10 @@
 """The search runner: one episode loop for every searched method (after Dopamine's Runner).
 
-A `SearchRunner` owns the loop over episodes of the PruningEnv, its checkpoints and
-resume, the collect and greedy phases, the TensorBoard summaries and the progress lines.
-Its `learner` says what chooses the levels:
+A `SearchRunner` owns the loop over episodes of the PruningEnv, the agent's updates, its
+checkpoints and resume, and the collect and greedy phases. After each finished episode it
+hands the search record to its observers: the candidates.CandidatePool (the best episodes'
+networks, re-scored at the end to choose), the summaries.EpisodeSummaries (TensorBoard) and
+the progress lines. Its `learner` says what chooses the levels:
 
   'dqn'     PuRL: a DQN agent collects with epsilon-greedy exploration, trains after every
             collect episode, and its greedy policy is evaluated every `eval_interval`
@@ -43,7 +45,8 @@ from purl_tf.rl import rewards
 from purl_tf.rl.candidates import CandidatePool
 from purl_tf.rl.env import PruningEnv
 from purl_tf.rl.episode import COLLECT, CRITERIA, GREEDY, PRIOR, RANDOM, Episode, is_better
-from purl_tf.runtime import distribute, files, interrupt, plots
+from purl_tf.rl.summaries import EpisodeSummaries
+from purl_tf.runtime import distribute, files, interrupt
 from purl_tf.runtime.results import NEAR_CHANCE_SHARE, retained_share
 
 _log = logging.getLogger(__name__)
@@ -262,8 +265,8 @@ class SearchRunner:
     return None
 
   def _run_episode(self, kind: str):
-    """One episode; then the agent's updates (after a collect episode), the record, the
-    summaries and, when due, the checkpoint."""
+    """One episode; then the agent's updates (after a collect episode), the record and its
+    observers, and, when due, the checkpoint."""
     record = self.record
     started = time.time()
     result = self._episode(kind)
@@ -275,7 +278,7 @@ class SearchRunner:
     with self._phase("summaries"):
       self._keep(result, loss)
       if kind == GREEDY or record.collected == self.planned:
-        self._chart_best()
+        self.summaries.chart_best(record.best)
     record.seconds += time.time() - started
     record.failed_steps = self.env.failed_steps
     record.train_position = self.env.train_position
@@ -296,7 +299,7 @@ class SearchRunner:
     self.record.phase_seconds[name] += time.time() - started
 
   def _setup(self):
-    """The agent (DQN), its replay buffer, policies and checkpoint, and the writers."""
+    """The agent (DQN), its replay buffer, policies and checkpoint, and the observers."""
     env = self.env
     self.record = _Record()
     tracked = {"record": self.record.variable,
@@ -327,14 +330,9 @@ class SearchRunner:
     self.checkpoint = tf.train.Checkpoint(**tracked)
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(self.root_dir, files.SEARCH_CHECKPOINTS), max_to_keep=2)
-    self.writers = {kind: tf.summary.create_file_writer(os.path.join(self.root_dir, kind))
-                    for kind in files.TENSORBOARD_DIRS}
-    # One compiled summary writer per writer: a traced summary op keeps its writer.
-    self.summaries = {kind: tf.function(_write_summaries, autograph=False)
-                      for kind in files.TENSORBOARD_DIRS}
     self.pool = CandidatePool(env, self.root_dir, self.candidates, self.rescore_steps,
                               self.criterion, self.lockstep)
-    self._chart_due = False
+    self.summaries = EpisodeSummaries(self.root_dir)
     self._first_observation = None
     self._warned_chance = False
     self._saved_at, self._unsaved = time.time(), False
@@ -426,43 +424,21 @@ class SearchRunner:
     return total / tf.cast(count, tf.float32)
 
   def _keep(self, result: Episode, loss: Optional[float] = None):
-    """Records an episode, updates the best, and writes its TensorBoard summaries."""
+    """Records an episode, updates the best, and shows the record to the candidate pool
+    and the summaries (with the agent's scalars)."""
     record = self.record
     record.add(result)
     if is_better(result, record.best, self.env.target, self.criterion):
       record.best = result
-      self._chart_due = True
     self.pool(record)
-    scalars = {"episode/return": result.episode_return, "episode/accuracy": result.accuracy,
-               "episode/sparsity": result.sparsity, "best/accuracy": record.best.accuracy,
-               "best/sparsity": record.best.sparsity}
+    scalars = {}
     if self.learner == DQN:
       scalars["agent/q_max_first_state"] = self.q_max(self._first_observation[None])
     if result.policy == COLLECT:
       scalars["agent/epsilon"] = result.epsilon
       if loss is not None:
         scalars["agent/loss"] = loss
-    scalars.update({f"best_allocation/{name}": value
-                    for name, value in record.best.allocation.items()})
-    kind = "eval" if result.policy == GREEDY else "train"
-    with self.writers[kind].as_default():
-      self.summaries[kind](
-          tf.constant(result.episode, tf.int64),
-          {name: tf.constant(value, tf.float32) for name, value in scalars.items()},
-          tf.constant(list(result.allocation.values()), tf.float32))
-
-  def _chart_best(self):
-    """The best allocation's chart in TensorBoard (rendering takes ~0.1 s: done at each
-    greedy evaluation and at the end, when the best changed since the last chart)."""
-    best = self.record.best
-    if not self._chart_due:
-      return
-    self._chart_due = False
-    chart = plots.allocations({"best": best.allocation},
-                              f"best allocation (episode {best.episode}, {best.policy})")
-    writer = self.writers["eval" if best.policy == GREEDY else "train"]
-    with writer.as_default(step=best.episode):
-      tf.summary.image("best/allocation", tf.image.decode_png(chart)[None])
+    self.summaries(record, scalars)
 
   def _save(self):
     """Checkpoints everything after an episode, then rewrites episodes.json."""
@@ -526,14 +502,6 @@ class SearchRunner:
                         phase_seconds=dict(record.phase_seconds),
                         retrain_steps=len(record.episodes) * self.env.episode_retrain_steps
                         + len(selection.get("candidates", ())) * self.rescore_steps)
-
-
-def _write_summaries(step, scalars, layer_sparsities):
-  """An episode's scalars ({tag: float32}) and the histogram of its layer sparsities (run
-  compiled: eager summary ops cost ~1 ms a scalar, ~20 ms a histogram)."""
-  for tag, value in scalars.items():
-    tf.summary.scalar(tag, value, step=step)
-  tf.summary.histogram("episode/layer_sparsity", layer_sparsities, step=step)
 
 
 def _load_policy(agent, path: str):
