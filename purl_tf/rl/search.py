@@ -4,7 +4,7 @@ A `SearchRunner` owns the loop over episodes of the PruningEnv, the agent's upda
 checkpoints and resume, and the collect and greedy phases. After each finished episode it
 hands the search record to its observers: the candidates.CandidatePool (the best episodes'
 networks, re-scored at the end to choose), the summaries.EpisodeSummaries (TensorBoard) and
-the progress lines. Its `learner` says what chooses the levels:
+the progress.Progress (the progress lines). Its `learner` says what chooses the levels:
 
   'dqn'     PuRL: a DQN agent collects with epsilon-greedy exploration, trains after every
             collect episode, and its greedy policy is evaluated every `eval_interval`
@@ -45,13 +45,12 @@ from purl_tf.rl import rewards
 from purl_tf.rl.candidates import CandidatePool
 from purl_tf.rl.env import PruningEnv
 from purl_tf.rl.episode import COLLECT, CRITERIA, GREEDY, PRIOR, RANDOM, Episode, is_better
+from purl_tf.rl.progress import Progress
 from purl_tf.rl.summaries import EpisodeSummaries
 from purl_tf.runtime import distribute, files, interrupt
-from purl_tf.runtime.results import NEAR_CHANCE_SHARE, retained_share
 
 _log = logging.getLogger(__name__)
 
-CHANCE_EPISODES = 3  # this many episodes, all near chance, and the search warns
 DQN = "dqn"
 LEARNERS = (DQN, RANDOM)
 
@@ -157,7 +156,7 @@ class SearchRunner:
       (default: 4 per layer).
     batch_size: transitions per DQN gradient step.
     best_criterion: 'accuracy_at_target' or 'return' (see is_better).
-    log_every: print a progress line every this many episodes.
+    log_every: log a progress line every this many episodes.
     initial_policy: a policy saved by an earlier search (its root_dir/policy) whose
       Q-network starts this one; it may come from another network, but needs the same
       action grid size and Q-network layers. Its greedy policy runs once first.
@@ -289,7 +288,7 @@ class SearchRunner:
       due = bool(self.lockstep.agree(due))
     if due:
       self._save()
-    self._progress(result)
+    self.progress(record)
 
   @contextlib.contextmanager
   def _phase(self, name: str):
@@ -333,8 +332,9 @@ class SearchRunner:
     self.pool = CandidatePool(env, self.root_dir, self.candidates, self.rescore_steps,
                               self.criterion, self.lockstep)
     self.summaries = EpisodeSummaries(self.root_dir)
+    self.progress = Progress(self.planned, self.planned_evaluated, self.log_every,
+                             env.num_classes, env.dense_accuracy)
     self._first_observation = None
-    self._warned_chance = False
     self._saved_at, self._unsaved = time.time(), False
 
   def _restore(self) -> bool:
@@ -456,37 +456,6 @@ class SearchRunner:
     record.phase_seconds["checkpoint"] += saved
     self._saved_at, self._unsaved = time.time(), False
 
-  def _warn_if_all_near_chance(self):
-    """Says once, while the search runs, when every episode so far ended near chance."""
-    episodes = self.record.episodes
-    if self._warned_chance or len(episodes) < CHANCE_EPISODES:
-      return
-    classes = self.env.num_classes
-    if all(retained_share(e.accuracy, self.env.dense_accuracy, classes) < NEAR_CHANCE_SHARE
-           for e in episodes):
-      self._warned_chance = True
-      _log.warning(f"all {len(episodes)} episodes so far end near chance (best reward-split "
-                   f"accuracy {max(e.accuracy for e in episodes):.4f}, chance "
-                   f"{1 / classes:.4f}): the search cannot tell allocations apart. Lower "
-                   "train_eval.target_sparsity, raise PruningEnv.retrain_steps, or keep the "
-                   "first and last layers dense (wrap.exclude).")
-
-  def _progress(self, result: Episode):
-    """The progress line of an episode (and the near-chance warning)."""
-    self._warn_if_all_near_chance()
-    if result.episode % self.log_every and result.policy != GREEDY:
-      return
-    record = self.record
-    done = len(record.episodes)
-    per_episode = record.seconds / max(done, 1)
-    remaining = per_episode * (self.planned_evaluated - done)
-    best = record.best
-    _log.info(f"[{result.policy:7s}] episode {record.collected:4d}/{self.planned}"
-              f"  return {result.episode_return:+.3f}"
-              f"  acc {result.accuracy:.4f}  sparsity {result.sparsity:.3f}"
-              f"  eps {result.epsilon:.2f}  best acc {best.accuracy:.4f} @ {best.sparsity:.3f}"
-              f"  {result.seconds:5.1f}s/ep  ETA {_duration(remaining)}")
-
   def _finish(self) -> SearchResult:
     """Saves the greedy policy (DQN), re-scores the candidates; the search's result."""
     self.checkpoint.sync()  # the last checkpoint written
@@ -521,8 +490,3 @@ def _load_policy(agent, path: str):
     target.assign(source)
   agent.initialize()  # copies the Q-network into the target network
   _log.info(f"Q-network initialised from the policy at {path}.")
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
