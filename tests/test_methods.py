@@ -225,7 +225,8 @@ def test_a_run_at_chance_says_so_while_it_searches_and_in_its_results(
   on_disk = json.load(open(os.path.join(root, files.RESULTS)))
   assert on_disk["warnings"] == result.warnings
   assert any(line.startswith("the pruned model is near chance") for line in result.warnings)
-  assert f"WARNING: {result.warnings[0]}" in printed
+  assert (logging.WARNING, result.warnings[0]) in [(r.levelno, r.getMessage())
+                                                   for r in caplog.records]
   # The summary closing the run and the report repeat it.
   assert f"WARNING               {result.warnings[0]}" in train.summary(root, result)
   with open(load_tool("report").write_report(root), encoding="utf-8") as report:
