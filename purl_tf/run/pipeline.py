@@ -1,17 +1,24 @@
 """One run end to end: dense model -> a method's allocation -> fine-tune -> export -> results.
 
-`train_eval` is the library entry point (purl_tf.train is its command line); every knob
-is a gin parameter: train_eval's arguments below, and those of load_splits, the model
-builders, pretrain, wrap, MaskedTrainer, PruningEnv, the rewards, make_agent,
-make_replay_buffer, SearchRunner, finetune, gradual and make_strategy. Rerunning with the
-same root_dir resumes an interrupted run; a finished stage is not redone.
+`run` is the one core: it takes the model (a builder) and the data (a Splits maker) as
+arguments. Two entry points call it, so they cannot drift apart:
+
+  train_eval  gin-configurable (purl_tf.train is its command line): the model and data
+              come from gin-bound builders (train_eval.model_builder, load_splits).
+  prune       purl_tf.run.api (purl_tf.prune): the caller's model and data, gin knobs as
+              keyword arguments.
+
+Every other knob is a gin parameter: those of load_splits, the model builders, pretrain,
+wrap, MaskedTrainer, PruningEnv, the rewards, make_agent, make_replay_buffer,
+SearchRunner, finetune, gradual and make_strategy. Rerunning with the same root_dir
+resumes an interrupted run; a finished stage is not redone.
 """
 import dataclasses
 import functools
 import inspect
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import gin
 import tensorflow as tf
@@ -41,16 +48,22 @@ class Parts:
   env: PruningEnv
 
 
+# What makes a run's data: (num_replicas=...) -> data.Splits, batches sized for the replicas.
+SplitsMaker = Callable[..., data.Splits]
+
+
 def build(root_dir: str, model_builder, target_sparsity: float, seed: int = 0,
-          strategy: Optional[tf.distribute.Strategy] = None, reward_fn=None) -> Parts:
+          strategy: Optional[tf.distribute.Strategy] = None, reward_fn=None,
+          splits: SplitsMaker = data.load_splits) -> Parts:
   """Data, the dense model (pre-trained or loaded from root_dir), its pruning and the MDP.
 
   Everything that can be checked without training is checked before pre-training. The
   environment's train stream is seeded by `seed`; `strategy` defaults to make_strategy()'s;
-  `reward_fn` (None: the environment's default or binding) is the environment's reward.
+  `reward_fn` (None: the environment's default or binding) is the environment's reward;
+  `splits(num_replicas=...)` makes the data (default: load_splits, as gin binds it).
   """
   strategy = strategy or distribute.make_strategy()
-  splits = data.load_splits(num_replicas=strategy.num_replicas_in_sync)
+  splits = splits(num_replicas=strategy.num_replicas_in_sync)
   _log.info(f"Data: {splits.name} {splits.image_shape}, {splits.num_classes} classes, "
             f"examples {splits.num_examples}.")
   with strategy.scope():
@@ -77,7 +90,8 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
                export_tflite: bool = True, finetune_from: str = "search",
                match_search_steps: bool = False, fit_to_target: bool = True,
                overwrite: bool = False) -> RunResult:
-  """Prunes the model `model_builder` builds to `target_sparsity` by `method`.
+  """Prunes the model `model_builder` builds to `target_sparsity` by `method`, on the data
+  load_splits loads: `run` with gin's model and data.
 
   Args:
     root_dir: run folder.
@@ -108,6 +122,32 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
   Returns:
     the RunResult written to root_dir/results.json.
   """
+  return run(root_dir, model_builder, data.load_splits, method=method,
+             target_sparsity=target_sparsity, seed=seed, deterministic=deterministic,
+             export_tflite=export_tflite, finetune_from=finetune_from,
+             match_search_steps=match_search_steps, fit_to_target=fit_to_target,
+             overwrite=overwrite)
+
+
+def run(root_dir: str, model_builder, splits: SplitsMaker, method: str = "purl",
+        target_sparsity: float = 0.9, seed: int = 0, deterministic: bool = False,
+        export_tflite: bool = True, finetune_from: str = "search",
+        match_search_steps: bool = False, fit_to_target: bool = True,
+        overwrite: bool = False, description: str = "",
+        warnings: Sequence[str] = ()) -> RunResult:
+  """The core of every run: prunes `model_builder`'s model on `splits`'s data.
+
+  The arguments are train_eval's (see there), but for:
+    model_builder: (input_shape, num_classes) -> the dense tf-keras model, called in the
+      strategy's scope (and again by gradual, for a fresh copy of the dense model).
+    splits: (num_replicas=...) -> data.Splits, batches sized for that many replicas.
+    description: comment lines on what makes the run beyond gin (purl_tf.prune: its
+      arguments, the model's and the data's fingerprints), put atop root_dir/config.gin, so
+      a rerun with another model or data is refused, and atop operative_config.gin.
+    warnings: lines added to the result's warnings (e.g. no test split was given).
+  Returns:
+    the RunResult written to root_dir/results.json.
+  """
   methods.check(method)
   if finetune_from not in FINETUNE_FROM:
     raise PurlError(f"train_eval.finetune_from={finetune_from!r} is unknown: use one of "
@@ -119,7 +159,7 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
   lockstep = distribute.Lockstep(strategy)
   interrupt.share(lockstep.any if lockstep.active else None)  # a stop is the cluster's
   root_dir = distribute.run_dir(os.path.abspath(os.path.expanduser(root_dir)), strategy)
-  claim(root_dir, gin.config_str(), overwrite)
+  claim(root_dir, description + gin.config_str(), overwrite)
   results_path = os.path.join(root_dir, files.RESULTS)
   finished = files.read_json(results_path)
   if finished:
@@ -129,7 +169,7 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
   if deterministic:
     tf.config.experimental.enable_op_determinism()
   parts = build(root_dir, model_builder, target_sparsity, seed, strategy,
-                methods.reward_fn(method))
+                methods.reward_fn(method), splits)
   choice = methods.choose(method, parts.env, root_dir, seed, lockstep)
   if choice.allocation is None:  # gradual: prunes while it trains
     tuned = _gradual(parts, model_builder, root_dir, target_sparsity, choice, seed)
@@ -165,10 +205,10 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
       comparison=comparison, tflite=tflite, replicas=strategy.num_replicas_in_sync,
       num_classes=parts.splits.num_classes, finetune_from=finetune_from,
       rescored_reward_accuracy=choice.rescored_accuracy, selection=choice.selection)
-  result.warnings = doubts(result)
+  result.warnings = list(warnings) + doubts(result)
   for line in result.warnings:
     _log.warning(f"{line}")
-  operative = gin.operative_config_str()
+  operative = description + gin.operative_config_str()
   with tf.io.gfile.GFile(os.path.join(root_dir, files.OPERATIVE_CONFIG), "w") as handle:
     handle.write(operative)
   with tf.summary.create_file_writer(os.path.join(root_dir, "eval")).as_default(step=0):
@@ -238,7 +278,8 @@ def claim(root_dir: str, config: str, overwrite: bool):
       if handle.read() != config:
         if not overwrite:
           raise PurlError(f"{root_dir} holds a run with another config ({path}): use another "
-                          "--root_dir, or --overwrite to delete that run.")
+                          "root_dir, or overwrite it (--overwrite; prune(..., overwrite=True)) "
+                          "to delete that run.")
         _log.info(f"--overwrite: deleting the run in {root_dir}.")
         tf.io.gfile.rmtree(root_dir)
   tf.io.gfile.makedirs(root_dir)
