@@ -4,12 +4,31 @@ Importing this package selects Keras 2 (tf-keras) for TensorFlow: tfmot and
 tensorflow-probability (so tf-agents) only work with it. That choice must be made
 before TensorFlow is first imported, so import purl_tf before tensorflow. On x86-64 it
 also turns TensorFlow's oneDNN kernels on unless TF_ENABLE_ONEDNN_OPTS says otherwise.
+
+`purl_tf.prune` and `purl_tf.PruneResult` (purl_tf.run.api) are loaded on first use, so
+that importing the package loads no TensorFlow before tf-keras is selected.
 """
 import os
 import platform
 import sys
 
 __version__ = "0.1.0"
+# Names of the package that live in a submodule, imported on first use (PEP 562).
+_LAZY = {"prune": "purl_tf.run.api", "PruneResult": "purl_tf.run.api"}
+__all__ = ["prune", "PruneResult", "__version__"]
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    import importlib  # pylint: disable=import-outside-toplevel
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module 'purl_tf' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))
 
 
 def _select_legacy_keras():
