@@ -7,7 +7,8 @@ r"""Command line of one run: dense model -> a method's allocation -> fine-tune -
       --gin_bindings="train_eval.method='global_magnitude'"
 
 Every knob is a gin parameter (see purl_tf.run.pipeline.train_eval). Rerunning with the same
-root_dir resumes an interrupted run; a finished stage is not redone.
+root_dir resumes an interrupted run; a finished stage is not redone. This is a thin layer:
+train_eval and the Python API (purl_tf.prune) both run pipeline.run, the one core.
 """
 import os
 import sys
