@@ -57,7 +57,7 @@ def _enable_onednn():
 
   TensorFlow turns its oneDNN CPU kernels on by itself only on processors with AVX-512;
   on an AVX2-only x86-64 machine its default kernels took 3.3 times as long per train step
-  of the benchmarks' ResNet-20 (docs/benchmarks.md, "oneDNN on an AVX2 processor"). Other
+  of the benchmarks' ResNet-20 (docs/results.md, "oneDNN on an AVX2 processor"). Other
   machines (aarch64) keep TensorFlow's own choice.
   """
   if platform.machine().lower() in ("x86_64", "amd64"):

@@ -299,4 +299,4 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str]):
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     where = next((line for line in lines[1:] if line.startswith("In ")), "")
     raise PurlError(f"gin: {lines[0].strip(chr(34))} {where}".strip()
-                    + " (see README for the parameters).") from error
+                    + " (see docs/configuration.md for the parameters).") from error
