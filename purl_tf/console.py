@@ -7,7 +7,7 @@ records on the console (INFO as the bare line, WARNING and above after their lev
 silences known third-party noise in two places:
 
 * at its source: Python warnings and TensorFlow log records that only tell the user
-  about library internals are ignored (`quiet_sources`);
+  about library internals are ignored (`purl_tf.runtime.noise`);
 * on the file descriptors, for what no setting reaches: TensorFlow's shared libraries
   print through Abseil while they load, before `absl::InitializeLog()`, so
   TF_CPP_MIN_LOG_LEVEL does not apply to those lines; its CUDA probe logs an error, which
@@ -24,7 +24,8 @@ import re
 import select
 import sys
 import threading
-import warnings
+
+from purl_tf.runtime import noise
 
 # A partial line (a progress bar, a prompt) is shown once nothing followed it for this long.
 IDLE_SECONDS = 0.2
@@ -59,35 +60,6 @@ NOISE = tuple(re.compile(pattern.encode()) for pattern in (
     r"See the migration guide at https://gymnasium\.farama\.org/introduction/"
     r"migration_guide/ for additional information\.",
 ))
-
-# Beginnings of the log messages that `quiet_sources` drops (TensorFlow logs through the
-# `absl` and `tensorflow` loggers), all about library internals: tf-agents' policy saving,
-# the replay buffer read of purl_tf.rl.agent and tf-agents' discounted returns.
-LOG_NOISE = tuple(re.compile(pattern) for pattern in (
-    r"`[^`]+` is not a valid tf\.function parameter name\. Sanitizing to `[^`]+`\.",
-    r"From \S+: ReplayBuffer\.gather_all \(from tf_agents\.replay_buffers\.replay_buffer\) "
-    r"is deprecated and will be removed in a future version\.",
-    r"From \S+: calling foldr_v2 \(from tensorflow\.python\.ops\.functional_ops\) with "
-    r"back_prop=False is deprecated and will be removed in a future version\.",
-))
-
-
-def quiet_sources():
-  """Ignores the Python warnings and log records known to be noise."""
-  warnings.filterwarnings(
-      "ignore", message=r"Encoding a StructuredValue with type tfp\.distributions\.",
-      category=UserWarning, module=r"tensorflow\.python\.saved_model\.nested_structure_coder")
-  warnings.filterwarnings(
-      "ignore", message="Statistics for quantized inputs were expected, but not specified",
-      category=UserWarning, module=r"tensorflow\.lite\.python\.convert")
-  for name in ("absl", "tensorflow"):
-    logging.getLogger(name).addFilter(_not_log_noise)
-
-
-def _not_log_noise(record: logging.LogRecord) -> bool:
-  message = record.getMessage()
-  return not any(pattern.match(message) for pattern in LOG_NOISE)
-
 
 class NoiseFilter:
   """Passes a byte stream on line by line (a line ends at \\n or \\r), less noise lines.
@@ -241,7 +213,7 @@ _LOG = Log()
 
 def install():
   """Silences the known noise at its source and routes fd 1 and 2 through pumps."""
-  quiet_sources()
+  noise.quiet_sources()
   pumps = [Pump(1, _LOG), Pump(2, _LOG, NOISE)]
 
   def stop():

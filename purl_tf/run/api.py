@@ -29,6 +29,7 @@ import tf_keras as keras
 from purl_tf import data, models
 from purl_tf.errors import PurlError
 from purl_tf.run import pipeline
+from purl_tf.runtime import noise
 
 _log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def prune(model, train, reward, *, method: str = "purl", target_sparsity: float 
     PurlError: bad arguments or an unusable model, with one line saying what to change.
   """
   run_arguments, bindings = resolve_knobs(knobs)
+  noise.quiet_sources()
   try:
     with gin_bindings(bindings), tempfile.TemporaryDirectory(prefix="purl_tf_model_") as tmp:
       gin.bind_parameter("pretrain.epochs", 0)  # the weights as given, cached in root_dir
