@@ -1,4 +1,6 @@
-"""Channel pruning: dependency groups, importance, masks, the shrunk model and its cost."""
+"""Channel pruning: dependency groups, importance, masks, the shrunk model and its cost, and
+the ChannelController of a channel search."""
+from purl_tf.pruning.channels.controller import ChannelController
 from purl_tf.pruning.channels.flops import Cost, cost, count
 from purl_tf.pruning.channels.graph import ChannelGroups, Group, Member, channel_groups
 from purl_tf.pruning.channels.importance import CRITERIA, channel_importance
@@ -7,7 +9,9 @@ from purl_tf.pruning.channels.keep import (check_keep, kept_positions,
 from purl_tf.pruning.channels.layers import CHANNEL, IN, OUT
 from purl_tf.pruning.channels.mask import mask_channels
 from purl_tf.pruning.channels.shrink import shrink
+from purl_tf.pruning.channels.wrap import channel_wrappers, wrap_channels
 
-__all__ = ["CHANNEL", "IN", "OUT", "ChannelGroups", "Cost", "CRITERIA", "Group", "Member",
-           "channel_groups", "channel_importance", "check_keep", "cost", "count",
-           "kept_positions", "least_important_removed", "mask_channels", "shrink"]
+__all__ = ["CHANNEL", "IN", "OUT", "ChannelController", "ChannelGroups", "Cost", "CRITERIA",
+           "Group", "Member", "channel_groups", "channel_importance", "check_keep", "cost", "count",
+           "kept_positions", "least_important_removed", "mask_channels", "shrink",
+           "channel_wrappers", "wrap_channels"]
