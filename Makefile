@@ -35,7 +35,7 @@ demo: $(VENV)/.installed
 # worker builds the session's pre-trained LeNet-5 meanwhile without waiting); the rest
 # follow. --no-loadscope-reorder keeps the order: pytest-xdist would otherwise start the
 # files with the most tests first and the long one-test files last.
-FIRST_TESTS := tests/test_configs.py tests/test_pruning.py tests/test_distribute.py \
+FIRST_TESTS := tests/test_configs.py tests/test_api.py tests/test_pruning.py tests/test_distribute.py \
 	tests/test_methods.py tests/test_search.py tests/test_any_model.py tests/test_models.py \
 	tests/test_policy_transfer.py tests/test_distribute_stop.py tests/test_resume.py \
 	tests/test_data.py tests/test_keras3.py tests/test_reliability.py
