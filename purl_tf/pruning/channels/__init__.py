@@ -1,5 +1,7 @@
-"""Channel pruning: dependency groups, importance, masks, the shrunk model and its cost, and
-the ChannelController of a channel search."""
+"""Channel pruning: dependency groups, importance, masks, the shrunk model and its cost, the
+ChannelController of a channel search, and the one-shot allocations at a FLOPs budget."""
+from purl_tf.pruning.channels.allocations import (CHANNEL_ALLOCATIONS, ChannelAllocation,
+                                                  allocate, flops_removed, random_allocation)
 from purl_tf.pruning.channels.controller import ChannelController
 from purl_tf.pruning.channels.flops import Cost, cost, count
 from purl_tf.pruning.channels.graph import ChannelGroups, Group, Member, channel_groups
@@ -14,4 +16,5 @@ from purl_tf.pruning.channels.wrap import channel_wrappers, wrap_channels
 __all__ = ["CHANNEL", "IN", "OUT", "ChannelController", "ChannelGroups", "Cost", "CRITERIA",
            "Group", "Member", "channel_groups", "channel_importance", "check_keep", "cost", "count",
            "kept_positions", "least_important_removed", "mask_channels", "shrink",
-           "channel_wrappers", "wrap_channels"]
+           "channel_wrappers", "wrap_channels", "CHANNEL_ALLOCATIONS", "ChannelAllocation",
+           "allocate", "flops_removed", "random_allocation"]
