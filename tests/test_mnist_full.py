@@ -5,6 +5,7 @@ import hashlib
 import io
 import os
 import pickle
+import subprocess
 import sys
 import zipfile
 
@@ -178,6 +179,15 @@ def _images(ds):
 def _load(data_dir, **bindings):
   return data.load_splits("mnist_full", data_dir=data_dir, preprocessing="none", batch_size=10,
                           reward_size=REWARD_SIZE, **bindings)
+
+
+def test_the_fetch_command_runs_as_documented():
+  """`python -m purl_tf.data.mnist_full` loads the module twice (the data package imports
+  it too): the builder must not register twice."""
+  done = subprocess.run([sys.executable, "-m", "purl_tf.data.mnist_full", "--help"],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "--fetch" in done.stdout
 
 
 def test_reward_split_draws_the_reward_from_validation(synthetic):
