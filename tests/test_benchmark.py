@@ -10,7 +10,7 @@ import purl_tf  # noqa: F401
 from purl_tf.runtime import files
 from purl_tf.errors import PurlError
 from purl_tf.runtime.results import reached_target
-from tools.bench import markdown, verdicts
+from tools.bench import channels, markdown, verdicts
 from tools.bench import methods as benchmark
 
 LAYERS = ("conv1", "conv2", "dense1", "dense2")
@@ -612,3 +612,309 @@ def test_a_variant_changes_the_searches_and_shares_the_other_cells(tmp_path):
     with pytest.raises(PurlError, match="--variant"):
       benchmark.make_plan("mnist5k", str(tmp_path), ["0"], 4, False, extra_bindings=bindings,
                           variant=name)
+
+
+# Channel pruning (the mnist_resnet20_channels suite): fake cells of channel runs.
+GROUPS = ("conv1", "stage1_block1_conv1", "stage2_block1_conv2", "stage3_block1_conv2")
+CHANNEL = "mnist_resnet20_channels"
+
+
+def channel_results(accuracy, target=0.9, removed=None, speedups=(2.0, 1.6), fractions=None,
+                    dense_flops=8_000_000, dense_params=70_000, reached=None):
+  """A channel run's results.json: global_sparsity is the FLOPs removed, `speed` is
+  run/speed.measure_speed's dict, the speedups also at the top level."""
+  removed = target if removed is None else removed
+  pruned_flops = round(dense_flops * (1 - removed))
+  pruned_params = dense_params // 4
+  fractions = fractions or {group: 0.5 for group in GROUPS}
+  latency = {"1": 1.0, "2": 0.6}
+  speed = {"dense": {"params": dense_params, "flops": dense_flops, "latency_ms": latency,
+                     "throughput_images_per_s": 1000.0},
+           "pruned": {"params": pruned_params, "flops": pruned_flops,
+                      "latency_ms": {"1": 1.0 / speedups[0], "2": 0.6 / speedups[1]},
+                      "throughput_images_per_s": 3000.0},
+           "speedup_1_thread": speedups[0], "speedup_2_threads": speedups[1],
+           "throughput_speedup": 3.0}
+  out = results(accuracy, target, sparsity=removed)
+  out.update({"granularity": "channel", "target_flops": target, "allocation": dict(fractions),
+              "reached_target": reached_target(removed, target) if reached is None else reached,
+              "flops_total": dense_flops, "flops_remaining": pruned_flops,
+              "params_total": dense_params, "params_remaining": pruned_params,
+              "speed": speed, "speedup_1_thread": speedups[0],
+              "speedup_2_threads": speedups[1]})
+  return out
+
+
+def channel_cell(method, seed, accuracy, target=0.9, episodes=None, wall=None, **kwargs):
+  return benchmark.cell_record(
+      benchmark.Run(method, target, seed, channel_results(accuracy, target, **kwargs),
+                    episodes, wall), verdicts.CHANNEL)
+
+
+# Channel episodes at FLOPs budget 0.9 whose best comes within 0.5 pt at the 1st / 4th.
+C_AT_1 = [episode(0.95, 0.91)] * 4
+C_AT_4 = [episode(0.9, 0.91)] * 3 + [episode(0.95, 0.91)]
+
+
+def channel_table(accuracies, target=0.9, purl_episodes=C_AT_1, episodic_episodes=C_AT_4,
+                  **kwargs):
+  """Cells of {method: [accuracy of seed 0, 1, ...]} at one budget."""
+  cells = []
+  for method, values in accuracies.items():
+    for seed, accuracy in enumerate(values):
+      episodes = {"purl": purl_episodes, "episodic": episodic_episodes,
+                  "random": C_AT_4}.get(method)
+      cells.append(channel_cell(method, seed, accuracy, target, episodes, **kwargs))
+  return cells
+
+
+def test_the_channel_suite_plans_flops_budgets_and_every_channel_method(tmp_path):
+  plan = benchmark.make_plan(CHANNEL, str(tmp_path), ["0", "1", "2"], None, False)
+  suite = benchmark.SUITES[CHANNEL]
+  assert suite.kind is verdicts.CHANNEL and suite.runs_here
+  assert plan.targets == (0.8, 0.9, 0.95) and plan.episodes == suite.episodes
+  assert plan.methods == verdicts.CHANNEL_METHOD_ORDER == (
+      "purl", "episodic", "random", "uniform", "uniform_keep_ends", "global_filter", "bn_scale",
+      "uniform_matched", "uniform_keep_ends_matched", "global_filter_matched",
+      "bn_scale_matched")
+  cells = plan.cells()
+  assert len(cells) == 3 * 3 * 11 and cells[0] == (0, 0.8, "purl")
+  assert cells[-1] == (2, 0.95, "bn_scale_matched")
+  assert not {"lamp", "erk", "gradual", "global_magnitude"} & {c[2] for c in cells}
+  bindings = plan.bindings(0.95, 2, "global_filter")
+  assert bound(bindings, "train_eval.target_flops") == "0.95"
+  assert not any(b.startswith("train_eval.target_sparsity") for b in bindings)
+  for name in ("train_eval.seed", "load_splits.reward_seed", "load_splits.shuffle_seed"):
+    assert bound(bindings, name) == "2"  # a seed changes the split, order, search, fine-tune
+  assert benchmark.method_bindings("bn_scale_matched", suite.kind) == [
+      "train_eval.method = 'bn_scale'", "train_eval.match_search_steps = True"]
+  assert benchmark.method_bindings("bn_scale", suite.kind) == ["train_eval.method = 'bn_scale'"]
+  assert benchmark.method_bindings("lamp_matched") == [  # the weight suites' rows unchanged
+      "train_eval.method = 'lamp'", "train_eval.match_search_steps = True"]
+  quick = benchmark.make_plan(CHANNEL, str(tmp_path), ["4", "1"], None, False, quick=True)
+  assert quick.seeds == (4,) and quick.targets == (0.9,) == (suite.quick_target,)
+  assert [c[2] for c in quick.cells()] == list(verdicts.CHANNEL_METHOD_ORDER)
+  with pytest.raises(PurlError, match="--methods names lamp, which the benchmark does not"):
+    benchmark.make_plan(CHANNEL, str(tmp_path), ["0"], None, False, methods=["lamp", "purl"])
+  with pytest.raises(PurlError, match="--rerun would measure the whole table again"):
+    benchmark.forget(plan, str(tmp_path))
+  varied = benchmark.make_plan(CHANNEL, str(tmp_path), ["0"], None, False, quick=True,
+                               extra_bindings=["PruningEnv.retrain_steps = 4"], variant="r4")
+  assert varied.run_dir(0.9, 0, "uniform_matched") == str(
+      tmp_path / CHANNEL / "r4" / "target0.9" / "seed0" / "uniform_matched")
+  assert varied.run_dir(0.9, 0, "uniform") == quick.run_dir(0.9, 0, "uniform")
+
+
+def test_the_channel_gin_file_prunes_channels_of_the_width_8_resnet():
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin",
+                      f"{benchmark.SUITES[CHANNEL].gin_file}.gin")
+  lines = {line.split(" = ", 1)[0]: line.split(" = ", 1)[1]
+           for line in open(path, encoding="utf-8").read().splitlines()
+           if " = " in line and not line.startswith("#")}
+  assert lines["train_eval.granularity"] == "'channel'"
+  assert lines["load_splits.dataset"] == "'mnist_full'"
+  assert lines["load_splits.reward_split"] == "'validation'"  # rewards never on test
+  assert (lines["cifar_resnet.depth"], lines["cifar_resnet.width"]) == ("20", "8")
+  assert "train_eval.target_sparsity" not in lines and "PruningEnv.prior" not in lines
+
+
+def test_a_channel_cell_records_flops_parameters_and_speed():
+  record = channel_cell("purl", 1, 0.97, 0.9, C_AT_4, wall=100.0, removed=0.9021,
+                        speedups=(2.5, 1.9))
+  assert record["flops_removed"] == 0.9021 and record["reached_target"] is True
+  assert (record["dense_flops"], record["pruned_flops"]) == (8_000_000, 783_200)
+  assert (record["dense_params"], record["pruned_params"]) == (70_000, 17_500)
+  assert (record["speedup_1_thread"], record["speedup_2_threads"]) == (2.5, 1.9)
+  assert record["throughput_speedup"] == 3.0
+  assert record["latency_ms"]["pruned"] == {"1": 0.4, "2": pytest.approx(0.6 / 1.9)}
+  assert record["latency_ms"]["dense"] == {"1": 1.0, "2": 0.6}
+  assert record["allocation"] == {group: 0.5 for group in GROUPS}
+  assert record["episodes_to_within"] == 4  # episodes' sparsity is the FLOPs removed
+  below = channel_cell("uniform", 0, 0.9, 0.9, removed=0.85)
+  assert below["reached_target"] is False and below["episodes_to_within"] is None
+  # Without the speed measurement (export_tflite off): the counts of the run, no speedups.
+  bare = channel_results(0.9)
+  for key in ("speed", "speedup_1_thread", "speedup_2_threads"):
+    del bare[key]
+  record = benchmark.cell_record(benchmark.Run("bn_scale", 0.9, 0, bare), verdicts.CHANNEL)
+  assert (record["dense_flops"], record["pruned_flops"]) == (8_000_000, 800_000)
+  assert record["speedup_1_thread"] is None and record["throughput_speedup"] is None
+  assert "flops_removed" not in benchmark.cell_record(
+      benchmark.Run("lamp", 0.95, 0, results(0.9)))  # weight cells as before
+
+
+EVERY = {"purl": [0.970, 0.972, 0.968], "episodic": [0.960, 0.961, 0.962],
+         "random": [0.950, 0.955, 0.958],
+         "uniform": [0.900, 0.905, 0.910], "uniform_keep_ends": [0.930, 0.931, 0.932],
+         "global_filter": [0.940, 0.945, 0.942], "bn_scale": [0.935, 0.936, 0.937],
+         "uniform_matched": [0.940, 0.941, 0.942],
+         "uniform_keep_ends_matched": [0.950, 0.951, 0.952],
+         "global_filter_matched": [0.960, 0.962, 0.962],
+         "bn_scale_matched": [0.955, 0.956, 0.957]}
+
+
+def test_the_channel_table_names_flops_removed_and_every_method():
+  cells = channel_table(EVERY)
+  lines = verdicts.table(cells, 0.9, verdicts.CHANNEL).splitlines()
+  assert lines[0].startswith("| method | FLOPs removed | test accuracy % (mean ± sd")
+  assert len(lines) == 2 + 11
+  assert [row.split(" | ")[0][2:] for row in lines[2:]] == [
+      verdicts.CHANNEL.names[m] for m in verdicts.CHANNEL_METHOD_ORDER]
+  purl = lines[2].split(" | ")
+  assert purl[1] == "0.9000" and purl[2] == "97.00 ± 0.20 (96.80–97.20)"
+  assert purl[5] == "1.0 (1, 1, 1) of 4 |"
+  assert lines[-1].split(" | ")[0] == (
+      "| batch-norm scale (network slimming's ranking), fine-tuned as long as a search trains")
+
+
+def test_channel_goals_need_half_a_point_on_every_seed_at_the_equal_budget(monkeypatch):
+  cells = channel_table(EVERY)
+  lines = channels.goals(cells, 0.9)
+  assert lines[0] == (
+      "- PuRL at least 0.5 pt ahead of the best of the heuristics and random search on every "
+      "seed at the equal budget: MET (per seed: seed 0: +1.00 (global filter ranking (L1 over "
+      "the group mean), fine-tuned as long as a search trains), seed 1: +1.00 (global filter "
+      "ranking (L1 over the group mean), fine-tuned as long as a search trains), seed 2: "
+      "+0.60 (global filter ranking (L1 over the group mean), fine-tuned as long as a search "
+      "trains) pt).")
+  assert lines[1] == (
+      "- Dense reward within 0.5 pt of its best in at most half the episodes of the "
+      "episodic reward: MET (1.0 vs 4.0 evaluated episodes, means over seeds).")
+  assert len(lines) == 2
+  # One seed under the margin (random search 0.4 pt behind PuRL on seed 2): NOT MET, though
+  # the one-shot rows at the shared fine-tune are far behind.
+  close = dict(EVERY, random=[0.950, 0.955, 0.964])
+  line = channels.goals(channel_table(close), 0.9)[0]
+  assert ": NOT MET (per seed: " in line and "seed 2: +0.40 (random search)" in line
+  monkeypatch.setattr(channels, "MARGIN", 0.011)  # a wider margin fails every seed
+  assert ": NOT MET" in channels.goals(cells, 0.9)[0]
+  monkeypatch.undo()
+  # The episodic reward as fast as the dense one: the speed goal fails.
+  slow = channel_table(EVERY, purl_episodes=C_AT_4)
+  assert "episodic reward: NOT MET (4.0 vs 4.0" in channels.goals(slow, 0.9)[1]
+  # A cell below the budget is named with its FLOPs removed.
+  missed = cells + [channel_cell("uniform", 3, 0.9, 0.9, removed=0.85)]
+  assert channels.goals(missed, 0.9)[-1] == (
+      "- Below the FLOPs budget: uniform width seed 3 (0.850).")
+  assert channels.goals([c for c in cells if c["method"] == "purl"], 0.9) == [
+      "- Goals: not evaluated (PuRL or its rivals at the equal budget missing at this "
+      "budget)."]
+
+
+def test_channel_comparisons_pair_purl_with_the_best_rival_of_each_seed():
+  at_shared = dict(EVERY, random=[0.950, 0.975, 0.958], global_filter=[0.980, 0.945, 0.942])
+  shared, equal = channels.comparisons(channel_table(at_shared), 0.9)
+  assert shared == (
+      "- PuRL minus the best of the heuristics and random search at the shared fine-tune (a "
+      "one-shot allocation gets only the fine-tune), per seed: seed 0: -1.00 (global filter "
+      "ranking (L1 over the group mean)), seed 1: -0.30 (random search), seed 2: +1.00 "
+      "(random search) pt.")
+  assert equal.startswith("- PuRL minus the best of the heuristics and random search at the "
+                          "equal budget (the one-shot allocations fine-tuned as long as a "
+                          "search trains), per seed: seed 0: +1.00 (global filter ranking")
+  assert "seed 1: -0.30 (random search)" in equal
+  # A seed a rival has not finished is left out, and said so.
+  partial = [c for c in channel_table(EVERY)
+             if not (c["method"] == "global_filter_matched" and c["seed"] == 2)]
+  equal = channels.comparisons(partial, 0.9)[1]
+  assert "seed 2" not in equal and equal.endswith(
+      "; over seeds 0, 1 only, the ones every compared method has finished.")
+
+
+def test_the_separation_line_says_whether_uniform_width_loses_two_points():
+  assert channels.separation(channel_table(EVERY), 0.9) == [
+      "- The budget separates allocations (uniform width at least 2 pt below the best other "
+      "heuristic after the shared fine-tune): yes (global filter ranking (L1 over the group "
+      "mean) 94.23 vs uniform width 90.50 %, +3.73 pt)."]
+  near = dict(EVERY, uniform=[0.925, 0.925, 0.925])  # 1.73 pt behind: not enough
+  assert ": no (" in channels.separation(channel_table(near), 0.9)[0]
+  assert "+1.73 pt" in channels.separation(channel_table(near), 0.9)[0]
+  assert "not evaluated" in channels.separation(channel_table({"purl": [0.9]}), 0.9)[0]
+
+
+def test_the_latency_table_gives_every_networks_flops_and_speedups():
+  cells = channel_table({"purl": [0.97, 0.97], "uniform": [0.9, 0.9]}, removed=0.9)
+  cells += [channel_cell("global_filter", 0, 0.94, speedups=(3.0, 2.0)),
+            channel_cell("global_filter", 1, 0.94, speedups=(2.0, 1.0))]
+  lines = channels.speed_table(cells, 0.9).splitlines()
+  assert lines[0] == ("| network | FLOPs (of dense) | parameters (of dense) | LiteRT ms, 1 "
+                      "thread | speedup, 1 thread | speedup, 2 threads | Keras throughput "
+                      "speedup |")
+  assert lines[2] == ("| dense | 8.00 M (100 %) | 70,000 (100 %) | 1.000 (1.000–1.000) | 1 | "
+                      "1 | 1 |")
+  assert lines[3] == ("| PuRL (dense reward) | 0.80 M (10.0 %) | 17,500 (25.0 %) | 0.500 "
+                      "(0.500–0.500) | 2.00 (2.00–2.00) | 1.60 (1.60–1.60) | 3.00 "
+                      "(3.00–3.00) |")
+  assert lines[4].startswith("| uniform width | 0.80 M (10.0 %)")
+  assert lines[5] == ("| global filter ranking (L1 over the group mean) | 0.80 M (10.0 %) | "
+                      "17,500 (25.0 %) | 0.417 (0.333–0.500) | 2.50 (2.00–3.00) | "
+                      "1.50 (1.00–2.00) | 3.00 (3.00–3.00) |")
+  assert len(lines) == 6
+  bare = channel_results(0.9)
+  for key in ("speed", "speedup_1_thread", "speedup_2_threads"):
+    del bare[key]
+  cells = [benchmark.cell_record(benchmark.Run("purl", 0.9, 0, bare), verdicts.CHANNEL)]
+  assert channels.speed_table(cells, 0.9).splitlines()[3] == (
+      "| PuRL (dense reward) | 0.80 M (10.0 %) | 17,500 (25.0 %) | — | — | — | — |")
+
+
+def test_the_allocation_table_puts_purl_beside_the_best_heuristic():
+  purl = {group: value for group, value in zip(GROUPS, (0.0, 0.5, 0.75, 0.9))}
+  bn = {group: value for group, value in zip(GROUPS, (0.5, 0.5, 0.5, 0.5))}
+  cells = [channel_cell("purl", s, 0.97, fractions=purl) for s in range(2)]
+  cells += [channel_cell("uniform", s, 0.90, fractions={g: 0.7 for g in GROUPS})
+            for s in range(2)]
+  cells += [channel_cell("bn_scale", s, a, fractions=bn) for s, a in enumerate((0.95, 0.93))]
+  cells += [channel_cell("global_filter", s, 0.93) for s in range(2)]  # 93.0 < 94.0: not best
+  cells += [channel_cell("bn_scale_matched", s, 0.99) for s in range(2)]  # not a heuristic row
+  assert channels.best_heuristic(cells, 0.9) == "bn_scale"
+  lines = channels.allocation_table(cells, 0.9).splitlines()
+  assert lines[0] == ("| group | PuRL (dense reward) (seeds 0, 1; mean) | batch-norm scale "
+                      "(network slimming's ranking) (seeds 0, 1; mean) |")
+  assert lines[1] == "| --- | --- | --- |"
+  assert lines[2] == "| conv1 | 0.00, 0.00; 0.00 | 0.50, 0.50; 0.50 |"
+  assert lines[5] == "| stage3_block1_conv2 | 0.90, 0.90; 0.90 | 0.50, 0.50; 0.50 |"
+  assert len(lines) == 6
+  one = channels.allocation_table([c for c in cells if c["seed"] == 0], 0.9).splitlines()
+  assert one[0].endswith("(seeds 0) |") and one[2] == "| conv1 | 0.00 | 0.50 |"
+  assert channels.allocation_table(cells, 0.8) == "No allocation at this budget yet."
+
+
+def test_the_channel_report_writes_tables_goals_latency_and_allocations(tmp_path):
+  plan = benchmark.make_plan(CHANNEL, str(tmp_path / "runs"), ["0", "1"], 4, False,
+                             targets=["0.9", "0.95"])
+  for seed, target, method in plan.cells():
+    folder = plan.run_dir(target, seed, method)
+    accuracy = EVERY[method][seed] - (0.05 if target == 0.95 else 0.0)
+    files.write_json(os.path.join(folder, files.RESULTS), channel_results(accuracy, target))
+    if method in verdicts.SEARCHES:
+      files.write_json(os.path.join(folder, files.EPISODES),
+                       C_AT_4 if method == "episodic" else [episode(0.95, 0.96)] * 4)
+    finish(plan, seed, target, method, 60.0)
+  output = tmp_path / "docs" / "results.md"
+  results_dir = tmp_path / "docs" / "benchmarks"
+  section = benchmark.report(plan, str(output), str(results_dir))
+  written = files.read_json(str(results_dir / f"{CHANNEL}.json"))
+  assert written["targets"] == [0.9, 0.95] and len(written["cells"]) == 2 * 2 * 11
+  assert "train_eval.target_flops = <target>" in written["bindings"]
+  cells = written["cells"]
+  assert all(c["speedup_1_thread"] == 2.0 for c in cells)
+  body = section.body
+  assert "### FLOPs budget 0.9 (10 % of the dense FLOPs kept) (the deciding budget)" in body
+  assert "### FLOPs budget 0.95 (5 % of the dense FLOPs kept)\n" in body
+  assert "Target sparsity" not in body and "gradual" not in body
+  for target in (0.9, 0.95):
+    for part in (verdicts.table(cells, target, verdicts.CHANNEL),
+                 channels.speed_table(cells, target), channels.allocation_table(cells, target),
+                 *channels.comparisons(cells, target), *channels.goals(cells, target),
+                 *channels.separation(cells, target)):
+      assert part in body
+  assert body.count(": MET (per seed") == 2
+  for kind in ("accuracy", "layers", "progress"):
+    with open(results_dir / f"{CHANNEL}_{kind}.png", "rb") as handle:
+      assert handle.read(len(PNG_MAGIC)) == PNG_MAGIC
+    assert f"![{CHANNEL}_{kind}.png](benchmarks/{CHANNEL}_{kind}.png)" in body
+  assert f"{len(plan.cells())} of {len(plan.cells())} cell processes took 44 min" in body
+  # A fresh clone continues from the results file alone, cell by cell.
+  os.rename(plan.root_dir, plan.root_dir + ".gone")
+  assert benchmark.collect(plan, str(results_dir)) == cells

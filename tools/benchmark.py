@@ -2,6 +2,7 @@ r"""The benchmarks of purl_tf, one command: method against method, and speed.
 
   python tools/benchmark.py --benchmark=mnist_resnet20                 # the whole table
   python tools/benchmark.py --benchmark=mnist_resnet20 --quick         # one seed, one target
+  python tools/benchmark.py --benchmark=mnist_resnet20_channels --quick  # channels, 0.9 of FLOPs
   python tools/benchmark.py --benchmark=mnist_resnet20 --variant=cheap_search_fit_lamp \
       --seeds=0 --targets=0.99 --methods=purl,lamp_matched,erk_matched
   python tools/benchmark.py --benchmark=imagenet_resnet50 --mock       # a GPU suite, checked
@@ -18,7 +19,10 @@ and figures it links are copied into --docs_data (default docs/benchmarks).
 Method against method (tools/bench/methods.py): every allocation method over targets and
 seeds, each cell one `python -m purl_tf.train` process; --quick, --seeds, --targets,
 --methods, --rerun, --episodes, --mock, --variant, --gin_bindings.
-  mnist_resnet20, mnist5k            measurable on 2 CPU cores
+  mnist_resnet20, mnist5k            measurable on 2 CPU cores (weights)
+  mnist_resnet20_channels            measurable on 2 CPU cores: channels at FLOPs budgets
+                                     (train_eval.target_flops), every network's LiteRT
+                                     speedup beside its FLOPs; --quick: the deciding budget
   cifar10, imagenet_resnet50, imagenet_mobilenet_v2   GPU suites (--mock checks them here)
 
 Speed and measurement (tools/bench/<module>.py, each returning a Section):
@@ -85,7 +89,8 @@ def _define_flags():
                       "--update_docs writes the section into.")
   flags.DEFINE_string("docs_data", os.path.join("docs", "benchmarks"), "The folder of the "
                       "docs page's results files and figures (with --update_docs).")
-  flags.DEFINE_bool("quick", False, "One seed and one target (the highest), every method.")
+  flags.DEFINE_bool("quick", False, "One seed and one target (the suite's deciding one, else "
+                    "the highest), every method.")
   flags.DEFINE_list("seeds", [str(seed) for seed in methods.SEEDS], "Seeds to run.")
   flags.DEFINE_list("targets", [], "Some of the benchmark's targets to run (default: all).")
   flags.DEFINE_list("methods", [], "Some of the methods to run (default: all); the report "

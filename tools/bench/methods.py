@@ -4,6 +4,7 @@ r"""Method against method: every allocation method over targets and seeds, one t
   python tools/benchmark.py --benchmark=mnist_resnet20 --quick    # one seed, one target
   python tools/benchmark.py --benchmark=imagenet_resnet50 --mock  # a GPU suite, checked
   python tools/benchmark.py --benchmark=mnist_resnet20 --variant=prior_erk_retrain6_final24
+  python tools/benchmark.py --benchmark=mnist_resnet20_channels --quick  # channel pruning
 
 Everything goes into --out_dir (default runs/benchmarks), named by the benchmark, so one
 folder holds several benchmarks and their variants side by side. Each cell (method, target,
@@ -21,6 +22,14 @@ order (load_splits.shuffle_seed), the search and the fine-tune (train_eval.seed)
 A variant (--variant=<name>) is the shipped gin file variants/<name>.gin (gin/variants/ in
 the repository): its bindings apply to the searches, gradual and the matched rows, which run
 in <out_dir>/<benchmark>/<name>; the other cells are the plain benchmark's, shared.
+
+A suite prunes weights (targets: train_eval.target_sparsity) or channels (targets:
+train_eval.target_flops, the fraction of the dense FLOPs removed); its Granularity
+(verdicts.WEIGHT, verdicts.CHANNEL) names its methods and its tables' words. A channel suite's
+section adds, per budget, PuRL against the best rival of each seed at the shared fine-tune
+and at the equal budget, the goals, whether uniform width loses to the other heuristics,
+every network's FLOPs and LiteRT speedups, and PuRL's per-group allocation beside the best
+heuristic's (channels.py).
 
 Outputs: <out_dir>/<name>.json (every cell's numbers), three PNGs beside it and the
 benchmark's section of <out_dir>/results.md (tables and goals, MET or NOT MET); with
@@ -43,17 +52,24 @@ from purl_tf.errors import PurlError
 from purl_tf.run import configs, pipeline
 from purl_tf.runtime import files, plots
 
+from . import channels
 from .markdown import command_line, machine, Section, write_section
-from .verdicts import (MATCHED, METHOD_NAMES, METHOD_ORDER, SEARCHES, best_so_far,
-                       episodes_to_within, goals, percent, stats, summary, table)
+from .verdicts import (CHANNEL, GRANULARITIES, METHOD_ORDER, SEARCHES, WEIGHT, Granularity,
+                       best_so_far, episodes_to_within, goals, percent, stats, summary, table)
 
 OUT_DIR = os.path.join("runs", "benchmarks")  # --out_dir unless given
 SECTIONS = "results.md"  # in --out_dir: every benchmark's section
 
-# Methods whose cell depends on the search's settings: the searches, and gradual and the
-# MATCHED rows, which train for the search's retrain budget (a variant's bindings apply
-# to these).
-VARIED = (*SEARCHES, "gradual", *MATCHED)
+
+
+def varied(kind: Granularity) -> Tuple[str, ...]:
+  """Methods whose cell depends on the search's settings: the searches, and gradual and the
+  matched rows, which train for the search's retrain budget (a variant's bindings apply
+  to these)."""
+  return (*SEARCHES, "gradual", *kind.matched)
+
+
+VARIED = varied(WEIGHT)
 SEEDS = (0, 1, 2)  # a table's seeds unless --seeds says otherwise
 # Flags that pick a part of a table (the report's command names the whole table instead).
 PART_FLAGS = ("seeds", "targets", "methods", "rerun", "norerun")
@@ -81,6 +97,12 @@ class Suite:
   mock_bindings: Tuple[str, ...] = ()  # further bindings of --mock runs
   runs_here: bool = False  # measurable on a 2-core CPU machine
   quick_target: Optional[float] = None  # --quick's one target (default: the highest)
+  granularity: str = "weight"  # what its config prunes (verdicts.GRANULARITIES)
+
+  @property
+  def kind(self) -> Granularity:
+    """Its granularity: methods, the binding its targets go to, its tables' words."""
+    return GRANULARITIES[self.granularity]
 
 
 SUITES = {
@@ -104,6 +126,15 @@ SUITES = {
         "imagenet_mobilenet_v2", "ImageNet: MobileNet-V2 at 0.7", "mobilenet_v2",
         (0.7,), episodes=150, bindings=("train_eval.export_tflite = False",),
         mock_bindings=("mobilenet_v2.weights = None",)),
+    # Channel pruning: targets are the fraction of the dense network's FLOPs removed
+    # (train_eval.target_flops). --quick runs the deciding budget, 0.9 (a tenth of the
+    # FLOPs kept), where uniform width should lose to the other heuristics (the section
+    # says whether it does).
+    "mnist_resnet20_channels": Suite(
+        "mnist_resnet20_channels",
+        "mnist_full: ResNet-20 (width 8), channels, 0.8, 0.9 and 0.95 of the FLOPs removed",
+        "mnist_resnet20_channels", (0.8, 0.9, 0.95), episodes=30, runs_here=True,
+        quick_target=0.9, granularity="channel"),
 }
 
 
@@ -122,9 +153,13 @@ class Plan:
   # extra_bindings): they apply to the VARIED methods only, which run in
   # root_dir/<variant>; the other cells are the plan's own, shared.
   variant: str = ""
-  # The methods whose cells this invocation runs (--methods); the report still shows the
-  # finished cells of every method.
-  methods: Tuple[str, ...] = METHOD_ORDER
+  # The methods whose cells this invocation runs (--methods; empty: every method of the
+  # suite's granularity); the report still shows the finished cells of every method.
+  methods: Tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if not self.methods:
+      object.__setattr__(self, "methods", self.suite.kind.methods)
 
   @property
   def base_name(self) -> str:
@@ -138,15 +173,15 @@ class Plan:
   def cells(self) -> List[Tuple[int, float, str]]:
     """(seed, target, method) in the order they run."""
     return [(seed, target, method) for seed in self.seeds for target in self.targets
-            for method in METHOD_ORDER]
+            for method in self.suite.kind.methods]
 
   def cells_to_run(self) -> List[Tuple[int, float, str]]:
     """The cells of `methods`, in the order they run."""
     return [cell for cell in self.cells() if cell[2] in self.methods]
 
   def run_dir(self, target: float, seed: int, method: str) -> str:
-    varied = self.variant if method in VARIED else ""
-    return os.path.join(self.root_dir, varied, f"target{target}", f"seed{seed}", method)
+    varied_dir = self.variant if method in varied(self.suite.kind) else ""
+    return os.path.join(self.root_dir, varied_dir, f"target{target}", f"seed{seed}", method)
 
   def log_path(self, target: float, seed: int, method: str) -> str:
     """The cell's log, beside its folder."""
@@ -159,8 +194,8 @@ class Plan:
   def bindings(self, target, seed, method: str = SEARCHES[0]) -> List[str]:
     """The gin bindings of the method's cell at (target, seed), in order."""
     mock = (*MOCK_BINDINGS, *self.suite.mock_bindings) if self.mock else ()
-    extra = self.extra_bindings if not self.variant or method in VARIED else ()
-    return [*self.suite.bindings, *mock, f"train_eval.target_sparsity = {target}",
+    extra = self.extra_bindings if not self.variant or method in varied(self.suite.kind) else ()
+    return [*self.suite.bindings, *mock, f"{self.suite.kind.target_binding} = {target}",
             *seed_bindings(seed), f"SearchRunner.num_episodes = {self.episodes}", *extra]
 
 
@@ -245,11 +280,12 @@ def make_plan(suite_name: str, root_dir: Optional[str], seeds: Sequence[str],
     raise PurlError(f"--targets={','.join(targets)} names a target {suite_name} does not "
                     f"have: use some of {known}.")
   targets = tuple(t for t in suite.targets if t in chosen) if chosen else suite.targets
-  unknown = sorted(set(methods) - set(METHOD_ORDER))
+  every = suite.kind.methods
+  unknown = sorted(set(methods) - set(every))
   if unknown:
     raise PurlError(f"--methods names {', '.join(unknown)}, which the benchmark does not "
-                    f"have: use some of {', '.join(METHOD_ORDER)}.")
-  methods = tuple(m for m in METHOD_ORDER if m in methods) if methods else METHOD_ORDER
+                    f"have: use some of {', '.join(every)}.")
+  methods = tuple(m for m in every if m in methods) if methods else every
   if quick:
     seed_values = seed_values[:1]
     targets = (suite.quick_target or max(suite.targets),)
@@ -281,11 +317,12 @@ def keep_dense(root: str, kept: str):
     shutil.copyfile(os.path.join(root, files.DENSE_WEIGHTS), kept)
 
 
-def method_bindings(method: str) -> List[str]:
-  """The gin bindings that pick a cell's method (a MATCHED row: its one-shot method,
+def method_bindings(method: str, kind: Granularity = WEIGHT) -> List[str]:
+  """The gin bindings that pick a cell's method (a matched row: its one-shot method,
   fine-tuned as long as a search trains)."""
-  if method in MATCHED:
-    return [f"train_eval.method = '{MATCHED[method]}'", "train_eval.match_search_steps = True"]
+  if method in kind.matched:
+    return [f"train_eval.method = '{kind.matched[method]}'",
+            "train_eval.match_search_steps = True"]
   return [f"train_eval.method = '{method}'"]
 
 
@@ -302,7 +339,8 @@ def run_cell(plan: Plan, seed: int, target: float, method: str, results_dir: str
   command = [sys.executable, "-m", "purl_tf.train", f"--root_dir={folder}",
              f"--gin_file={plan.suite.gin_file}"]
   command += [f"--gin_bindings={b}"
-              for b in (*plan.bindings(target, seed, method), *method_bindings(method))]
+              for b in (*plan.bindings(target, seed, method),
+                        *method_bindings(method, plan.suite.kind))]
   if plan.mock:
     command.append(f"--mock_examples={MOCK_EXAMPLES}")
   log = plan.log_path(target, seed, method)
@@ -365,7 +403,7 @@ def forget(plan: Plan, results_dir: str):
   """Removes the cells of the plan's methods (plan.cells_to_run) from their folders and
   from the results file, so that run_plan measures them again (e.g. after a change to a
   method); the other cells stay."""
-  if plan.methods == METHOD_ORDER:
+  if plan.methods == plan.suite.kind.methods:
     raise PurlError("--rerun would measure the whole table again: name the methods to rerun "
                     "with --methods, or delete the benchmark's folder.")
   cells = set(plan.cells_to_run())
@@ -399,9 +437,11 @@ def run_plan(plan: Plan, results_dir: str, after_cell=lambda: None):
             f"ETA {'?' if eta is None else _duration(eta)})", flush=True)
     if before is None:
       run_cell(plan, seed, target, method, results_dir)
-      before = cell_record(read_run(plan, seed, target, method))
+      before = cell_record(read_run(plan, seed, target, method), plan.suite.kind)
+    kind = plan.suite.kind
     print(f"[{number:2d}/{len(cells)}] seed {seed}, target {target}: {method:17s} "
-          f"test {before['test_accuracy']:.4f} at sparsity {before['sparsity']:.4f}"
+          f"test {before['test_accuracy']:.4f} at {kind.achieved_column} "
+          f"{before[kind.achieved]:.4f}"
           + ("  (finished before)" if reused else f"  in {time.time() - began:.0f} s"),
           flush=True)
     if not reused:
@@ -436,20 +476,23 @@ def collect(plan: Plan, results_dir: str) -> List[dict]:
   cells = []
   for key in plan.cells():
     run = read_run(plan, *key)
-    record = cell_record(run) if run else known.get(key)
+    record = cell_record(run, plan.suite.kind) if run else known.get(key)
     if record is not None:
       cells.append(record)
   return cells
 
 
-def cell_record(run: Run) -> dict:
-  """One cell of the results file: what the tables and goals read."""
+def cell_record(run: Run, kind: Granularity = WEIGHT) -> dict:
+  """One cell of the results file: what the tables and goals read (a channel cell also
+  its FLOPs, parameters, latencies and speedups: channel_fields)."""
   results = run.results
-  return {
+  record = {
       "method": run.method, "target": run.target, "seed": run.seed,
       "test_accuracy": results["pruned_test_accuracy"],
       "dense_test_accuracy": results["dense_test_accuracy"],
-      "sparsity": results["global_sparsity"], "reached_target": results["reached_target"],
+      "sparsity": (results["global_sparsity"] if kind is WEIGHT
+                   else results.get("global_sparsity")),
+      "reached_target": results["reached_target"],
       "reward_accuracy": results["pruned_reward_accuracy"],
       "search_reward_accuracy": results["best_reward_accuracy_in_search"],
       "rescored_reward_accuracy": results.get("rescored_reward_accuracy"),
@@ -463,12 +506,66 @@ def cell_record(run: Run) -> dict:
       "wall_seconds": run.seconds, "allocation": results["allocation"],
       "warnings": results.get("warnings", []),
   }
+  if kind is CHANNEL:
+    record.update(channel_fields(results))
+  return record
+
+
+def _first(results: dict, *paths: Tuple[str, ...]):
+  """The value at the first of `paths` (keys into nested dicts) that results.json holds."""
+  for path in paths:
+    value = results
+    for key in path:
+      value = value.get(key) if isinstance(value, dict) else None
+    if value is not None:
+      return value
+  return None
+
+
+def channel_fields(results: dict) -> dict:
+  """What a channel cell's results.json says of its network beside the dense one: FLOPs
+  removed (the fraction), FLOPs and parameters of both, LiteRT latency per thread count
+  ({"dense"/"pruned": {"1": ms, ...}}), the speedups (dense latency over pruned) and the
+  Keras throughput speedup. A channel run's results.json holds the FLOPs removed as its
+  global_sparsity, the whole model's FLOPs and parameters (flops_total, flops_remaining,
+  params_total, params_remaining), the speedups at its top level and the speed measurement
+  (run/speed.measure_speed's dict) under "speed", whose counts come first; what is missing
+  (a run without export_tflite measures no speed) is None."""
+  def speed(*path):
+    return _first(results, path, ("speed", *path))
+
+  dense_flops = _first(results, ("speed", "dense", "flops"), ("flops_total",))
+  pruned_flops = _first(results, ("speed", "pruned", "flops"), ("flops_remaining",))
+  removed = _first(results, ("global_sparsity",))
+  if removed is None and dense_flops and pruned_flops is not None:
+    removed = 1.0 - pruned_flops / dense_flops
+  fields = {
+      "flops_removed": removed, "dense_flops": dense_flops, "pruned_flops": pruned_flops,
+      "dense_params": _first(results, ("speed", "dense", "params"), ("params_total",)),
+      "pruned_params": _first(results, ("speed", "pruned", "params"),
+                              ("params_remaining",)),
+      "latency_ms": {network: speed(network, "latency_ms") for network in ("dense", "pruned")},
+      "throughput_speedup": speed("throughput_speedup"),
+  }
+  for threads in channels.THREADS:
+    key = channels.speedup_key(threads)
+    fields[key] = speed(key)
+  return fields
+
+
+def focus_target(plan: Plan) -> float:
+  """The target the figures and the searches' goals look at: the suite's deciding one
+  (--quick's) when the plan has it, else the highest."""
+  quick = plan.suite.quick_target
+  return quick if quick in plan.targets else max(plan.targets)
 
 
 def write_figures(plan: Plan, cells: Sequence[dict], folder: str) -> List[str]:
-  """The three PNGs (paths): accuracy against target per method; per-layer sparsity of
-  PuRL, LAMP and global magnitude at the highest target (first seed); best-so-far
-  reward-split accuracy against episode, dense and episodic reward (mean over seeds)."""
+  """The three PNGs (paths): accuracy against target per method; the allocation of PuRL
+  and of some one-shot methods (kind.layer_methods: LAMP and global magnitude of weights)
+  at focus_target (first seed); best-so-far reward-split accuracy against episode, dense
+  and episodic reward (mean over seeds)."""
+  kind = plan.suite.kind
   os.makedirs(folder, exist_ok=True)
   paths = []
 
@@ -479,23 +576,24 @@ def write_figures(plan: Plan, cells: Sequence[dict], folder: str) -> List[str]:
     paths.append(path)
 
   curves = {}
-  for method in METHOD_ORDER:
-    points = [(t, summary([c for c in cells if c["method"] == method and c["target"] == t]))
+  for method in kind.methods:
+    points = [(t, summary([c for c in cells if c["method"] == method and c["target"] == t],
+                          kind))
               for t in plan.targets
               if any(c["method"] == method and c["target"] == t for c in cells)]
     if points:
-      curves[METHOD_NAMES[method]] = ([t for t, _ in points],
+      curves[kind.names[method]] = ([t for t, _ in points],
                                       [s["accuracy"].mean for _, s in points],
                                       [s["accuracy"].std for _, s in points])
   if curves:
-    save("accuracy", plots.lines(curves, "target sparsity", "test accuracy",
+    save("accuracy", plots.lines(curves, f"target ({kind.achieved_column})", "test accuracy",
                                  f"{plan.suite.name}: test accuracy after fine-tuning"))
-  highest, first = max(plan.targets), plan.seeds[0]
-  layers = {METHOD_NAMES[c["method"]]: c["allocation"] for c in cells
+  highest, first = focus_target(plan), plan.seeds[0]
+  layers = {kind.names[c["method"]]: c["allocation"] for c in cells
             if c["target"] == highest and c["seed"] == first
-            and c["method"] in ("purl", "lamp", "global_magnitude")}
+            and c["method"] in kind.layer_methods}
   if layers:
-    save("layers", plots.allocations(layers, f"per-layer sparsity at {highest}, seed {first}"))
+    save("layers", plots.allocations(layers, f"{kind.layer_label} at {highest}, seed {first}"))
   progress = {}
   for method in ("purl", "episodic"):
     series = [c.get("best_so_far") for c in cells
@@ -509,7 +607,7 @@ def write_figures(plan: Plan, cells: Sequence[dict], folder: str) -> List[str]:
         if values:
           x.append(i + 1)
           y.append(statistics.fmean(values))
-      progress[METHOD_NAMES[method]] = (x, y, None)
+      progress[kind.names[method]] = (x, y, None)
   if progress:
     save("progress", plots.lines(progress, "evaluated episodes",
                                  "best-so-far reward-split accuracy",
@@ -530,20 +628,26 @@ def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_file
             f"{plan.episodes} collect episodes (plus greedy evaluations; random search as "
             "many allocations). All methods of a seed start from the same dense model and "
             "get the same fine-tune. Wall time is choosing plus fine-tuning (pre-training "
-            "is shared and excluded); train steps are the search's retrain batches (or "
-            "gradual's ramp) plus the fine-tune's.", ""]
-  highest = max(plan.targets)
+            "is shared and excluded); train steps are the search's retrain batches"
+            + (" (or gradual's ramp)" if "gradual" in plan.suite.kind.methods else "")
+            + " plus the fine-tune's.", ""]
+  kind, highest = plan.suite.kind, max(plan.targets)
   for target in plan.targets:
     chosen = [c for c in cells if c["target"] == target]
     if not chosen:
       continue
     dense = stats([c["dense_test_accuracy"] for c in chosen if c["method"] == "purl"]
                   or [c["dense_test_accuracy"] for c in chosen])
-    goal_lines = (["- Goals are not evaluated on mock data."] if plan.mock
-                  else goals(chosen, target, target == highest))
-    parts += [f"### Target sparsity {target}", "",
+    if kind is CHANNEL:
+      verdict_lines = channels.section(chosen, target, plan.mock)
+    else:
+      verdict_lines = (["- Goals are not evaluated on mock data."] if plan.mock
+                       else goals(chosen, target, target == highest))
+    deciding = (" (the deciding budget)" if kind is CHANNEL and len(plan.targets) > 1
+                and target == plan.suite.quick_target else "")
+    parts += [f"### {kind.heading(target)}{deciding}", "",
               f"Dense test accuracy {percent(dense.mean)} ± {percent(dense.std)} %.", "",
-              table(chosen, target), "", *goal_lines, ""]
+              table(chosen, target, kind), "", *verdict_lines, ""]
   where = os.path.dirname(os.path.abspath(output)) if output else os.getcwd()
   parts += [f"![{os.path.basename(p)}]({os.path.relpath(p, where)})" for p in figures]
   seconds = [c["wall_seconds"] for c in cells if c["wall_seconds"] is not None]
@@ -560,7 +664,7 @@ def body(plan: Plan, cells: Sequence[dict], figures: Sequence[str], results_file
       "their one-shot method and `train_eval.match_search_steps = True`).",
       *([f"- Variant `{plan.variant}` (gin/variants/{plan.variant}.gin): the last "
          f"{len(plan.extra_bindings)} bindings apply to "
-         f"{', '.join(VARIED)} only (gradual and the matched rows train for the search's "
+         f"{', '.join(varied(kind))} only (gradual and the matched rows train for the search's "
          "retrain budget); the other methods' cells are the plain benchmark's."]
         if plan.variant else []),
       f"- Machine: {machine()}",

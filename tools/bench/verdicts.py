@@ -3,11 +3,14 @@ target over seeds and the goals a table is judged by, each MET or NOT MET (the m
 rivals below are the benchmark's, not the library's).
 
 A cell is the dict a results file holds (benchmark.cell_record): accuracies and
-sparsities are fractions, seeds ints; the tables print percentages.
+sparsities are fractions, seeds ints; the tables print percentages. A suite prunes weights
+or channels (its Granularity: WEIGHT or CHANNEL): that names its methods, the binding its
+targets go to and what its tables call the target; the goals of channel suites are in
+channels.py.
 """
 import dataclasses
 import statistics
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from purl_tf.rl import search
 from purl_tf.runtime.results import reached_target
@@ -35,6 +38,54 @@ SEARCHES = ("purl", "episodic", "random")  # methods that leave search/episodes.
 RIVALS = ("global_magnitude", "lamp", "erk", "random", *MATCHED)  # what PuRL must beat
 WITHIN = 0.005  # "within 0.5 points": reward-split accuracy, as a fraction
 MARGIN = 0.005  # PuRL's required lead at the highest target, as a fraction
+
+# Channel pruning (train_eval.granularity = 'channel'): the one-shot allocations at a FLOPs
+# budget, each also fine-tuned as long as a search trains (its _matched row).
+CHANNEL_ONE_SHOT = ("uniform", "uniform_keep_ends", "global_filter", "bn_scale")
+CHANNEL_MATCHED = {f"{method}_matched": method for method in CHANNEL_ONE_SHOT}
+CHANNEL_METHOD_ORDER = (*SEARCHES, *CHANNEL_ONE_SHOT, *CHANNEL_MATCHED)
+_CHANNEL_ONE_SHOT_NAMES = {
+    "uniform": "uniform width",
+    "uniform_keep_ends": "uniform width, first and last whole",
+    "global_filter": "global filter ranking (L1 over the group mean)",
+    "bn_scale": "batch-norm scale (network slimming's ranking)",
+}
+CHANNEL_METHOD_NAMES = {
+    **{method: METHOD_NAMES[method] for method in SEARCHES}, **_CHANNEL_ONE_SHOT_NAMES,
+    **{matched: f"{_CHANNEL_ONE_SHOT_NAMES[method]}, fine-tuned as long as a search trains"
+       for matched, method in CHANNEL_MATCHED.items()},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Granularity:
+  """What a suite prunes, and so its methods and how its tables name the target."""
+  name: str  # train_eval.granularity
+  methods: Tuple[str, ...]  # in the order a seed runs them (the first pre-trains)
+  names: Dict[str, str]  # method -> its name in the tables
+  matched: Dict[str, str]  # a row fine-tuned as long as a search trains -> its one-shot method
+  target_binding: str  # the gin parameter a cell's target goes to
+  target_title: str  # a target's subsection, formatted with target and kept (% of FLOPs)
+  achieved: str  # the cell record's key of what the pruned network reached (a fraction)
+  achieved_column: str  # the tables' heading of it
+  layer_methods: Tuple[str, ...]  # the methods whose allocation the layers figure shows
+  layer_label: str  # what an allocation's value is, per layer or group
+
+  def heading(self, target: float) -> str:
+    """The subsection heading of a target."""
+    return self.target_title.format(target=target, kept=100 * (1 - target))
+
+
+WEIGHT = Granularity(
+    "weight", METHOD_ORDER, METHOD_NAMES, MATCHED, "train_eval.target_sparsity",
+    "Target sparsity {target}", "sparsity", "global sparsity", ("purl", "lamp", "global_magnitude"),
+    "per-layer sparsity")
+CHANNEL = Granularity(
+    "channel", CHANNEL_METHOD_ORDER, CHANNEL_METHOD_NAMES, CHANNEL_MATCHED,
+    "train_eval.target_flops", "FLOPs budget {target} ({kept:.0f} % of the dense FLOPs kept)",
+    "flops_removed", "FLOPs removed",
+    ("purl", "global_filter", "bn_scale", "uniform"), "per-group fraction of channels removed")
+GRANULARITIES = {kind.name: kind for kind in (WEIGHT, CHANNEL)}
 
 
 def best_so_far(episodes: Sequence[dict], target: float) -> List[Optional[float]]:
@@ -85,14 +136,15 @@ def percent(value: float) -> str:
   return f"{100 * value:.2f}"
 
 
-def summary(cells: Sequence[dict]) -> dict:
-  """Aggregates one method's cells at one target over seeds."""
+def summary(cells: Sequence[dict], kind: Granularity = WEIGHT) -> dict:
+  """Aggregates one method's cells at one target over seeds ("sparsity": what the cells
+  reached, kind.achieved: a global sparsity or the FLOPs removed)."""
   cells = sorted(cells, key=lambda c: c["seed"])
   to_within = [c["episodes_to_within"] for c in cells]
   return {
       "seeds": [c["seed"] for c in cells],
       "accuracy": stats([c["test_accuracy"] for c in cells]),
-      "sparsity": stats([c["sparsity"] for c in cells]),
+      "sparsity": stats([c[kind.achieved] for c in cells]),
       "seconds": stats([c["method_seconds"] for c in cells]),
       "steps": stats([c["train_steps"] for c in cells]),
       "episodes": [c["episodes"] for c in cells],
@@ -109,19 +161,19 @@ def _to_within_cell(values: Optional[List[Optional[int]]], episodes: List[int]) 
   return f"{mean} ({shown}) of {max(episodes)}"
 
 
-def table(cells: Sequence[dict], target: float) -> str:
+def table(cells: Sequence[dict], target: float, kind: Granularity = WEIGHT) -> str:
   """The markdown table of every method at one target (mean and spread over seeds)."""
-  lines = ["| method | global sparsity | test accuracy % (mean ± sd, min–max) | wall time "
-           "| train steps | episodes to within 0.5 pt of final best (mean (per seed) of "
+  lines = [f"| method | {kind.achieved_column} | test accuracy % (mean ± sd, min–max) | wall "
+           "time | train steps | episodes to within 0.5 pt of final best (mean (per seed) of "
            "evaluated) |", "| --- | --- | --- | --- | --- | --- |"]
-  for method in METHOD_ORDER:
+  for method in kind.methods:
     chosen = [c for c in cells if c["method"] == method and c["target"] == target]
     if not chosen:
       continue
-    s = summary(chosen)
+    s = summary(chosen, kind)
     acc = s["accuracy"]
     lines.append(
-        f"| {METHOD_NAMES[method]} | {s['sparsity'].mean:.4f} | {percent(acc.mean)} ± "
+        f"| {kind.names[method]} | {s['sparsity'].mean:.4f} | {percent(acc.mean)} ± "
         f"{percent(acc.std)} ({percent(acc.low)}–{percent(acc.high)}) | "
         f"{s['seconds'].mean:,.0f} s | {s['steps'].mean:,.0f} | "
         f"{_to_within_cell(s['to_within'], s['episodes'])} |")
