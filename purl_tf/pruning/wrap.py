@@ -134,6 +134,16 @@ def _static_input(nested: keras.Model):
                      name=nested.input_names[0])
 
 
+def rebuilt(layer: keras.layers.Layer) -> keras.layers.Layer:
+  """A new, unbuilt layer from `layer`'s config; a one-line PurlError if it can't be."""
+  try:
+    return layer.__class__.from_config(layer.get_config())
+  except Exception as error:  # A custom layer's get_config/from_config can raise anything.
+    raise PurlError(f"layer {layer.name} ({type(layer).__name__}) cannot be rebuilt from "
+                    f"its get_config() ({type(error).__name__}): give the class a complete "
+                    "get_config(), or use built-in Keras layers.") from error
+
+
 def copy_weights(source: keras.Model, target: keras.Model):
   """Copies every weight of `source` into its copy `target` (layers possibly wrapped for
   pruning, by purl_tf or tfmot), matching layers by name, nested models included."""
@@ -186,12 +196,7 @@ def wrap(model: keras.Model,
     if isinstance(layer, keras.Model):
       return keras.models.clone_model(layer, input_tensors=_static_input(layer),
                                       clone_function=clone)
-    try:
-      copy = layer.__class__.from_config(layer.get_config())
-    except Exception as error:  # A custom layer's get_config/from_config can raise anything.
-      raise PurlError(f"layer {layer.name} ({type(layer).__name__}) cannot be rebuilt from "
-                      f"its get_config() ({type(error).__name__}): give the class a complete "
-                      "get_config(), or use built-in Keras layers.") from error
+    copy = rebuilt(layer)
     if not selected(layer):
       return copy
     return MaskedPruning(_make_prunable(copy), pruning_schedule=FixedMasks())

@@ -26,10 +26,9 @@ from typing import Dict, Sequence, Tuple
 
 import tf_keras as keras
 
-from purl_tf.errors import PurlError
 from purl_tf.pruning.channels.layers import kind, weight_axes
 from purl_tf.pruning.channels.mask import ZEROED
-from purl_tf.pruning.wrap import FixedMasks, MaskedPruning, PruneLowMagnitude
+from purl_tf.pruning.wrap import FixedMasks, MaskedPruning, PruneLowMagnitude, rebuilt
 
 
 def masked_weights(layer: keras.layers.Layer, roles) -> Tuple[str, ...]:
@@ -73,12 +72,7 @@ def wrap_channels(model: keras.Model, groups: Sequence) -> Tuple[keras.Model,
       masked[name] = weights
 
   def clone(layer):
-    try:
-      copy = layer.__class__.from_config(layer.get_config())
-    except Exception as error:  # A custom layer's get_config/from_config can raise anything.
-      raise PurlError(f"layer {layer.name} ({type(layer).__name__}) cannot be rebuilt from "
-                      f"its get_config() ({type(error).__name__}): give the class a complete "
-                      "get_config(), or use built-in Keras layers.") from error
+    copy = rebuilt(layer)
     if layer.name not in masked:
       return copy
     names = masked[layer.name]
