@@ -620,7 +620,7 @@ CHANNEL = "mnist_resnet20_channels"
 
 
 def channel_results(accuracy, target=0.9, removed=None, speedups=(2.0, 1.6), fractions=None,
-                    dense_flops=8_000_000, dense_params=70_000, reached=None):
+                    dense_flops=8_000_000, dense_params=70_000, reached=None, reward=None):
   """A channel run's results.json: global_sparsity is the FLOPs removed, `speed` is
   run/speed.measure_speed's dict, the speedups also at the top level."""
   removed = target if removed is None else removed
@@ -642,6 +642,8 @@ def channel_results(accuracy, target=0.9, removed=None, speedups=(2.0, 1.6), fra
               "params_total": dense_params, "params_remaining": pruned_params,
               "speed": speed, "speedup_1_thread": speedups[0],
               "speedup_2_threads": speedups[1]})
+  if reward is not None:
+    out["pruned_reward_accuracy"] = reward
   return out
 
 
@@ -821,14 +823,22 @@ def test_channel_comparisons_pair_purl_with_the_best_rival_of_each_seed():
       "; over seeds 0, 1 only, the ones every compared method has finished.")
 
 
-def test_the_separation_line_says_whether_uniform_width_loses_two_points():
+def test_the_separation_line_judges_uniform_width_on_the_reward_split_not_test():
+  # results() puts every reward-split accuracy 1 pt under the test accuracy.
   assert channels.separation(channel_table(EVERY), 0.9) == [
       "- The budget separates allocations (uniform width at least 2 pt below the best other "
-      "heuristic after the shared fine-tune): yes (global filter ranking (L1 over the group "
-      "mean) 94.23 vs uniform width 90.50 %, +3.73 pt)."]
+      "heuristic after the shared fine-tune, on the reward split: validation digits, never "
+      "the test split): yes (global filter ranking (L1 over the group mean) 93.23 vs uniform "
+      "width 89.50 %, +3.73 pt; on test +3.73 pt)."]
   near = dict(EVERY, uniform=[0.925, 0.925, 0.925])  # 1.73 pt behind: not enough
   assert ": no (" in channels.separation(channel_table(near), 0.9)[0]
-  assert "+1.73 pt" in channels.separation(channel_table(near), 0.9)[0]
+  assert "+1.73 pt; on test +1.73 pt" in channels.separation(channel_table(near), 0.9)[0]
+  # Far apart on test, close on the reward split: the reward split decides.
+  cells = channel_table({m: v for m, v in EVERY.items() if m != "uniform"})
+  cells += [channel_cell("uniform", s, 0.90, reward=0.93) for s in range(3)]
+  line = channels.separation(cells, 0.9)[0]
+  assert ": no (global filter ranking (L1 over the group mean) 93.23 vs uniform width 93.00 " \
+         "%, +0.23 pt; on test +4.23 pt)." in line
   assert "not evaluated" in channels.separation(channel_table({"purl": [0.9]}), 0.9)[0]
 
 
