@@ -20,6 +20,14 @@ the network's depth so that a learned policy transfers to other networks:
   15 accuracy / dense accuracy (clipped to 1.5)
   16 previous level / largest level of the previous layer
 
+Channel granularity (a pruning.channels.ChannelController): a step is one channel group,
+its level the fraction of the group's channels removed (least important first), the global
+sparsity the fraction of the dense FLOPs removed (exact), and the target a FLOPs fraction.
+What the target needs is reckoned with controller.removed_fraction (groups share kernels,
+so per-group shares do not add up): feature 11 is then the FLOPs fraction that removing the
+earlier groups' channels (all but one each) would remove. Only mode 'sparsity' applies;
+the default grid is CHANNEL_LEVELS.
+
 With `prior` set (e.g. 'lamp'), an action no longer picks a sparsity from scratch: it
 scales the layer's density under that one-shot allocation at the target by one of
 `prior_factors` (1.0 keeps the prior's level), so every episode explores around a strong
@@ -43,12 +51,16 @@ from purl_tf.runtime import interrupt
 from purl_tf.errors import PurlError
 from purl_tf.pruning import SPARSITY, THRESHOLD, PruningController
 from purl_tf.pruning.accounting import KINDS
+from purl_tf.pruning.channels import ChannelController
 from purl_tf.pruning.training import MaskedTrainer
 
 _log = logging.getLogger(__name__)
 
 NUM_FEATURES = 17
 SPARSITY_LEVELS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)
+# Fractions of a group's channels removed (channel granularity): FLOPs fall roughly with
+# the square of a width, so the grid is even and stops short of emptying a group.
+CHANNEL_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 THRESHOLD_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0)
 # Density multipliers of the prior's level, in the order of rising sparsity.
 PRIOR_FACTORS = (4.0, 2.0, 1.4, 1.0, 0.7, 0.5, 0.25)
@@ -77,16 +89,19 @@ class PruningEnv(py_environment.PyEnvironment):
   """Prunes one layer per step; auto-resets after the last layer.
 
   Args:
-    controller: PruningController of the wrapped model (its snapshot is the dense state).
+    controller: PruningController of the wrapped model (its snapshot is the dense state),
+      or a pruning.channels.ChannelController (channel granularity, see above).
     trainer: MaskedTrainer of the same model.
     train_stream: start batch -> endless train batches (data.Splits.train_stream). One
       stream serves the whole search; `train_position` counts the batches drawn from it,
       and `seek()` starts it again there (a resumed search retrains on what it would have).
     reward_data: batched reward split (every accuracy the agent sees).
-    target_sparsity: target global sparsity of the prunable weights, in (0, 1).
+    target_sparsity: target global sparsity of the prunable weights, in (0, 1) (for a
+      ChannelController: the fraction of the dense FLOPs to remove).
     mode: 'sparsity' (levels are fractions) or 'threshold' (levels are alpha, pruning
       |w| <= alpha * std(w)).
-    levels: the action grid, ascending.
+    levels: the action grid, ascending (default SPARSITY_LEVELS, THRESHOLD_LEVELS, or
+      CHANNEL_LEVELS for a ChannelController).
     retrain_steps: train batches after each pruning step (0: none).
     final_retrain_steps: further train batches after the last step, before the episode's
       final measurement (0: none). The return rests on that measurement: replaying ERK at
@@ -121,8 +136,14 @@ class PruningEnv(py_environment.PyEnvironment):
     if mode not in (SPARSITY, THRESHOLD):
       raise PurlError(f"PruningEnv.mode={mode!r} is unknown: use '{SPARSITY}' or "
                       f"'{THRESHOLD}'.")
-    levels = tuple(float(x) for x in (levels or (
-        SPARSITY_LEVELS if mode == SPARSITY else THRESHOLD_LEVELS)))
+    self.channels = isinstance(controller, ChannelController)
+    if self.channels and (mode != SPARSITY or prior is not None):
+      raise PurlError(f"channel pruning takes PruningEnv.mode='{SPARSITY}' (levels are "
+                      "fractions of a group's channels) and no PruningEnv.prior: unbind "
+                      f"{'PruningEnv.prior' if prior is not None else 'PruningEnv.mode'}.")
+    default = (CHANNEL_LEVELS if self.channels else
+               SPARSITY_LEVELS if mode == SPARSITY else THRESHOLD_LEVELS)
+    levels = tuple(float(x) for x in (levels or default))
     if list(levels) != sorted(levels) or len(levels) < 2:
       raise PurlError(f"PruningEnv.levels={levels} must be at least two ascending values.")
     if mode == SPARSITY and not all(0.0 <= x < 1.0 for x in levels):
@@ -160,7 +181,7 @@ class PruningEnv(py_environment.PyEnvironment):
     infos = controller.infos
     self._static = np.array([self._static_features(i, info) for i, info in enumerate(infos)],
                             np.float32)
-    self._share_before = np.concatenate([[0.0], np.cumsum([i.param_share for i in infos])])
+    self._share_before = self._shares_before()
     self._action_spec = array_spec.BoundedArraySpec(
         (), np.int64, minimum=0, maximum=self._choices.shape[1] - 1, name="level")
     self._observation_spec = array_spec.BoundedArraySpec(
@@ -200,9 +221,20 @@ class PruningEnv(py_environment.PyEnvironment):
     """Train batches one episode spends retraining (recalibration not counted)."""
     return self.num_layers * self.retrain_steps + self.final_retrain_steps
 
+  def _shares_before(self) -> np.ndarray:
+    """float64 (num_layers + 1,): per step t, the share of the pruning's measure held by
+    the layers before t: their share of the prunable weights, or (channels) the FLOPs
+    fraction that removing all but one channel of each group before t would remove."""
+    if not self.channels:
+      return np.concatenate([[0.0], np.cumsum([i.param_share for i in self.controller.infos])])
+    return np.array([self.controller.removed_fraction([1.0] * t + [0.0] * (self.num_layers - t))
+                     for t in range(self.num_layers + 1)])
+
   def _check_reachable(self):
     """Raises PurlError when even the largest level everywhere misses the target."""
-    if self.mode == SPARSITY:
+    if self.channels:
+      best = self.controller.removed_fraction(self._choices[:, -1])
+    elif self.mode == SPARSITY:
       sizes = self.controller.sizes
       best = float(np.sum(self._choices[:, -1] * sizes) / np.sum(sizes))
     else:
@@ -211,13 +243,16 @@ class PruningEnv(py_environment.PyEnvironment):
       best = float(np.sum(best * self.controller.sizes) / np.sum(self.controller.sizes))
       self.controller.reset()
     if best < self.target:
-      raise PurlError(f"the action grid reaches at most {best:.3f} global sparsity, below the "
+      measure = "of the FLOPs removed" if self.channels else "global sparsity"
+      raise PurlError(f"the action grid reaches at most {best:.3f} {measure}, below the "
                       f"target {self.target}: add larger PruningEnv.levels or lower the target.")
 
   def _lowest_level(self) -> float:
     """The smallest level layer t may take (0.0 when the target is not enforced)."""
     if not self.enforce_target:
       return 0.0
+    if self.channels:
+      return self._lowest_channel_level()
     sizes = self.controller.sizes
     t = self._t
     pruned = int(round(float(np.sum(sizes[:t] * self.controller.sparsities()[:t]))))
@@ -226,6 +261,18 @@ class PruningEnv(py_environment.PyEnvironment):
     needed = int(np.ceil(self.target * np.sum(sizes) - 1e-9)) - pruned - later
     for level in self._choices[t]:
       if int(round(level * sizes[t])) >= needed:
+        return float(level)
+    return float(self._choices[t, -1])
+
+  def _lowest_channel_level(self) -> float:
+    """The smallest level group t may take so that the FLOPs removed still reach the target
+    when every later group takes its largest level (exact: controller.removed_fraction)."""
+    t = self._t
+    levels = self.controller.sparsities().copy()  # the levels in force before t
+    levels[t + 1:] = self._choices[t + 1:, -1]
+    for level in self._choices[t]:
+      levels[t] = level
+      if self.controller.removed_fraction(levels) >= self.target:
         return float(level)
     return float(self._choices[t, -1])
 
