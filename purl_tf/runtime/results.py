@@ -1,4 +1,12 @@
-"""What a run writes to results.json, whatever the method that chose its allocation."""
+"""What a run writes to results.json, whatever the method that chose its allocation.
+
+Granularity 'weight' (the paper's) prunes weights: global_sparsity is the share of the
+prunable weights removed. Granularity 'channel' removes whole channels: global_sparsity and
+target_sparsity are then fractions of the dense FLOPs removed (target_sparsity equals
+target_flops), the allocation holds each channel group's fraction of channels removed, the
+pruned model is the physically thinner one, and `speed` holds its measured speed beside the
+dense network's (run/speed.measure_speed).
+"""
 import dataclasses
 from typing import List, Optional
 
@@ -26,10 +34,10 @@ class RunResult:
   method: str  # how the allocation was chosen (methods.METHODS)
   model: str
   dataset: str
-  target_sparsity: float
+  target_sparsity: float  # (channel granularity: target_flops)
   reached_target: bool  # reached_target(global_sparsity, target_sparsity)
-  global_sparsity: float  # of the prunable weights, in the final model
-  allocation: dict  # layer name -> sparsity, in the final model
+  global_sparsity: float  # of the prunable weights (channel: of the FLOPs), final model
+  allocation: dict  # layer name -> sparsity (channel: group -> channels removed), final
   dense_test_accuracy: float
   pruned_test_accuracy: float
   pruned_reward_accuracy: float
@@ -37,7 +45,7 @@ class RunResult:
   params_total: int
   params_remaining: int
   prunable_params: int
-  flops_total: int  # of the prunable layers
+  flops_total: int  # of the prunable layers (channel granularity: of the whole model)
   flops_remaining: int
   search_seconds: float  # choosing the allocation (a search, or a one-shot rule)
   search_episodes: int  # allocations evaluated on the reward split (0: one-shot)
@@ -60,6 +68,11 @@ class RunResult:
   selection: dict = dataclasses.field(default_factory=dict)  # how a search chose
   warnings: List[str] = dataclasses.field(default_factory=list)  # what makes it doubtful
   pruned_model_keras3: Optional[str] = None  # the pruned model as Keras 3, for a Keras 3 input
+  granularity: str = "weight"  # 'weight' or 'channel' (train_eval.granularity)
+  target_flops: Optional[float] = None  # fraction of the dense FLOPs to remove (channel)
+  speed: dict = dataclasses.field(default_factory=dict)  # speed.measure_speed (channel)
+  speedup_1_thread: Optional[float] = None  # LiteRT dense / pruned latency, from `speed`
+  speedup_2_threads: Optional[float] = None
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -74,20 +87,22 @@ def retained_share(accuracy: float, dense: float, num_classes: int) -> float:
 def doubts(result: RunResult) -> List[str]:
   """One line per reason to distrust `result`, each with what to change."""
   lines = []
+  target = ("train_eval.target_flops" if result.granularity == "channel"
+            else "train_eval.target_sparsity")
   share = retained_share(result.pruned_test_accuracy, result.dense_test_accuracy,
                          result.num_classes)
   if share < NEAR_CHANCE_SHARE:
     lines.append(
         f"the pruned model is near chance ({result.pruned_test_accuracy:.4f} test accuracy, "
         f"chance {1 / max(result.num_classes, 1):.4f}, dense "
-        f"{result.dense_test_accuracy:.4f}): lower train_eval.target_sparsity, raise "
+        f"{result.dense_test_accuracy:.4f}): lower {target}, raise "
         "PruningEnv.retrain_steps or finetune.epochs, or keep the first and last layers "
         "dense (wrap.exclude).")
   elif share < FAR_BELOW_SHARE:
     lines.append(
         f"the pruned model keeps {100 * share:.0f} % of the dense accuracy above chance "
         f"({result.pruned_test_accuracy:.4f} vs {result.dense_test_accuracy:.4f}): lower "
-        "train_eval.target_sparsity or raise finetune.epochs.")
+        f"{target} or raise finetune.epochs.")
   measured = (result.rescored_reward_accuracy if result.rescored_reward_accuracy is not None
               else result.best_reward_accuracy_in_search)
   if measured is not None and result.pruned_reward_accuracy < measured - FINETUNE_LOSS:
@@ -95,7 +110,10 @@ def doubts(result: RunResult) -> List[str]:
         f"after fine-tuning, the reward-split accuracy is {result.pruned_reward_accuracy:.4f},"
         f" below the {measured:.4f} the search measured for this allocation: lower "
         "finetune.learning_rate or raise finetune.epochs.")
-  if not result.reached_target:
+  if not result.reached_target and result.granularity == "channel":
+    lines.append(f"the model removes {result.global_sparsity:.4f} of the FLOPs, below the "
+                 f"target {result.target_sparsity}: search longer or widen PruningEnv.levels.")
+  elif not result.reached_target:
     lines.append(f"the model reaches {result.global_sparsity:.4f} sparsity, below the target "
                  f"{result.target_sparsity}: search longer or widen PruningEnv.levels.")
   return lines
