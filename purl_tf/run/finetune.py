@@ -7,6 +7,10 @@ for a gin-set budget under the run's tf.distribute strategy (cosine-decayed SGD)
 pruned model is saved without wrappers. Progress (weights, optimizer, steps done and restarts) is
 checkpointed after every epoch in root_dir/finetune, so a rerun continues from the last
 finished epoch on the batches an uninterrupted run would have seen.
+
+With a pruning.channels.ChannelController (channel granularity) the allocation is each
+group's fraction of channels removed; the fine-tune trains under its channel masks, and the
+saved pruned model is the physically thinner one (channels.save_shrunk), measured itself.
 """
 import logging
 import math
@@ -24,7 +28,9 @@ from purl_tf.models import keras3
 from purl_tf.runtime import files, interrupt
 from purl_tf.data import Splits
 from purl_tf.errors import PurlError
+from purl_tf.pruning.channels import ChannelController
 from purl_tf.pruning.training import MaskedTrainer
+from purl_tf.run import channels
 
 _log = logging.getLogger(__name__)
 
@@ -43,11 +49,12 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
   """Fine-tunes `allocation` ({layer: sparsity}) and evaluates dense and pruned on test.
 
   Args:
-    controller: the PruningController whose snapshot holds the dense weights.
+    controller: the PruningController (or ChannelController) whose snapshot holds the
+      dense weights.
     strategy: the strategy the model was built under.
     splits: data.Splits; train for fine-tuning, reward for progress, test for the result.
-    allocation: per-layer sparsity fractions, applied to the dense weights unless
-      `start_state` is given.
+    allocation: per-layer sparsity fractions (per channel group: the fraction of its
+      channels removed), applied to the dense weights unless `start_state` is given.
     root_dir: run folder; writes root_dir/finetune and root_dir/pruned_model.keras.
     epochs: passes over the train split (fractions allowed); 0 evaluates as pruned.
     learning_rate: initial SGD learning rate, decayed to 0 along a cosine.
@@ -64,7 +71,7 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
     dict with dense_test_accuracy, pruned_test_accuracy, pruned_reward_accuracy,
     finetune_steps, finetune_restarts, finetune_seconds, pruned_model (path),
     pruned_model_keras3 (path, None unless the model came from Keras 3) and the costs of
-    the pruning.
+    the pruning; with a ChannelController also `warnings` (channels.save_shrunk).
   """
   if epochs < 0:
     raise PurlError(f"finetune.epochs={epochs} must not be negative.")
@@ -82,8 +89,11 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
 
   controller.reset()
   dense_test = trainer.evaluate(test)
+  by_channel = isinstance(controller, ChannelController)
   if start_state:
     controller.load_state(start_state)
+  elif by_channel:
+    controller.apply([allocation[name] for name in controller.names])
   else:
     pruning.explicit(controller, allocation)
   checkpoint = tf.train.Checkpoint(model=controller.model, optimizer=trainer.optimizer,
@@ -122,18 +132,22 @@ def finetune(controller: pruning.PruningController, strategy: tf.distribute.Stra
               f"reward acc {accuracy:.4f}  sparsity {controller.global_sparsity():.3f}")
     manager.save(checkpoint_number=int(done))
 
-  path = pruning.save(controller.model, os.path.join(root_dir, files.PRUNED_MODEL))
-  keras3_path = keras3.write_pruned(pruning.strip(controller.model), root_dir)
+  if by_channel:
+    saved = channels.save_shrunk(controller, root_dir, splits.test, splits.reward)
+  else:
+    saved = {"pruned_model": pruning.save(controller.model,
+                                          os.path.join(root_dir, files.PRUNED_MODEL)),
+             "pruned_model_keras3": keras3.write_pruned(pruning.strip(controller.model),
+                                                        root_dir),
+             "pruned_test_accuracy": trainer.evaluate(test),
+             "pruned_reward_accuracy": trainer.evaluate(reward)}
   results = {
       "dense_test_accuracy": dense_test,
-      "pruned_test_accuracy": trainer.evaluate(test),
-      "pruned_reward_accuracy": trainer.evaluate(reward),
       "finetune_steps": total_steps,
       "finetune_restarts": int(restarts),
       "finetune_seconds": time.time() - start,
-      "pruned_model": path,
-      "pruned_model_keras3": keras3_path,
       "allocation": controller.allocation(),
+      **saved,
   }
   results.update(controller.costs())
   return results
