@@ -39,7 +39,11 @@ _log = logging.getLogger(__name__)
 # export_tflite=True for the command line's TFLite table.
 RUN_ARGUMENTS = {"seed": 0, "deterministic": False, "export_tflite": False,
                  "finetune_from": "search", "match_search_steps": False,
-                 "fit_to_target": True, "overwrite": False}
+                 "fit_to_target": True, "overwrite": False, "granularity": "weight",
+                 "target_flops": None, "channel_importance": None}
+# Channel pruning's arguments: named in a run's description only when set, so that a weight
+# run's config reads as before they existed.
+CHANNEL_ARGUMENTS = ("granularity", "target_flops", "channel_importance")
 # Gin configurables whose parameters prune() does not take: the model and the data are the
 # caller's and the model is not trained again (pretrain.epochs = 0).
 NOT_APPLICABLE = {
@@ -68,7 +72,8 @@ class PruneResult:
 
 def prune(model, train, reward, *, method: str = "purl", target_sparsity: float = 0.9,
           test=None, root_dir: Optional[str] = None, **knobs) -> PruneResult:
-  """Prunes a trained Keras classifier to `target_sparsity` by `method`.
+  """Prunes a trained Keras classifier to `target_sparsity` by `method` (or, with
+  granularity='channel', removes whole channels until `target_flops` of its FLOPs go).
 
   The dense weights are used as given (no pre-training); the search (or one-shot rule)
   chooses each prunable layer's sparsity, measuring accuracy on `reward`, and the chosen
@@ -89,8 +94,11 @@ def prune(model, train, reward, *, method: str = "purl", target_sparsity: float 
     reward: held-out data the search measures every allocation on (same forms); never
       trained on. A few hundred to a few thousand images.
     method: 'purl' or another of methods.METHODS ('episodic', 'random',
-      'global_magnitude', 'lamp', 'erk', 'uniform', 'uniform_keep_ends', 'gradual').
-    target_sparsity: global sparsity of the prunable weights to reach, in (0, 1).
+      'global_magnitude', 'lamp', 'erk', 'uniform', 'uniform_keep_ends', 'gradual'); with
+      granularity='channel' one of methods.CHANNEL_METHODS ('purl', 'episodic', 'random',
+      'uniform', 'uniform_keep_ends', 'global_filter', 'bn_scale').
+    target_sparsity: global sparsity of the prunable weights to reach, in (0, 1)
+      (granularity 'weight').
     test: data for the final report only (same forms). None reports on `reward`, which
       the search chose on (optimistic): results['warnings'] says so.
     root_dir: the run folder; None makes a fresh temporary one (kept: see
@@ -102,8 +110,12 @@ def prune(model, train, reward, *, method: str = "purl", target_sparsity: float 
       unique (num_episodes=10 is SearchRunner.num_episodes) or qualified
       (**{'finetune.epochs': 2}); and train_eval's arguments seed (0), deterministic
       (False), export_tflite (False here: the command line's True writes and times the
-      TFLite flatbuffers), finetune_from ('search'), match_search_steps (False),
-      fit_to_target (True) and overwrite (False). The caller's gin config applies beneath
+      TFLite flatbuffers, and with granularity 'channel' measures the pruned model's
+      speed against the dense one's), finetune_from ('search'), match_search_steps
+      (False), fit_to_target (True), overwrite (False), and channel pruning's
+      granularity ('weight'; 'channel' removes whole channels: the returned model is
+      physically thinner), target_flops (with 'channel': the fraction of the dense FLOPs
+      to remove, e.g. 0.7) and channel_importance ('l1' or 'bn_gamma'). The caller's gin config applies beneath
       them and is left as it was. As the command line does, `seed` seeds Python's,
       NumPy's and TensorFlow's global generators.
   Returns:
@@ -124,7 +136,8 @@ def prune(model, train, reward, *, method: str = "purl", target_sparsity: float 
           root_dir or tempfile.mkdtemp(prefix="purl_tf_prune_")))
       description = (f"# purl_tf.prune(method={method!r}, target_sparsity={target_sparsity!r}"
                      + "".join(f", {k}={v!r}" for k, v in run_arguments.items()
-                               if k != "overwrite")
+                               if k != "overwrite" and not (
+                                   k in CHANNEL_ARGUMENTS and v == RUN_ARGUMENTS[k]))
                      + f")\n# model: {model_note}\n# data: {data_note}\n")
       _log.info(f"prune(): run folder {root_dir}")
       result = pipeline.run(root_dir, builder, splits, method=method,

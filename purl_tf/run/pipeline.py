@@ -10,8 +10,13 @@ arguments. Two entry points call it, so they cannot drift apart:
 
 Every other knob is a gin parameter: those of load_splits, the model builders, pretrain,
 wrap, MaskedTrainer, PruningEnv, the rewards, make_agent, make_replay_buffer,
-SearchRunner, finetune, gradual and make_strategy. Rerunning with the same root_dir
-resumes an interrupted run; a finished stage is not redone.
+SearchRunner, finetune, gradual, measure_speed and make_strategy. Rerunning with the same
+root_dir resumes an interrupted run; a finished stage is not redone.
+
+Granularity: 'weight' (the paper's, the default) prunes weights to `target_sparsity`;
+'channel' removes whole channels to `target_flops` (a pruning.channels.ChannelController
+drives the same MDP, one decision per channel group), fine-tunes under channel masks, saves
+the physically thinner model and measures its speed against the dense network (channels.py).
 """
 import dataclasses
 import functools
@@ -24,7 +29,8 @@ import gin
 import tensorflow as tf
 
 from purl_tf import data, models, pruning
-from purl_tf.run import compare, configs, export, finetune, gradual, methods
+from purl_tf.pruning.channels import CRITERIA, ChannelController
+from purl_tf.run import channels, compare, configs, export, finetune, gradual, methods
 from purl_tf.runtime import distribute, files, interrupt
 from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
@@ -44,8 +50,9 @@ class Parts:
   splits: data.Splits
   model_name: str
   dense_reward_accuracy: float
-  controller: pruning.PruningController
+  controller: pruning.PruningController  # or a ChannelController (channel granularity)
   env: PruningEnv
+  dense: Optional[tf.keras.Model] = None  # the dense model, unwrapped (channel granularity)
 
 
 # What makes a run's data: (num_replicas=...) -> data.Splits, batches sized for the replicas.
@@ -54,8 +61,12 @@ SplitsMaker = Callable[..., data.Splits]
 
 def build(root_dir: str, model_builder, target_sparsity: float, seed: int = 0,
           strategy: Optional[tf.distribute.Strategy] = None, reward_fn=None,
-          splits: SplitsMaker = data.load_splits) -> Parts:
+          splits: SplitsMaker = data.load_splits, granularity: str = methods.WEIGHT,
+          channel_importance: str = "l1") -> Parts:
   """Data, the dense model (pre-trained or loaded from root_dir), its pruning and the MDP.
+
+  `granularity` 'channel' makes the controller a ChannelController ranking channels by
+  `channel_importance`, and `target_sparsity` the fraction of the dense FLOPs to remove.
 
   Everything that can be checked without training is checked before pre-training. The
   environment's train stream is seeded by `seed`; `strategy` defaults to make_strategy()'s;
@@ -69,19 +80,30 @@ def build(root_dir: str, model_builder, target_sparsity: float, seed: int = 0,
   with strategy.scope():
     model = model_builder(input_shape=splits.image_shape, num_classes=splits.num_classes)
     models.check_compatible(model, splits.image_shape, splits.num_classes)
-    pruning.wrap(model, check_only=True)
+    by_channel = granularity == methods.CHANNEL
+    if not by_channel:
+      pruning.wrap(model, check_only=True)
     dense_accuracy = models.pretrain(model, splits, root_dir)
     _log.info(f"Dense {model.name}: reward-split accuracy {dense_accuracy:.4f}.")
-    wrapped = pruning.wrap(model)
-    controller = pruning.PruningController(wrapped)
-    trainer = MaskedTrainer(wrapped, strategy)
+    if by_channel:
+      controller = ChannelController(model, importance=channel_importance)
+    else:
+      controller = pruning.PruningController(pruning.wrap(model))
+    trainer = MaskedTrainer(controller.model, strategy)
   options = {"reward_fn": reward_fn} if reward_fn else {}
   env = PruningEnv(controller, trainer, functools.partial(splits.train_stream, seed=seed),
                    splits.reward, target_sparsity=target_sparsity, **options)
   around = f", scaling {env.prior}'s levels" if env.prior else ""
-  _log.info(f"Search over {env.num_layers} prunable layers, {env.action_spec().maximum + 1} "
-            f"levels ({env.mode}{around}), target sparsity {target_sparsity}.")
-  return Parts(strategy, splits, model.name, dense_accuracy, controller, env)
+  if by_channel:
+    _log.info(f"Search over {env.num_layers} channel groups, {env.action_spec().maximum + 1} "
+              f"levels (fractions of a group's channels, least {channel_importance} "
+              f"first), target FLOPs removed {target_sparsity}.")
+  else:
+    _log.info(f"Search over {env.num_layers} prunable layers, "
+              f"{env.action_spec().maximum + 1} levels ({env.mode}{around}), target "
+              f"sparsity {target_sparsity}.")
+  return Parts(strategy, splits, model.name, dense_accuracy, controller, env,
+               model if by_channel else None)
 
 
 @gin.configurable(denylist=["root_dir", "overwrite"])
@@ -89,14 +111,18 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
                target_sparsity: float = 0.9, seed: int = 0, deterministic: bool = False,
                export_tflite: bool = True, finetune_from: str = "search",
                match_search_steps: bool = False, fit_to_target: bool = True,
-               overwrite: bool = False) -> RunResult:
-  """Prunes the model `model_builder` builds to `target_sparsity` by `method`, on the data
-  load_splits loads: `run` with gin's model and data.
+               overwrite: bool = False, granularity: str = methods.WEIGHT,
+               target_flops: Optional[float] = None,
+               channel_importance: Optional[str] = None) -> RunResult:
+  """Prunes the model `model_builder` builds to `target_sparsity` (or `target_flops`) by
+  `method`, on the data load_splits loads: `run` with gin's model and data.
 
   Args:
     root_dir: run folder.
     method: how the allocation is chosen, one of methods.METHODS ('purl', 'episodic',
-      'random', 'global_magnitude', 'uniform', 'gradual').
+      'random', 'global_magnitude', 'uniform', 'gradual'); with granularity 'channel' one
+      of methods.CHANNEL_METHODS ('purl', 'episodic', 'random', 'uniform',
+      'uniform_keep_ends', 'global_filter', 'bn_scale').
     model_builder: gin-configurable builder taking (input_shape, num_classes), e.g.
       @resnet50, @mobilenet_v2, @cifar_resnet, @lenet5 or @saved_model.
     target_sparsity: target global sparsity of the prunable weights, in (0, 1).
@@ -119,6 +145,16 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
       reaches exactly `target_sparsity` (pruning.fit): a search on a coarse action grid
       overshoots (0.983 for 0.98), which a fine-tune from the dense weights need not pay.
     overwrite: delete a run with another config found in root_dir instead of refusing.
+    granularity: 'weight' (default: prune weights, the paper's PuRL) or 'channel' (remove
+      whole channels: a level is the fraction of a channel group's channels removed, the
+      pruned model is physically thinner, and its LiteRT speed is measured against the
+      dense network's; target_sparsity is then not used).
+    target_flops: with granularity 'channel', the fraction of the dense network's FLOPs
+      to remove, in (0, 1): 0.7 keeps 30 %.
+    channel_importance: with granularity 'channel', how a group's channels are ranked
+      (the least important go first): 'l1' (filter L1 norm) or 'bn_gamma' (batch-norm
+      |gamma|); default 'bn_gamma' for method 'bn_scale' (so that it removes the channels
+      its threshold picks), 'l1' otherwise.
   Returns:
     the RunResult written to root_dir/results.json.
   """
@@ -126,7 +162,8 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
              target_sparsity=target_sparsity, seed=seed, deterministic=deterministic,
              export_tflite=export_tflite, finetune_from=finetune_from,
              match_search_steps=match_search_steps, fit_to_target=fit_to_target,
-             overwrite=overwrite)
+             overwrite=overwrite, granularity=granularity, target_flops=target_flops,
+             channel_importance=channel_importance)
 
 
 def run(root_dir: str, model_builder, splits: SplitsMaker, method: str = "purl",
@@ -134,7 +171,9 @@ def run(root_dir: str, model_builder, splits: SplitsMaker, method: str = "purl",
         export_tflite: bool = True, finetune_from: str = "search",
         match_search_steps: bool = False, fit_to_target: bool = True,
         overwrite: bool = False, description: str = "",
-        warnings: Sequence[str] = ()) -> RunResult:
+        warnings: Sequence[str] = (), granularity: str = methods.WEIGHT,
+        target_flops: Optional[float] = None,
+        channel_importance: Optional[str] = None) -> RunResult:
   """The core of every run: prunes `model_builder`'s model on `splits`'s data.
 
   The arguments are train_eval's (see there), but for:
@@ -148,10 +187,17 @@ def run(root_dir: str, model_builder, splits: SplitsMaker, method: str = "purl",
   Returns:
     the RunResult written to root_dir/results.json.
   """
-  methods.check(method)
+  methods.check(method, granularity)
   if finetune_from not in FINETUNE_FROM:
     raise PurlError(f"train_eval.finetune_from={finetune_from!r} is unknown: use one of "
                     f"{FINETUNE_FROM}.")
+  by_channel = granularity == methods.CHANNEL
+  if by_channel:
+    target = _channel_target(target_flops)
+    channel_importance = _importance(method, channel_importance)
+  else:
+    _refuse_channel_knobs(target_flops, channel_importance)
+    target = target_sparsity
   if not 0.0 < target_sparsity < 1.0:
     raise PurlError(f"train_eval.target_sparsity={target_sparsity} is outside (0, 1): bind "
                     "it to a fraction such as 0.9.")
@@ -168,34 +214,46 @@ def run(root_dir: str, model_builder, splits: SplitsMaker, method: str = "purl",
   tf.keras.utils.set_random_seed(seed)
   if deterministic:
     tf.config.experimental.enable_op_determinism()
-  parts = build(root_dir, model_builder, target_sparsity, seed, strategy,
-                methods.reward_fn(method), splits)
-  choice = methods.choose(method, parts.env, root_dir, seed, lockstep)
+  options = {"granularity": granularity, "channel_importance": channel_importance} \
+      if by_channel else {}
+  parts = build(root_dir, model_builder, target, seed, strategy, methods.reward_fn(method),
+                splits, **options)
+  choice = methods.choose(method, parts.env, root_dir, seed, lockstep, dense=parts.dense)
   if choice.allocation is None:  # gradual: prunes while it trains
     tuned = _gradual(parts, model_builder, root_dir, target_sparsity, choice, seed)
   else:
     _write_best_allocation(root_dir, method, parts.env, choice)
     if finetune_from == "dense" or not choice.start_state:
       finetune_from, choice.start_state = "dense", None
-      if fit_to_target and method in methods.SEARCHED:
+      if fit_to_target and method in methods.SEARCHED and not by_channel:
         choice.allocation = _fit(parts.controller, choice.allocation, target_sparsity)
     extra = 0
-    if match_search_steps and method in methods.ONE_SHOT:
+    if match_search_steps and methods.is_one_shot(method, granularity):
       extra = methods.search_steps(parts.env, root_dir, seed)
       _log.info(f"train_eval.match_search_steps: {extra:,} more fine-tune steps, as many as a "
                 "search of this config spends.")
     tuned = finetune.finetune(parts.controller, parts.strategy, parts.splits,
                               choice.allocation, root_dir, seed=seed,
                               start_state=choice.start_state, extra_steps=extra)
-  comparison = compare.one_shot(parts.controller, parts.env.trainer, parts.splits.test,
-                                tuned["allocation"])
+  run_warnings = list(warnings)
+  channel_fields = {}
   tflite = {}
-  if export_tflite and distribute.is_chief(strategy):
-    tflite = export.export_run(root_dir, parts.splits, tuned["pruned_model"])
+  if by_channel:
+    run_warnings += [*parts.controller.warnings, *choice.warnings, *tuned.pop("warnings")]
+    comparison = channels.one_shot(parts.controller, parts.dense, parts.env.trainer,
+                                   parts.splits.test, tuned["allocation"])
+    channel_fields = _channel_fields(parts, model_builder, root_dir, target,
+                                     tuned["pruned_model"],
+                                     export_tflite and distribute.is_chief(strategy))
+  else:
+    comparison = compare.one_shot(parts.controller, parts.env.trainer, parts.splits.test,
+                                  tuned["allocation"])
+    if export_tflite and distribute.is_chief(strategy):
+      tflite = export.export_run(root_dir, parts.splits, tuned["pruned_model"])
   result = RunResult(
-      **tuned, method=method, model=parts.model_name, dataset=parts.splits.name,
-      target_sparsity=target_sparsity,
-      reached_target=reached_target(tuned["global_sparsity"], target_sparsity),
+      **tuned, **channel_fields, method=method, model=parts.model_name,
+      dataset=parts.splits.name, target_sparsity=target,
+      reached_target=reached_target(tuned["global_sparsity"], target),
       search_seconds=choice.seconds, search_episodes=choice.episodes,
       search_retrain_steps=choice.retrain_steps, search_overhead_share=choice.overhead_share,
       search_seconds_by_part=choice.seconds_by_part,
@@ -205,7 +263,7 @@ def run(root_dir: str, model_builder, splits: SplitsMaker, method: str = "purl",
       comparison=comparison, tflite=tflite, replicas=strategy.num_replicas_in_sync,
       num_classes=parts.splits.num_classes, finetune_from=finetune_from,
       rescored_reward_accuracy=choice.rescored_accuracy, selection=choice.selection)
-  result.warnings = list(warnings) + doubts(result)
+  result.warnings = run_warnings + doubts(result)
   for line in result.warnings:
     _log.warning(f"{line}")
   operative = description + gin.operative_config_str()
@@ -230,11 +288,58 @@ def _write_best_allocation(root_dir: str, method: str, env: PruningEnv,
       "selection": choice.selection,
       "global_sparsity": sparsity, "episode": choice.best_episode, "method": method,
       "target_sparsity": env.target, "reached_target": reached_target(sparsity, env.target),
-      "mode": env.mode})
+      "mode": env.mode, **({"granularity": methods.CHANNEL} if env.channels else {})})
+
+
+def _channel_target(target_flops: Optional[float]) -> float:
+  """train_eval.target_flops, checked: the target of a channel run."""
+  if target_flops is None or not 0.0 < target_flops < 1.0:
+    raise PurlError(f"train_eval.target_flops={target_flops} is not in (0, 1): with "
+                    "train_eval.granularity='channel', bind it to the fraction of the dense "
+                    "FLOPs to remove, such as 0.7.")
+  return float(target_flops)
+
+
+def _importance(method: str, importance: Optional[str]) -> str:
+  """train_eval.channel_importance, checked; None: 'bn_gamma' for bn_scale, else 'l1'."""
+  if importance is None:
+    return "bn_gamma" if method == "bn_scale" else "l1"
+  if importance not in CRITERIA:
+    raise PurlError(f"train_eval.channel_importance={importance!r} is unknown: use one of "
+                    f"{list(CRITERIA)}.")
+  return importance
+
+
+def _refuse_channel_knobs(target_flops, channel_importance):
+  """A PurlError when a channel knob is bound in a weight run (it would do nothing)."""
+  for name, value in (("target_flops", target_flops),
+                      ("channel_importance", channel_importance)):
+    if value is not None:
+      raise PurlError(f"train_eval.{name}={value!r} applies to granularity 'channel': bind "
+                      "train_eval.granularity='channel', or unbind it (weight pruning "
+                      "aims at train_eval.target_sparsity).")
+
+
+def _channel_fields(parts: Parts, model_builder, root_dir: str, target: float,
+                    pruned_model: str, measure: bool) -> dict:
+  """RunResult's channel fields; the speed of the shrunk model against the dense one
+  when `measure` (train_eval.export_tflite, on the chief)."""
+  fields = {"granularity": methods.CHANNEL, "target_flops": target}
+  if measure:
+    speed = channels.measure(
+        root_dir, parts.splits,
+        lambda: model_builder(input_shape=parts.splits.image_shape,
+                              num_classes=parts.splits.num_classes), pruned_model)
+    fields.update(speed=speed, speedup_1_thread=speed.get("speedup_1_thread"),
+                  speedup_2_threads=speed.get("speedup_2_threads"))
+  return fields
 
 
 def _global_sparsity(controller: pruning.PruningController, allocation: dict) -> float:
-  """Share of the prunable weights that `allocation` ({layer: sparsity}) prunes."""
+  """Share of the prunable weights that `allocation` ({layer: sparsity}) prunes (for a
+  ChannelController: the fraction of the dense FLOPs it removes)."""
+  if isinstance(controller, ChannelController):
+    return controller.removed_fraction([allocation[n] for n in controller.names])
   return pruning.costs(controller.infos, [allocation[n] for n in controller.names],
                        controller.total_params)["global_sparsity"]
 
