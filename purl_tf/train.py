@@ -23,7 +23,7 @@ if __name__ == "__main__":
 from absl import app, flags, logging
 import tensorflow_datasets as tfds
 
-from purl_tf.run import export, pipeline
+from purl_tf.run import export, pipeline, speed
 from purl_tf.runtime import distribute, files, interrupt
 from purl_tf.errors import PurlError
 from purl_tf.runtime.results import RunResult
@@ -49,9 +49,14 @@ def summary(root_dir: str, result: RunResult) -> str:
       f"Method                {result.method}",
       f"Dense test accuracy   {result.dense_test_accuracy:.4f}",
       f"Pruned test accuracy  {result.pruned_test_accuracy:.4f}",
-      f"Global sparsity       {result.global_sparsity:.4f} (target {result.target_sparsity})",
+      (f"FLOPs removed         " if result.granularity == "channel" else
+       f"Global sparsity       ") + f"{result.global_sparsity:.4f} (target {result.target_sparsity})",
       f"Parameters left       {result.params_remaining:,} of {result.params_total:,}",
-      f"FLOPs left            {result.flops_remaining:,} of {result.flops_total:,}",
+      f"FLOPs left            {result.flops_remaining:,} of {result.flops_total:,}"
+      + (f" ({100 * result.flops_remaining / max(result.flops_total, 1):.1f} %, target "
+         f"{100 * (1 - result.target_sparsity):.0f} %)" if result.granularity == "channel"
+         else ""),
+      *(_speed_lines(result) if result.speed else []),
       f"Results               {os.path.join(root_dir, files.RESULTS)}",
       f"Best allocation       {os.path.join(root_dir, files.BEST_ALLOCATION)}",
       f"Pruned model          {result.pruned_model}",
@@ -62,6 +67,16 @@ def summary(root_dir: str, result: RunResult) -> str:
       f"TensorBoard           tensorboard --logdir {root_dir}",
       *[f"WARNING               {line}" for line in result.warnings],
   ])
+
+
+def _speed_lines(result: RunResult) -> list:
+  """The measured speed of a channel-pruned model against the dense one (results.speed)."""
+  latency = {name: result.speed[name]["latency_ms"] for name in speed.NAMES}
+  return [f"Speed (measured)      {speed.summary(result.speed)}",
+          *[f"LiteRT latency        {threads} thread(s): {latency['dense'][threads]:.3f} ms "
+            f"dense, {latency['pruned'][threads]:.3f} ms pruned" for threads in latency["dense"]],
+          f"TFLite                "
+          f"{os.path.dirname(result.speed['tflite']['float32']['path'])}/*.tflite"]
 
 
 def log_path(root_dir: str) -> str:
