@@ -133,7 +133,7 @@ SUITES = {
     "mnist_resnet20_channels": Suite(
         "mnist_resnet20_channels",
         "mnist_full: ResNet-20 (width 8), channels, 0.8, 0.9 and 0.95 of the FLOPs removed",
-        "mnist_resnet20_channels", (0.8, 0.9, 0.95), episodes=30, runs_here=True,
+        "mnist_resnet20_channels", (0.8, 0.9, 0.95), episodes=20, runs_here=True,
         quick_target=0.9, granularity="channel"),
 }
 
