@@ -96,8 +96,9 @@ def doubts(result: RunResult) -> List[str]:
         f"the pruned model is near chance ({result.pruned_test_accuracy:.4f} test accuracy, "
         f"chance {1 / max(result.num_classes, 1):.4f}, dense "
         f"{result.dense_test_accuracy:.4f}): lower {target}, raise "
-        "PruningEnv.retrain_steps or finetune.epochs, or keep the first and last layers "
-        "dense (wrap.exclude).")
+        "PruningEnv.retrain_steps or finetune.epochs"
+        + ("." if result.granularity == "channel" else
+           ", or keep the first and last layers dense (wrap.exclude)."))
   elif share < FAR_BELOW_SHARE:
     lines.append(
         f"the pruned model keeps {100 * share:.0f} % of the dense accuracy above chance "
