@@ -41,7 +41,7 @@ FIRST_TESTS := tests/test_configs.py tests/test_api.py tests/test_pruning.py tes
 	tests/test_data.py tests/test_keras3.py tests/test_reliability.py
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(FIRST_TESTS) tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 $(FIRST_TESTS) tests
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from purl_tf import data
+from purl_tf.errors import PurlError
 
 NUM_TRAIN, NUM_VALIDATION, SHARDS = 96, 40, 4
 REWARD_SIZE = 10
@@ -92,7 +93,7 @@ def test_a_reward_from_the_test_split_leaves_train_whole_and_test_the_rest(
 
 
 def test_too_large_a_reward_from_the_test_split_leaves_no_test(sharded):
-  with pytest.raises(data.PurlError, match="too few for load_splits.reward_size=40"):
+  with pytest.raises(PurlError, match="too few for load_splits.reward_size=40"):
     _load(sharded, reward_split="validation", reward_size=NUM_VALIDATION)
 
 
