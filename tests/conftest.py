@@ -21,6 +21,7 @@ from purl_tf.runtime import distribute
 distribute.split_cpu(2)
 
 import gin  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
@@ -197,3 +198,17 @@ def start_workers(command, count=2, outputs=None):
                            env=dict(os.environ, TF_CONFIG=json.dumps(
                                {"cluster": cluster, "task": {"type": "worker", "index": index}})))
           for index in range(count)]
+
+
+def randomized(model, seed=0):
+  """`model` with non-trivial batch-norm scales, shifts and statistics and non-zero biases,
+  as a trained model has (a fresh one's zero shifts would hide an unmasked batch norm)."""
+  rng = np.random.default_rng(seed)
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      size = layer.gamma.shape[0]
+      layer.set_weights([rng.uniform(0.5, 1.5, size), rng.normal(0, 0.2, size),
+                         rng.normal(0, 0.2, size), rng.uniform(0.5, 1.5, size)])
+    elif getattr(layer, "bias", None) is not None:
+      layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape))
+  return model

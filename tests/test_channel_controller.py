@@ -25,6 +25,7 @@ from purl_tf.pruning.channels import mask as channel_mask  # noqa: E402
 from purl_tf.pruning.channels.wrap import channel_wrappers  # noqa: E402
 from purl_tf.pruning.training import MaskedTrainer  # noqa: E402
 from purl_tf.pruning.wrap import PruneLowMagnitude  # noqa: E402
+from conftest import randomized  # noqa: E402
 
 L = keras.layers
 SHAPE = (28, 28, 1)
@@ -47,26 +48,12 @@ def images(digits):
   return digits[0][-64:]
 
 
-def _randomized(model, seed=0):
-  """`model` with non-trivial batch-norm scales, shifts and statistics and non-zero biases,
-  as a trained model has (a fresh one's zero shifts would hide an unmasked batch norm)."""
-  rng = np.random.default_rng(seed)
-  for layer in model.layers:
-    if isinstance(layer, L.BatchNormalization):
-      size = layer.gamma.shape[0]
-      layer.set_weights([rng.uniform(0.5, 1.5, size), rng.normal(0, 0.2, size),
-                         rng.normal(0, 0.2, size), rng.uniform(0.5, 1.5, size)])
-    elif getattr(layer, "bias", None) is not None:
-      layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape))
-  return model
-
-
 class Setup:
   """A controller of a fresh model, its trainer, an endless train stream, the dense model."""
 
   def __init__(self, make_model, digits, strategy=None, learning_rate=0.05):
     keras.utils.set_random_seed(0)
-    self.dense = _randomized(make_model())
+    self.dense = randomized(make_model())
     self.strategy = strategy or tf.distribute.get_strategy()
     with self.strategy.scope():
       self.controller = ChannelController(self.dense)

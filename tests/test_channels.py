@@ -20,6 +20,7 @@ from purl_tf.pruning import accounting, wrap  # noqa: E402  (wrap: the function)
 from purl_tf.pruning.channels import (CHANNEL, IN, OUT, channel_groups, cost, count,  # noqa: E402
                                       graph, least_important_removed, mask, mask_channels,
                                       shrink)
+from conftest import randomized  # noqa: E402
 
 L = keras.layers
 
@@ -31,19 +32,6 @@ def digits():
   images = images[::625].reshape(-1, 28, 28).astype(np.float32) / 255.0
   images = np.pad(images, ((0, 0), (2, 2), (2, 2)))
   return np.repeat(images[..., None], 3, axis=-1)
-
-
-def _randomized(model, seed=0):
-  """`model` with non-trivial batch-norm statistics and scales, and non-zero biases."""
-  rng = np.random.default_rng(seed)
-  for layer in model.layers:
-    if isinstance(layer, L.BatchNormalization):
-      size = layer.gamma.shape[0]
-      layer.set_weights([rng.uniform(0.5, 1.5, size), rng.normal(0, 0.2, size),
-                         rng.normal(0, 0.2, size), rng.uniform(0.5, 1.5, size)])
-    elif getattr(layer, "bias", None) is not None:
-      layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape))
-  return model
 
 
 def _conv_bn(x, filters, kernel, name, strides=1, **kwargs):
@@ -138,7 +126,7 @@ def _check_shrink_equals_mask(model, images, seed=0):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_shrink_equals_mask(name, digits):
-  model = _randomized(MODELS[name]())
+  model = randomized(MODELS[name]())
   found, keep, dense_cost, thin_cost = _check_shrink_equals_mask(model, digits)
   removed = sum(group.channels - len(kept) for group, kept in zip(found.groups, keep))
   assert removed > 0, "the random levels removed nothing"
@@ -187,7 +175,7 @@ def test_mixed_model_groups():
 def test_least_important_removed_and_bn_gamma():
   """'l1' sums |filter| over the producers, 'bn_gamma' |gamma| over the group's batch norms
   (refused for a group without one); the least important channels go first."""
-  model = _randomized(mixed_model())
+  model = randomized(mixed_model())
   group = next(g for g in channel_groups(model).groups if g.name == "a")  # 8 channels
   kernel = np.abs(model.get_layer("a").kernel.numpy()).sum(axis=(0, 1, 2))
   np.testing.assert_allclose(group.importance, kernel, rtol=1e-6)
@@ -195,7 +183,7 @@ def test_least_important_removed_and_bn_gamma():
   np.testing.assert_array_equal(kept, np.sort(np.argsort(kernel)[4:]))
   with pytest.raises(PurlError, match="group se_reduce has no batch norm"):
     channel_groups(model, importance="bn_gamma")
-  resnet = _randomized(models.cifar_resnet((32, 32, 3), 10))
+  resnet = randomized(models.cifar_resnet((32, 32, 3), 10))
   stem = channel_groups(resnet, importance="bn_gamma").groups[0]
   norms = ["conv1_bn"] + [f"stage1_block{block}_conv2_bn" for block in (1, 2, 3)]
   np.testing.assert_allclose(stem.importance, sum(
@@ -210,7 +198,7 @@ def test_shared_layers_tie_their_calls(digits):
   branches = [L.Conv2D(6, 3, padding="same", name="a")(inputs), L.Conv2D(6, 1, name="b")(inputs)]
   x = L.Add(name="add")([norm(shared(branch)) for branch in branches])
   x = L.GlobalAveragePooling2D(name="pool")(L.Conv2D(4, 1, name="c")(L.ReLU(name="relu")(x)))
-  model = _randomized(keras.Model(inputs, L.Dense(3, name="out")(x)))
+  model = randomized(keras.Model(inputs, L.Dense(3, name="out")(x)))
   found, _, _, _ = _check_shrink_equals_mask(model, digits)
   assert sorted(sorted(group.producers) for group in found.groups) == [["a", "b"], ["c"],
                                                                        ["shared"]]
@@ -290,4 +278,4 @@ def test_each_rule_is_needed(model_name, breaks, failure, message, digits, monke
   """With one rule replaced by a plausible wrong one, the shrink == mask check fails."""
   breaks(monkeypatch)
   with pytest.raises(failure, match=message):
-    _check_shrink_equals_mask(_randomized(MODELS[model_name]()), digits)
+    _check_shrink_equals_mask(randomized(MODELS[model_name]()), digits)
