@@ -674,17 +674,17 @@ def test_the_channel_suite_plans_flops_budgets_and_every_channel_method(tmp_path
   plan = benchmark.make_plan(CHANNEL, str(tmp_path), ["0", "1", "2"], None, False)
   suite = benchmark.SUITES[CHANNEL]
   assert suite.kind is verdicts.CHANNEL and suite.runs_here
-  assert plan.targets == (0.8, 0.9, 0.95) and plan.episodes == suite.episodes
+  assert plan.targets == (0.8,) == suite.targets and plan.episodes == suite.episodes
   assert plan.methods == verdicts.CHANNEL_METHOD_ORDER == (
       "purl", "episodic", "random", "uniform", "uniform_keep_ends", "global_filter", "bn_scale",
       "uniform_matched", "uniform_keep_ends_matched", "global_filter_matched",
       "bn_scale_matched")
   cells = plan.cells()
-  assert len(cells) == 3 * 3 * 11 and cells[0] == (0, 0.8, "purl")
-  assert cells[-1] == (2, 0.95, "bn_scale_matched")
+  assert len(cells) == 3 * 11 and cells[0] == (0, 0.8, "purl")
+  assert cells[-1] == (2, 0.8, "bn_scale_matched")
   assert not {"lamp", "erk", "gradual", "global_magnitude"} & {c[2] for c in cells}
-  bindings = plan.bindings(0.95, 2, "global_filter")
-  assert bound(bindings, "train_eval.target_flops") == "0.95"
+  bindings = plan.bindings(0.8, 2, "global_filter")
+  assert bound(bindings, "train_eval.target_flops") == "0.8"
   assert not any(b.startswith("train_eval.target_sparsity") for b in bindings)
   for name in ("train_eval.seed", "load_splits.reward_seed", "load_splits.shuffle_seed"):
     assert bound(bindings, name) == "2"  # a seed changes the split, order, search, fine-tune
@@ -694,7 +694,7 @@ def test_the_channel_suite_plans_flops_budgets_and_every_channel_method(tmp_path
   assert benchmark.method_bindings("lamp_matched") == [  # the weight suites' rows unchanged
       "train_eval.method = 'lamp'", "train_eval.match_search_steps = True"]
   quick = benchmark.make_plan(CHANNEL, str(tmp_path), ["4", "1"], None, False, quick=True)
-  assert quick.seeds == (4,) and quick.targets == (0.9,) == (suite.quick_target,)
+  assert quick.seeds == (4,) and quick.targets == (0.8,) == (suite.quick_target,)
   assert [c[2] for c in quick.cells()] == list(verdicts.CHANNEL_METHOD_ORDER)
   with pytest.raises(PurlError, match="--methods names lamp, which the benchmark does not"):
     benchmark.make_plan(CHANNEL, str(tmp_path), ["0"], None, False, methods=["lamp", "purl"])
@@ -702,9 +702,9 @@ def test_the_channel_suite_plans_flops_budgets_and_every_channel_method(tmp_path
     benchmark.forget(plan, str(tmp_path))
   varied = benchmark.make_plan(CHANNEL, str(tmp_path), ["0"], None, False, quick=True,
                                extra_bindings=["PruningEnv.retrain_steps = 4"], variant="r4")
-  assert varied.run_dir(0.9, 0, "uniform_matched") == str(
-      tmp_path / CHANNEL / "r4" / "target0.9" / "seed0" / "uniform_matched")
-  assert varied.run_dir(0.9, 0, "uniform") == quick.run_dir(0.9, 0, "uniform")
+  assert varied.run_dir(0.8, 0, "uniform_matched") == str(
+      tmp_path / CHANNEL / "r4" / "target0.8" / "seed0" / "uniform_matched")
+  assert varied.run_dir(0.8, 0, "uniform") == quick.run_dir(0.8, 0, "uniform")
 
 
 def test_the_channel_gin_file_prunes_channels_of_the_width_8_resnet():
@@ -890,9 +890,11 @@ def test_the_allocation_table_puts_purl_beside_the_best_heuristic():
   assert channels.allocation_table(cells, 0.8) == "No allocation at this budget yet."
 
 
-def test_the_channel_report_writes_tables_goals_latency_and_allocations(tmp_path):
-  plan = benchmark.make_plan(CHANNEL, str(tmp_path / "runs"), ["0", "1"], 4, False,
-                             targets=["0.9", "0.95"])
+def test_the_channel_report_writes_tables_goals_latency_and_allocations(tmp_path, monkeypatch):
+  # Two budgets, the first deciding (--quick's).
+  monkeypatch.setitem(benchmark.SUITES, CHANNEL, dataclasses.replace(
+      benchmark.SUITES[CHANNEL], targets=(0.9, 0.95), quick_target=0.9))
+  plan = benchmark.make_plan(CHANNEL, str(tmp_path / "runs"), ["0", "1"], 4, False)
   for seed, target, method in plan.cells():
     folder = plan.run_dir(target, seed, method)
     accuracy = EVERY[method][seed] - (0.05 if target == 0.95 else 0.0)

@@ -2,7 +2,7 @@ r"""The benchmarks of purl_tf, one command: method against method, and speed.
 
   python tools/benchmark.py --benchmark=mnist_resnet20                 # the whole table
   python tools/benchmark.py --benchmark=mnist_resnet20 --quick         # one seed, one target
-  python tools/benchmark.py --benchmark=mnist_resnet20_channels --quick  # channels, 0.9 of FLOPs
+  python tools/benchmark.py --benchmark=mnist_resnet20_channels --quick  # channels, 0.8 of FLOPs
   python tools/benchmark.py --benchmark=mnist_resnet20 --variant=cheap_search_fit_lamp \
       --seeds=0 --targets=0.99 --methods=purl,lamp_matched,erk_matched
   python tools/benchmark.py --benchmark=imagenet_resnet50 --mock       # a GPU suite, checked
