@@ -194,6 +194,24 @@ def test_the_channel_env_refuses_a_target_its_grid_cannot_reach(channel_env):
     channel_env(levels=(0.0, 0.1))
 
 
+def test_a_channel_prior_scales_the_width_of_a_one_shot_allocation(channel_env, lenet):
+  plain, controller = lenet
+  env = channel_env(prior="uniform", prior_factors=(1.5, 1.0, 0.67))
+  assert env.action_spec().maximum == 2
+  uniform = channel_allocations.allocate("uniform", plain, controller.groups, 0.7)
+  one_channel = 1.0 / controller.sizes.min()
+  episode(env, 1)  # factor 1.0 everywhere: the uniform allocation itself
+  assert [s.level for s in env.episode] == pytest.approx(list(uniform), abs=one_channel)
+  env.reset()
+  env.step(np.int64(0))  # the first group 1.5 times as wide as uniform keeps it
+  assert 1 - env.episode[0].level == pytest.approx(1.5 * (1 - uniform[0]), abs=one_channel)
+  while not env.step(np.int64(1)).is_last():
+    pass
+  assert env.controller.global_sparsity() >= 0.7  # the later groups make up for it
+  with pytest.raises(PurlError, match="PruningEnv.prior='lamp' is not one of .*uniform"):
+    channel_env(prior="lamp")
+
+
 def test_a_method_of_the_other_granularity_is_a_one_line_error():
   for method, granularity, valid in (("lamp", "channel", methods.CHANNEL_METHODS),
                                      ("gradual", "channel", methods.CHANNEL_METHODS),

@@ -31,7 +31,9 @@ the default grid is CHANNEL_LEVELS.
 With `prior` set (e.g. 'lamp'), an action no longer picks a sparsity from scratch: it
 scales the layer's density under that one-shot allocation at the target by one of
 `prior_factors` (1.0 keeps the prior's level), so every episode explores around a strong
-allocation instead of among mostly ruinous ones.
+allocation instead of among mostly ruinous ones. At channel granularity the prior is a
+channel allocation ('uniform', 'uniform_keep_ends', 'global_filter', 'bn_scale') and the
+factors scale each group's kept fraction of channels (its width).
 """
 import dataclasses
 import logging
@@ -51,7 +53,7 @@ from purl_tf.runtime import interrupt
 from purl_tf.errors import PurlError
 from purl_tf.pruning import SPARSITY, THRESHOLD, PruningController
 from purl_tf.pruning.accounting import KINDS
-from purl_tf.pruning.channels import ChannelController
+from purl_tf.pruning.channels import CHANNEL_ALLOCATIONS, ChannelController
 from purl_tf.pruning.training import MaskedTrainer
 
 _log = logging.getLogger(__name__)
@@ -64,6 +66,9 @@ CHANNEL_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 THRESHOLD_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0)
 # Density multipliers of the prior's level, in the order of rising sparsity.
 PRIOR_FACTORS = (4.0, 2.0, 1.4, 1.0, 0.7, 0.5, 0.25)
+# Width multipliers of a channel prior's level: a group's FLOPs fall with its width and
+# its consumers' (about the square at a uniform ratio), so the steps are narrower.
+CHANNEL_PRIOR_FACTORS = (1.5, 1.25, 1.1, 1.0, 0.9, 0.8, 0.67)
 PRIORS = {"lamp": pruning.lamp, "erk": pruning.erk, "global_magnitude": pruning.global_magnitude,
           "uniform_keep_ends": pruning.uniform_keep_ends}
 
@@ -117,10 +122,12 @@ class PruningEnv(py_environment.PyEnvironment):
       sparsity. The agent's action is kept in the replay buffer; the level applied is
       recorded in the episode.
     prior: None, or the one-shot allocation ('lamp', 'erk', 'global_magnitude',
-      'uniform_keep_ends') at the target whose per-layer density each action scales
-      (sparsity mode); `levels` is then not used.
+      'uniform_keep_ends'; for channels one of CHANNEL_ALLOCATIONS) at the target whose
+      per-layer density (per-group width) each action scales (sparsity mode); `levels` is
+      then not used.
     prior_factors: the density multipliers of the prior's actions, descending (so that
-      sparsity rises with the action index); a layer keeps at least one weight.
+      sparsity rises with the action index); a layer keeps at least one weight, a group
+      one channel. Default PRIOR_FACTORS, or CHANNEL_PRIOR_FACTORS for channels.
   """
 
   def __init__(self, controller: PruningController, trainer: MaskedTrainer, train_stream,
@@ -128,7 +135,7 @@ class PruningEnv(py_environment.PyEnvironment):
                levels: Optional[Sequence[float]] = None, retrain_steps: int = 10,
                final_retrain_steps: int = 0, recalibrate_batches: int = 2, reward_fn=None,
                enforce_target: bool = True,
-               prior: Optional[str] = None, prior_factors: Sequence[float] = PRIOR_FACTORS):
+               prior: Optional[str] = None, prior_factors: Optional[Sequence[float]] = None):
     super().__init__(handle_auto_reset=True)
     if not 0.0 < target_sparsity < 1.0:
       raise PurlError(f"target sparsity {target_sparsity} is outside (0, 1): bind "
@@ -137,10 +144,9 @@ class PruningEnv(py_environment.PyEnvironment):
       raise PurlError(f"PruningEnv.mode={mode!r} is unknown: use '{SPARSITY}' or "
                       f"'{THRESHOLD}'.")
     self.channels = isinstance(controller, ChannelController)
-    if self.channels and (mode != SPARSITY or prior is not None):
+    if self.channels and mode != SPARSITY:
       raise PurlError(f"channel pruning takes PruningEnv.mode='{SPARSITY}' (levels are "
-                      "fractions of a group's channels) and no PruningEnv.prior: unbind "
-                      f"{'PruningEnv.prior' if prior is not None else 'PruningEnv.mode'}.")
+                      "fractions of a group's channels): unbind PruningEnv.mode.")
     default = (CHANNEL_LEVELS if self.channels else
                SPARSITY_LEVELS if mode == SPARSITY else THRESHOLD_LEVELS)
     levels = tuple(float(x) for x in (levels or default))
@@ -154,6 +160,8 @@ class PruningEnv(py_environment.PyEnvironment):
     self.mode = mode
     self.levels = levels
     self.prior = prior
+    if prior_factors is None:
+      prior_factors = CHANNEL_PRIOR_FACTORS if self.channels else PRIOR_FACTORS
     self.prior_factors = tuple(float(f) for f in prior_factors)
     # choices[layer, action]: the level each action sets on each layer, ascending.
     self._choices = self._action_levels(prior, self.prior_factors)
@@ -195,17 +203,21 @@ class PruningEnv(py_environment.PyEnvironment):
     """float64 (layers, actions): the grid on every layer, or the prior's scaled levels."""
     if prior is None:
       return np.tile(np.asarray(self.levels, np.float64), (self.controller.num_layers, 1))
-    if prior not in PRIORS or self.mode != SPARSITY:
-      raise PurlError(f"PruningEnv.prior={prior!r} is not one of {sorted(PRIORS)} in "
-                      f"'{SPARSITY}' mode: choose one, or unbind it.")
+    known = sorted(CHANNEL_ALLOCATIONS if self.channels else PRIORS)
+    if prior not in known or self.mode != SPARSITY:
+      raise PurlError(f"PruningEnv.prior={prior!r} is not one of {known} in '{SPARSITY}' "
+                      "mode: choose one, or unbind it.")
     if list(factors) != sorted(factors, reverse=True) or len(factors) < 2 or min(factors) <= 0:
       raise PurlError(f"PruningEnv.prior_factors={factors} must be at least two positive, "
                       "descending density multipliers.")
-    self.controller.reset()
-    PRIORS[prior](self.controller, self.target)
-    densities = 1.0 - self.controller.sparsities()
-    self.controller.reset()
-    most = 1.0 - 1.0 / self.controller.sizes  # a layer keeps one weight
+    if self.channels:
+      densities = 1.0 - self.controller.one_shot(prior, self.target)
+    else:
+      self.controller.reset()
+      PRIORS[prior](self.controller, self.target)
+      densities = 1.0 - self.controller.sparsities()
+      self.controller.reset()
+    most = 1.0 - 1.0 / self.controller.sizes  # a layer keeps one weight, a group one channel
     levels = 1.0 - densities[:, None] * np.asarray(factors)[None, :]
     return np.clip(levels, 0.0, most[:, None])
 

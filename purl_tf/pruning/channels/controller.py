@@ -26,6 +26,7 @@ import tf_keras as keras
 
 from purl_tf.errors import PurlError
 from purl_tf.pruning.accounting import LayerInfo
+from purl_tf.pruning.channels.allocations import allocate
 from purl_tf.pruning.channels.flops import Cost, cost, count
 from purl_tf.pruning.channels.graph import channel_groups
 from purl_tf.pruning.channels.keep import (axis_size, least_important_removed,
@@ -201,6 +202,12 @@ class ChannelController:
   def removed_fraction(self, levels: Sequence[float]) -> float:
     """Fraction of the dense FLOPs that `levels` (one per group) would remove; no mask moves."""
     return 1.0 - self._cost(self._counts(levels)).flops / self._dense.flops
+
+  def one_shot(self, name: str, target_flops: float) -> np.ndarray:
+    """Per-group fraction of channels the one-shot allocation `name` (CHANNEL_ALLOCATIONS)
+    removes at `target_flops`, read from the dense weights (those of construction until
+    `shrink` copies the trained ones); float64 (num_layers,). No mask moves."""
+    return np.asarray(allocate(name, self._plain, self.groups, target_flops), np.float64)
 
   def allocation(self) -> dict:
     """{group name: fraction of its channels removed}."""
