@@ -15,7 +15,10 @@ outputs are checked against Keras 3's before it is returned.
 
 Out (`keep_original`, `write_pruned`): the Keras 3 model is kept in the run folder, and at
 the end the pruned tf-keras model's weights are copied into it, layer by layer by name,
-and it is saved as a Keras 3 .keras file that loads without purl_tf.
+and it is saved as a Keras 3 .keras file that loads without purl_tf. A physically thinner
+pruned model (a channel run's shrunk one: fewer filters or units) is copied into a Keras 3
+rebuild of the original whose layers take its widths (`with_widths`), checked to compute
+what the thinner model does.
 """
 import inspect
 import json
@@ -44,6 +47,10 @@ LAYERED_ACTIVATIONS = ("hard_sigmoid", "hard_silu")
 # Largest difference allowed between the outputs of a model and of its twin, relative to
 # the largest output magnitude (float32 round-off over a deep network).
 TOLERANCE = 1e-4
+# Config keys of a layer's output channel count (Conv*: filters, Dense: units): what channel
+# pruning shrinks. Every other width (batch norm, depthwise conv, a consumer's inputs)
+# follows from the layer's input when the model is rebuilt.
+WIDTHS = ("filters", "units")
 
 
 def is_keras3_file(path: str) -> bool:
@@ -111,6 +118,11 @@ def write_pruned(model: tf_keras.Model, root_dir: str) -> Optional[str]:
   """Writes root_dir/PRUNED_MODEL_KERAS3: the Keras 3 original kept by `keep_original`
   holding the weights of `model`, its stripped (pruned) tf-keras twin.
 
+  When `model` is thinner than the original (channel pruning's shrunk twin: layers of fewer
+  filters or units), the original is rebuilt with `model`'s widths first (`with_widths`),
+  and the written model is checked to compute what `model` does. Raises PurlError, in one
+  line, when a layer of the original cannot be matched to one of `model`.
+
   Returns its path; None when the run's model did not come from Keras 3.
   """
   source = os.path.join(root_dir, files.KERAS3_ORIGINAL)
@@ -119,9 +131,75 @@ def write_pruned(model: tf_keras.Model, root_dir: str) -> Optional[str]:
   import keras  # pylint: disable=import-outside-toplevel
   target = keras.saving.load_model(source, compile=False)
   pruned = _weighted_leaves(model)
+  widths = _widths(target, pruned)
+  if widths:
+    target = with_widths(target, widths)
   for name, layer in _weighted_leaves(target).items():
-    layer.set_weights(pruned[name].get_weights())
+    try:
+      layer.set_weights(_counterpart(pruned, name, layer).get_weights())
+    except ValueError as error:
+      message = (str(error).strip().splitlines() or [""])[0]
+      raise PurlError(f"layer {name} ({type(layer).__name__}) of the Keras 3 model: the "
+                      f"weights of the pruned tf-keras model's {name} do not fit it "
+                      f"({message[:200]}).") from error
+  if widths:
+    gap = _output_gap(target, model)
+    if gap is not None:
+      raise PurlError(f"the thinner Keras 3 rebuild of {target.name} computes outputs up to "
+                      f"{gap:.3g} away from the pruned tf-keras model's: use "
+                      f"{files.PRUNED_MODEL}, and report this model to purl_tf.")
   return _save(target, os.path.join(root_dir, files.PRUNED_MODEL_KERAS3))
+
+
+def with_widths(model, widths: dict):
+  """A Keras 3 copy of the Keras 3 functional or Sequential `model` (nested ones included)
+  whose layers named in `widths` ({layer name: {config key: value}}, e.g. {'conv1':
+  {'filters': 5}}) are rebuilt from their configs with those values; every other width
+  follows from the layers' inputs. Weights are fresh: copy them in.
+  """
+  import keras  # pylint: disable=import-outside-toplevel
+
+  def clone(layer):
+    if not isinstance(layer, keras.layers.Layer):  # keras.ops arithmetic: stateless
+      return layer
+    return layer.__class__.from_config({**layer.get_config(), **widths.get(layer.name, {})})
+
+  try:
+    return keras.models.clone_model(model, clone_function=clone, recursive=True)
+  except (TypeError, ValueError) as error:
+    message = (str(error).strip().splitlines() or [""])[0]
+    raise PurlError(f"Keras 3 cannot rebuild {model.name} with the pruned widths "
+                    f"({type(error).__name__}: {message[:200]}).") from error
+
+
+def _widths(model, pruned: dict) -> dict:
+  """{layer name: {config key: width}} of the Keras 3 `model`'s layers whose width (WIDTHS)
+  differs from that of their counterpart in `pruned` (_weighted_leaves of a tf-keras
+  model)."""
+  widths = {}
+  for name, layer in _weighted_leaves(model).items():
+    config = layer.get_config()
+    for key in WIDTHS:
+      if key not in config:
+        continue
+      width = _counterpart(pruned, name, layer).get_config().get(key)
+      if width is None:
+        raise PurlError(f"layer {name} ({type(layer).__name__}) of the Keras 3 model sets "
+                        f"{key}, which its counterpart in the pruned tf-keras model "
+                        f"({type(pruned[name]).__name__}) does not have.")
+      if width != config[key]:
+        widths.setdefault(name, {})[key] = width
+  return widths
+
+
+def _counterpart(pruned: dict, name: str, layer):
+  """The layer named `name` in `pruned` (_weighted_leaves of the pruned tf-keras model);
+  PurlError when it has none."""
+  if name not in pruned:
+    raise PurlError(f"layer {name} ({type(layer).__name__}) of the Keras 3 model has no "
+                    "layer of that name holding weights in the pruned tf-keras model: "
+                    "prune the model purl_tf translated from this Keras 3 file.")
+  return pruned[name]
 
 
 def _save(model, path: str) -> str:
@@ -271,8 +349,18 @@ def _activate(outputs, layer):
 
 
 def _check_outputs(original, twin):
-  """Raises PurlError unless `twin` computes what the Keras 3 `original` does, on a batch of
-  two random inputs (unknown sizes taken as 32)."""
+  """Raises PurlError unless `twin` computes what the Keras 3 `original` does."""
+  gap = _output_gap(original, twin)
+  if gap is not None:
+    raise PurlError(f"the tf-keras translation of {original.name} computes outputs up to "
+                    f"{gap:.3g} away from Keras 3's: save the model with tf_keras "
+                    "instead, and report this model to purl_tf.")
+
+
+def _output_gap(original, twin) -> Optional[float]:
+  """None when the tf-keras `twin` computes what the Keras 3 `original` does on a batch of
+  two random inputs (unknown sizes taken as 32), to TOLERANCE; else their largest
+  difference."""
   rng = np.random.default_rng(0)
   inputs = [rng.uniform(0, 1, [2] + [d or 32 for d in x.shape[1:]]).astype(x.dtype)
             for x in original.inputs]
@@ -281,7 +369,4 @@ def _check_outputs(original, twin):
   got = [np.asarray(x) for x in tf.nest.flatten(twin(inputs, training=False))]
   difference = max(float(np.abs(e - g).max()) for e, g in zip(expected, got))
   scale = max(float(np.abs(e).max()) for e in expected)
-  if not difference <= TOLERANCE * max(1.0, scale):
-    raise PurlError(f"the tf-keras translation of {original.name} computes outputs up to "
-                    f"{difference:.3g} away from Keras 3's: save the model with tf_keras "
-                    "instead, and report this model to purl_tf.")
+  return None if difference <= TOLERANCE * max(1.0, scale) else difference

@@ -2,8 +2,9 @@
 
 After the fine-tune of a channel allocation (masks of a ChannelController), `save_shrunk`
 rebuilds the physically thinner plain tf-keras model with the fine-tuned weights
-(controller.shrink()), saves it as the run's pruned model and measures its accuracies on
-the model itself, so results.json reports what the saved file scores. `measure` times it
+(controller.shrink()), saves it as the run's pruned model (and, for a Keras 3 input, as a
+thinner Keras 3 file: keras3.write_pruned) and measures its accuracies on the model
+itself, so results.json reports what the saved file scores. `measure` times it
 against the dense network (speed.measure_speed: LiteRT latency at 1 and 2 threads, Keras
 throughput, the pruned model's float32 and int8 flatbuffers), and `one_shot` compares the
 allocation's one-shot accuracy with uniform width and global filter ranking at the same
@@ -18,6 +19,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from purl_tf import pruning
+from purl_tf.errors import PurlError
+from purl_tf.models import keras3
 from purl_tf.pruning.channels import ChannelController
 from purl_tf.pruning.channels import allocations as channel_allocations
 from purl_tf.pruning.training import MaskedTrainer
@@ -26,10 +29,9 @@ from purl_tf.runtime import files
 
 _log = logging.getLogger(__name__)
 
-# Why a Keras 3 input gets no Keras 3 pruned file in channel granularity.
-NO_KERAS3 = ("the shrunk model is written as tf-keras only (no pruned_model_keras3): "
-             "keras3.write_pruned copies the pruned weights into the Keras 3 original's "
-             "layers, which keep their dense widths")
+# The warning when a Keras 3 input's shrunk model cannot be written as Keras 3 (the reason
+# follows).
+NO_KERAS3 = "the shrunk model is written as tf-keras only (no pruned_model_keras3): "
 
 
 def accuracy(model: keras.Model, dataset: tf.data.Dataset) -> float:
@@ -47,17 +49,25 @@ def accuracy(model: keras.Model, dataset: tf.data.Dataset) -> float:
 def save_shrunk(controller: ChannelController, root_dir: str, test: tf.data.Dataset,
                 reward: tf.data.Dataset) -> dict:
   """Shrinks the controller's current state, saves it as root_dir/PRUNED_MODEL (plain
-  tf-keras) and measures it: {pruned_model, pruned_model_keras3 (None), pruned_test_accuracy,
-  pruned_reward_accuracy, warnings}."""
+  tf-keras) and measures it: {pruned_model, pruned_model_keras3, pruned_test_accuracy,
+  pruned_reward_accuracy, warnings}.
+
+  pruned_model_keras3 is the shrunk model as a Keras 3 file when the run's model came from
+  Keras 3 (keras3.write_pruned rebuilds the original with the shrunk widths), else None;
+  when it cannot be written, a warning says why and the tf-keras model stands alone.
+  """
   shrunk = controller.shrink()
   path = pruning.save(shrunk, os.path.join(root_dir, files.PRUNED_MODEL))
   warnings = []
-  if tf.io.gfile.exists(os.path.join(root_dir, files.KERAS3_ORIGINAL)):
-    warnings.append(NO_KERAS3)
+  try:
+    keras3_path = keras3.write_pruned(shrunk, root_dir)
+  except PurlError as error:
+    keras3_path = None
+    warnings.append(NO_KERAS3 + str(error))
   cost = controller.costs()
   _log.info(f"Shrunk {shrunk.name}: {shrunk.count_params():,} parameters, "
             f"{cost['flops_remaining']:,} of {cost['flops_total']:,} FLOPs left.")
-  return {"pruned_model": path, "pruned_model_keras3": None,
+  return {"pruned_model": path, "pruned_model_keras3": keras3_path,
           "pruned_test_accuracy": accuracy(shrunk, test),
           "pruned_reward_accuracy": accuracy(shrunk, reward), "warnings": warnings}
 
