@@ -8,7 +8,6 @@ keeps at least one weight. Masks are chosen and written on the device holding th
 (pruning/selection.py); only the count of weights kept comes back to the host.
 """
 import functools
-import os
 from typing import List, Sequence
 
 import numpy as np
@@ -16,7 +15,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from purl_tf.errors import PurlError
-from purl_tf.pruning import accounting, selection
+from purl_tf.pruning import accounting, selection, state
+from purl_tf.pruning.state import VariableCopy
 from purl_tf.pruning.wrap import prunable_layers
 
 SPARSITY = "sparsity"  # level = fraction of the layer's weights set to zero, in [0, 1)
@@ -46,9 +46,8 @@ class PruningController:
     self.total_params = accounting.parameter_count(model)
     self._vars = [wrapper.pruning_vars[0] for wrapper in self.wrappers]  # (weight, mask, thr)
     self._kept = self.sizes.copy()
-    self._saved = [tf.Variable(v, trainable=False, name="dense_copy") for v in model.variables]
-    saved = {id(v): copy for v, copy in zip(model.variables, self._saved)}
-    self._saved_weights = [saved[id(weight)] for weight, _, _ in self._vars]
+    self._saved = VariableCopy(model.variables, "dense_copy")
+    self._saved_weights = [self._saved.of(weight) for weight, _, _ in self._vars]
     self._kept_at_snapshot = self._kept.copy()
     # What training moves: every variable but the masks, thresholds and step counters.
     fixed = {id(v) for _, mask, threshold in self._vars for v in (mask, threshold)}
@@ -76,57 +75,36 @@ class PruningController:
     """The prunable weight variable of a layer (kernel or depthwise kernel)."""
     return self._vars[layer][0]
 
-  @tf.function(autograph=False)
-  def _copy(self, sources, targets):
-    for source, target in zip(sources, targets):
-      target.assign(source)
-
   def snapshot(self):
     """Remembers the current variables (and masks) as the state `reset()` returns to."""
-    self._copy(self.model.variables, self._saved)
+    self._saved.take()
     self._kept_at_snapshot = self._kept.copy()
 
   def reset(self):
     """Restores every model variable from the in-memory snapshot (dense at construction)."""
-    self._copy(self._saved, self.model.variables)
+    self._saved.restore()
     self._kept = self._kept_at_snapshot.copy()
 
   def save_state(self, path: str) -> str:
     """Writes every model variable (weights, masks, statistics) and the levels to `path`
     (.npz), so that `load_state` brings this exact network back, in any process."""
-    arrays = {f"v{i}": v.numpy() for i, v in enumerate(self.model.variables)}
-    partial = path + ".partial.npz"
-    tf.io.gfile.makedirs(os.path.dirname(os.path.abspath(path)))
-    np.savez(partial, kept=self._kept, **arrays)
-    tf.io.gfile.rename(partial, path, overwrite=True)
-    return path
+    return state.save_state(path, self.model.variables, kept=self._kept)
 
   def load_state(self, path: str):
     """Restores the network `save_state` wrote to `path`."""
-    try:
-      with np.load(path) as state:
-        values = [state[f"v{i}"] for i in range(len(self.model.variables))]
-        kept = state["kept"]
-    except (OSError, KeyError, ValueError) as error:
-      raise PurlError(f"cannot read the saved network {path} ({type(error).__name__}): "
-                      "delete it and rerun to recompute it.") from error
-    if [v.shape for v in values] != [tuple(v.shape) for v in self.model.variables]:
-      raise PurlError(f"the saved network {path} belongs to another model: delete it.")
-    for variable, value in zip(self.model.variables, values):
-      variable.assign(value)
+    kept = state.load_state(path, self.model.variables, ("kept",))["kept"]
     self._kept = kept.astype(np.int64)
 
   def save_step(self, layer: int):
     """Remembers what a step on `layer` can change, so that `undo_step()` can return to it."""
     _, mask, threshold = self._vars[layer]
     if self._step_copy is None:
-      self._step_copy = [tf.Variable(v, trainable=False, name="step_copy")
-                         for v in self._trained]
+      self._step_copy = VariableCopy(self._trained, "step_copy")
       self._step_mask = tf.Variable(mask, trainable=False, shape=tf.TensorShape(None),
                                     name="step_mask")
       self._step_threshold = tf.Variable(threshold, trainable=False, name="step_threshold")
     else:
-      self._copy(self._trained, self._step_copy)
+      self._step_copy.take()
       self._step_mask.assign(mask)
       self._step_threshold.assign(threshold)
     self._step_layer = layer
@@ -135,7 +113,7 @@ class PruningController:
   def undo_step(self):
     """Restores the variables and levels of the last `save_step()`."""
     _, mask, threshold = self._vars[self._step_layer]
-    self._copy(self._step_copy, self._trained)
+    self._step_copy.restore()
     mask.assign(self._step_mask)
     threshold.assign(self._step_threshold)
     self._kept = self._kept_at_step.copy()

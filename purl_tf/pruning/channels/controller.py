@@ -17,7 +17,6 @@ drives it (num_layers, names, infos, sizes, set_level, apply, sparsity/sparsitie
 global_sparsity, reset/snapshot, save_step/undo_step, save_state/load_state, mask_digest,
 allocation, costs); its global sparsity is the fraction of the dense FLOPs removed.
 """
-import os
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -34,7 +33,9 @@ from purl_tf.pruning.channels.keep import (axis_size, least_important_removed,
 from purl_tf.pruning.channels.layers import OUT, kind, weight_axes
 from purl_tf.pruning.channels.shrink import shrink
 from purl_tf.pruning.channels.wrap import channel_wrappers, wrap_channels
+from purl_tf.pruning import state
 from purl_tf.pruning.controller import SPARSITY
+from purl_tf.pruning.state import VariableCopy
 
 _COST_CACHE = 4096  # states whose cost is remembered (a few ms each to count)
 
@@ -86,8 +87,7 @@ class ChannelController:
     self._prunable_params = self._dense.params - self._emptied(self.groups).params
     self._removed = np.zeros(len(self.groups), np.int64)  # channels removed per group
     variables = self.model.variables
-    self._saved = [tf.Variable(v, trainable=False, name="dense_copy") for v in variables]
-    self._saved_by_id = {id(v): copy for v, copy in zip(variables, self._saved)}
+    self._saved = VariableCopy(variables, "dense_copy")
     self._removed_at_snapshot = self._removed.copy()
     fixed = {id(mask) for _, _, _, mask in self._masked}
     for wrapper in wrappers.values():
@@ -255,7 +255,7 @@ class ChannelController:
       value = variable.numpy()
       revived = new & ~old
       if revived.any():
-        value = np.where(revived, self._saved_by_id[id(variable)].numpy(), value)
+        value = np.where(revived, self._saved.of(variable).numpy(), value)
       mask.assign(new.astype(mask.dtype.as_numpy_dtype))
       variable.assign(value * new)
       masked.add((name, weight))
@@ -267,7 +267,7 @@ class ChannelController:
         variable = getattr(layer, weight)
         revived = kept(layer, weight, gone_after) & ~kept(layer, weight, gone_before)
         if revived.any():
-          variable.assign(np.where(revived, self._saved_by_id[id(variable)].numpy(),
+          variable.assign(np.where(revived, self._saved.of(variable).numpy(),
                                    variable.numpy()))
 
   def _inner(self, name: str) -> keras.layers.Layer:
@@ -305,29 +305,23 @@ class ChannelController:
 
   # ----------------------------------------------------------------- state
 
-  @tf.function(autograph=False)
-  def _copy(self, sources, targets):
-    for source, target in zip(sources, targets):
-      target.assign(source)
-
   def snapshot(self):
     """Remembers the current variables (and masks) as the state `reset()` returns to."""
-    self._copy(self.model.variables, self._saved)
+    self._saved.take()
     self._removed_at_snapshot = self._removed.copy()
 
   def reset(self):
     """Restores every variable of the wrapped model from the snapshot (dense at first)."""
-    self._copy(self._saved, self.model.variables)
+    self._saved.restore()
     self._removed = self._removed_at_snapshot.copy()
 
   def save_step(self, group: int):
     """Remembers what a step on `group` can change (the variables training moves, the
     masks of the group's layers), so that `undo_step()` can return to it."""
     if self._step_copy is None:
-      self._step_copy = [tf.Variable(v, trainable=False, name="step_copy")
-                         for v in self._trained]
+      self._step_copy = VariableCopy(self._trained, "step_copy")
     else:
-      self._copy(self._trained, self._step_copy)
+      self._step_copy.take()
     layers = set(self._layer_groups[group])
     self._step_masks = [(mask, mask.numpy()) for name, _, _, mask in self._masked
                         if name in layers]
@@ -335,7 +329,7 @@ class ChannelController:
 
   def undo_step(self):
     """Restores the variables, masks and levels of the last `save_step()`."""
-    self._copy(self._step_copy, self._trained)
+    self._step_copy.restore()
     for mask, value in self._step_masks:
       mask.assign(value)
     self._removed = self._removed_at_step.copy()
@@ -343,28 +337,13 @@ class ChannelController:
   def save_state(self, path: str) -> str:
     """Writes every variable (weights, masks, statistics) and the levels to `path` (.npz),
     so that `load_state` brings this exact network back, in any process."""
-    arrays = {f"v{i}": v.numpy() for i, v in enumerate(self.model.variables)}
-    partial = path + ".partial.npz"
-    tf.io.gfile.makedirs(os.path.dirname(os.path.abspath(path)))
-    np.savez(partial, removed=self._removed, groups=np.array(self.names), **arrays)
-    tf.io.gfile.rename(partial, path, overwrite=True)
-    return path
+    return state.save_state(path, self.model.variables, removed=self._removed,
+                            groups=np.array(self.names))
 
   def load_state(self, path: str):
     """Restores the network `save_state` wrote to `path`."""
-    variables = self.model.variables
-    try:
-      with np.load(path) as state:
-        values = [state[f"v{i}"] for i in range(len(variables))]
-        removed, names = state["removed"], state["groups"].tolist()
-    except (OSError, KeyError, ValueError) as error:
-      raise PurlError(f"cannot read the saved network {path} ({type(error).__name__}): "
-                      "delete it and rerun to recompute it.") from error
-    if (names != self.names
-        or [v.shape for v in values] != [tuple(v.shape) for v in variables]):
-      raise PurlError(f"the saved network {path} belongs to another model: delete it.")
-    for variable, value in zip(variables, values):
-      variable.assign(value)
+    removed = state.load_state(path, self.model.variables, ("removed",),
+                               groups=np.array(self.names))["removed"]
     self._removed = removed.astype(np.int64)
 
   def mask_digest(self) -> np.ndarray:
