@@ -212,3 +212,17 @@ def randomized(model, seed=0):
     elif getattr(layer, "bias", None) is not None:
       layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape))
   return model
+
+
+def gated_residual_head(h):
+  """The tail of the mixed test models, on a (batch, rows, cols, 16) tensor `h`: a
+  squeeze-excite gate (Multiply ties h's channels to the gate's), a residual Add over a 1x1
+  conv with batch norm, max pooling and Flatten; (batch, features)."""
+  layers = keras.layers
+  gate = layers.GlobalAveragePooling2D(keepdims=True, name="se_pool")(h)
+  gate = layers.Conv2D(4, 1, activation="relu", name="se_reduce")(gate)
+  gate = layers.Conv2D(16, 1, activation="sigmoid", name="se_expand")(gate)
+  x = layers.Multiply(name="se_gate")([h, gate])
+  x = layers.Add(name="add")([x, layers.BatchNormalization(name="k_bn")(
+      layers.Conv2D(16, 1, name="k")(x))])
+  return layers.Flatten(name="flatten")(layers.MaxPooling2D(name="pool")(x))

@@ -25,7 +25,7 @@ from purl_tf.pruning.channels import mask as channel_mask  # noqa: E402
 from purl_tf.pruning.channels.wrap import channel_wrappers  # noqa: E402
 from purl_tf.pruning.training import MaskedTrainer  # noqa: E402
 from purl_tf.pruning.wrap import PruneLowMagnitude  # noqa: E402
-from conftest import randomized  # noqa: E402
+from conftest import gated_residual_head, randomized  # noqa: E402
 
 L = keras.layers
 SHAPE = (28, 28, 1)
@@ -355,12 +355,7 @@ def _mixed_model():
   x = L.SeparableConv2D(12, 3, strides=2, name="sep")(x)
   x = L.ReLU(name="sep_relu")(L.BatchNormalization(name="sep_bn")(x))
   h = L.ReLU(name="h_relu")(L.BatchNormalization(name="h_bn")(L.Conv2D(16, 1, name="h")(x)))
-  gate = L.GlobalAveragePooling2D(keepdims=True, name="se_pool")(h)
-  gate = L.Conv2D(4, 1, activation="relu", name="se_reduce")(gate)
-  gate = L.Conv2D(16, 1, activation="sigmoid", name="se_expand")(gate)
-  x = L.Multiply(name="se_gate")([h, gate])
-  x = L.Add(name="add")([x, L.BatchNormalization(name="k_bn")(L.Conv2D(16, 1, name="k")(x))])
-  x = L.Flatten(name="flatten")(L.MaxPooling2D(name="pool")(x))
+  x = gated_residual_head(h)
   x = L.Dense(20, activation="relu", name="fc")(x)
   return keras.Model(inputs, L.Dense(10, activation="softmax", name="out")(x), name="mixed")
 

@@ -20,7 +20,7 @@ from purl_tf.pruning import accounting, wrap  # noqa: E402  (wrap: the function)
 from purl_tf.pruning.channels import (CHANNEL, IN, OUT, channel_groups, cost, count,  # noqa: E402
                                       graph, least_important_removed, mask, mask_channels,
                                       shrink)
-from conftest import randomized  # noqa: E402
+from conftest import gated_residual_head, randomized  # noqa: E402
 
 L = keras.layers
 
@@ -52,12 +52,7 @@ def mixed_model():
   x = L.ReLU(name="sep_relu")(L.BatchNormalization(name="sep_bn")(x))
   x = _conv_bn(x, 12, 3, "grouped", groups=3)
   h = _conv_bn(x, 16, 1, "h")
-  gate = L.GlobalAveragePooling2D(keepdims=True, name="se_pool")(h)
-  gate = L.Conv2D(4, 1, activation="relu", name="se_reduce")(gate)
-  gate = L.Conv2D(16, 1, activation="sigmoid", name="se_expand")(gate)
-  x = L.Multiply(name="se_gate")([h, gate])
-  x = L.Add(name="add")([x, L.BatchNormalization(name="k_bn")(L.Conv2D(16, 1, name="k")(x))])
-  x = L.Flatten(name="flatten")(L.MaxPooling2D(name="pool")(x))
+  x = gated_residual_head(h)
   x = L.Dropout(0.5, name="drop")(L.Dense(20, activation="relu", name="fc")(x))
   return keras.Model(inputs, L.Dense(10, name="logits")(x), name="mixed")
 
