@@ -1,6 +1,7 @@
 """Channel granularity end to end: train_eval with granularity='channel' on the session's
 pre-trained LeNet-5 (mnist5k) for PuRL and one one-shot baseline, with tiny budgets; the
-PruningEnv over a ChannelController; the one-line errors; purl_tf.prune's channel knobs.
+PruningEnv over a ChannelController; a search stopped and resumed; the one-line errors;
+purl_tf.prune's channel knobs.
 
 Checked: results.json holds the channel fields (FLOPs removed at the target, the measured
 speed of the shrunk model beside the dense one's, its flatbuffers); the saved pruned model is
@@ -11,6 +12,9 @@ valid ones.
 """
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import purl_tf  # noqa: F401  (before tensorflow: selects tf-keras)
 import gin
@@ -28,7 +32,7 @@ from purl_tf.run import channels, methods, pipeline
 from purl_tf.runtime import files
 from purl_tf.runtime.results import TARGET_TOLERANCE, RunResult
 
-from conftest import start_from
+from conftest import REPO, start_from
 
 TARGET = 0.6  # fraction of the dense FLOPs removed
 GROUPS = ("conv1", "conv2", "fc1")  # LeNet-5's channel groups (the classifier is the output)
@@ -119,6 +123,40 @@ def test_a_one_shot_baseline_removes_at_least_the_target(runs):
   assert result.speed == {} and result.speedup_1_thread is None  # export_tflite = False
   # Not uniform: one threshold over the channels' normalised L1 norms.
   assert len({round(v, 2) for v in result.allocation.values()}) > 1
+
+
+def decided(root):
+  """What a channel run decided: every episode's levels and scores, the best allocation,
+  and the shrunk network's allocation and test accuracy (its timings left out)."""
+  results = read_results(root)
+  episodes = json.load(open(os.path.join(root, files.EPISODES)))
+  return {"episodes": [(e["episode"], e["policy"], e["levels"], e["rewards"], e["accuracy"])
+                       for e in episodes],
+          "best": json.load(open(os.path.join(root, files.BEST_ALLOCATION))),
+          "results": {k: results[k] for k in ("allocation", "global_sparsity",
+                                              "pruned_test_accuracy", "params_remaining")}}
+
+
+def test_a_channel_search_stopped_mid_search_ends_as_an_uninterrupted_one(
+    runs, data_dir, pretrained_lenet, tmp_path):
+  reference, _ = runs["purl"]  # the same bindings, run once without a stop
+  root = str(tmp_path / "stopped")
+  start_from(root, pretrained_lenet.weights_path)
+  command = [sys.executable, "-m", "purl_tf.train", "--gin_file=quickstart_channels",
+             f"--root_dir={root}", *(f"--gin_bindings={b}" for b in tiny(data_dir, "purl", True))]
+  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, cwd=REPO)
+  for line in process.stdout:
+    if line.startswith("[collect] episode    1"):  # the second episode runs
+      process.send_signal(signal.SIGTERM)
+      break
+  output = process.communicate(timeout=600)[0]
+  assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+  assert "rerun the same command to resume" in output
+  done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  assert "Resuming the search after episode 1" in done.stdout
+  assert decided(root) == decided(reference)
 
 
 @pytest.fixture(scope="module")
