@@ -477,6 +477,32 @@ def test_cells_in_the_committed_results_file_are_not_run_again(tmp_path, capsys)
   assert benchmark.recorded(other, results_dir) == {}  # 5 episodes, not 4: measure again
 
 
+def test_the_whole_table_takes_the_cells_its_quick_run_finished(tmp_path, monkeypatch):
+  """In a fresh clone (only the results files), the whole table runs none of the cells its
+  --quick twin recorded, and --rerun forgets a method in both files."""
+  root, results_dir = str(tmp_path / "runs"), str(tmp_path / "docs" / "benchmarks")
+  quick = benchmark.make_plan("mnist5k", root, ["0"], 4, False, quick=True)
+
+  def run_cell(plan, seed, target, method, results_dir):
+    ran.append((seed, target, method))
+    files.write_json(os.path.join(plan.run_dir(target, seed, method), files.RESULTS),
+                     results(0.9, target))
+
+  ran = []
+  monkeypatch.setattr(benchmark, "run_cell", run_cell)
+  benchmark.run_plan(quick, results_dir)
+  benchmark.report(quick, None, results_dir)
+  os.rename(root, root + ".gone")
+  ran.clear()
+  table = benchmark.make_plan("mnist5k", root, ["0", "1"], 4, False)
+  benchmark.run_plan(table, results_dir)
+  assert ran == [cell for cell in table.cells() if cell not in quick.cells()]
+  assert quick.cells() and set(quick.cells()) <= set(table.cells())
+  rerun = benchmark.make_plan("mnist5k", root, ["0"], 4, False, methods=["lamp"])
+  benchmark.forget(rerun, results_dir)
+  assert "lamp" not in {method for _, _, method in benchmark.recorded(quick, results_dir)}
+
+
 def test_a_part_of_the_table_adds_to_the_results_file_and_drops_none_of_it(tmp_path):
   root, results_dir = str(tmp_path / "runs"), str(tmp_path / "docs" / "benchmarks")
 

@@ -10,9 +10,9 @@ Everything goes into --out_dir (default runs/benchmarks), named by the benchmark
 folder holds several benchmarks and their variants side by side. Each cell (method, target,
 seed) is one `python -m purl_tf.train` process in <out_dir>/<benchmark>/target<t>/seed<s>/
 <method>, its log beside it. A finished cell is never run again: its folder's results.json,
-or its record in the results file <out_dir>/<name>.json (with --update_docs, the copy kept
-in the docs is read too, so a benchmark continues in a fresh clone where the last one
-stopped). The first cell of a seed pre-trains the dense model every other cell of that seed
+or its record in the results file <out_dir>/<name>.json or in that of its --quick (or
+whole-table) twin, which runs the same cells (with --update_docs, the copies kept in the
+docs are read too, so a benchmark continues in a fresh clone where the last one stopped). The first cell of a seed pre-trains the dense model every other cell of that seed
 starts from, deterministically from the seed; its weights are cached in
 <out_dir>/<name>_dense/seed<s>.h5 for the other cells (and for studies of that network). A
 seed changes the reward split (load_splits.reward_seed), the pre-training and retraining
@@ -391,14 +391,23 @@ def results_path(plan: Plan, results_dir: str) -> str:
   return os.path.join(results_dir, f"{plan.name}.json")
 
 
+def twins(plan: Plan) -> Tuple[Plan, Plan]:
+  """The plan and its --quick twin (or whole-table twin): the same cells, run the same way
+  in the same folders, so each takes the cells the other finished."""
+  return plan, dataclasses.replace(plan, quick=not plan.quick)
+
+
 def recorded(plan: Plan, results_dir: str) -> Dict[Tuple[int, float, str], dict]:
-  """The cells the results file holds, by (seed, target, method); none when it was
-  written with other bindings or episodes (its cells then measure something else)."""
-  written = files.read_json(results_path(plan, results_dir))
-  if not written or (written["bindings"], written["episodes"]) != (
-      plan.bindings("<target>", "<seed>"), plan.episodes):
-    return {}
-  return {(c["seed"], c["target"], c["method"]): c for c in written["cells"]}
+  """The cells the results files of the plan and its twin hold, by (seed, target,
+  method), the plan's own first; none of a file written with other bindings or episodes
+  (its cells then measure something else)."""
+  found = {}
+  for twin in reversed(twins(plan)):
+    written = files.read_json(results_path(twin, results_dir))
+    if written and (written["bindings"], written["episodes"]) == (
+        plan.bindings("<target>", "<seed>"), plan.episodes):
+      found.update({(c["seed"], c["target"], c["method"]): c for c in written["cells"]})
+  return found
 
 
 def forget(plan: Plan, results_dir: str):
@@ -414,12 +423,13 @@ def forget(plan: Plan, results_dir: str):
     for path in (plan.log_path(target, seed, method), plan.elapsed_path(target, seed, method)):
       if os.path.exists(path):
         os.remove(path)
-  path = results_path(plan, results_dir)
-  written = files.read_json(path)
-  if written:
-    written["cells"] = [cell for cell in written["cells"]
-                        if (cell["seed"], cell["target"], cell["method"]) not in cells]
-    files.write_json(path, written)
+  for twin in twins(plan):
+    path = results_path(twin, results_dir)
+    written = files.read_json(path)
+    if written:
+      written["cells"] = [cell for cell in written["cells"]
+                          if (cell["seed"], cell["target"], cell["method"]) not in cells]
+      files.write_json(path, written)
 
 
 def run_plan(plan: Plan, results_dir: str, after_cell=lambda: None):
@@ -733,11 +743,11 @@ def run(plan: Plan, out_dir: str, rerun: bool = False, docs: Optional[str] = Non
   file and the results file and figures in `docs_data` (a fresh out_dir first takes the
   cells recorded there, so a table continues where the docs' copy stopped). `rerun`
   measures the plan's methods again (forget). Returns the section."""
-  if docs and not os.path.exists(results_path(plan, out_dir)):
-    recorded_in_docs = results_path(plan, docs_data)
-    if os.path.exists(recorded_in_docs):
+  for twin in twins(plan) if docs else ():
+    recorded_in_docs, here = results_path(twin, docs_data), results_path(twin, out_dir)
+    if os.path.exists(recorded_in_docs) and not os.path.exists(here):
       os.makedirs(out_dir, exist_ok=True)
-      shutil.copyfile(recorded_in_docs, results_path(plan, out_dir))
+      shutil.copyfile(recorded_in_docs, here)
 
   def publish():
     section = report(plan, os.path.join(out_dir, SECTIONS), out_dir)
