@@ -4,12 +4,14 @@ import os
 import shlex
 import statistics
 
+import gin
 import pytest
 
 import purl_tf  # noqa: F401
 from purl_tf.runtime import files
 from purl_tf.errors import PurlError
 from purl_tf.runtime.results import reached_target
+from purl_tf.run import configs, pipeline
 from tools.bench import channels, markdown, verdicts
 from tools.bench import methods as benchmark
 
@@ -956,3 +958,18 @@ def test_the_channel_report_writes_tables_goals_latency_and_allocations(tmp_path
   # A fresh clone continues from the results file alone, cell by cell.
   os.rename(plan.root_dir, plan.root_dir + ".gone")
   assert benchmark.collect(plan, str(results_dir)) == cells
+
+
+VARIANTS = [name.split("/", 1)[1] for name in configs.names() if name.startswith("variants/")]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_shipped_variant_binds_real_parameters_of_its_suite_config(variant):
+  """A variant goes on top of its suite's config (channels_*: mnist_resnet20_channels);
+  a misspelt parameter or configurable is a parse error here, not an hour into a run."""
+  suite = "mnist_resnet20_channels" if variant.startswith("channels_") else "mnist_resnet20"
+  gin.clear_config()
+  try:
+    pipeline.parse_gin([suite], benchmark.variant_bindings(variant))
+  finally:
+    gin.clear_config()
