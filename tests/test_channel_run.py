@@ -250,6 +250,21 @@ def test_a_channel_prior_scales_the_width_of_a_one_shot_allocation(channel_env, 
     channel_env(prior="lamp")
 
 
+def test_fit_to_target_scales_every_width_to_the_widest_allocation_at_the_budget(lenet):
+  _, controller = lenet
+  chosen = dict(zip(GROUPS, (0.5, 0.9, 0.9)))  # removes far more than 0.6 of the FLOPs
+  fitted = controller.fitted(chosen, TARGET)
+  removed = controller.removed_fraction([fitted[name] for name in GROUPS])
+  assert controller.removed_fraction(list(chosen.values())) > removed >= TARGET
+  kept = np.array([1 - fitted[name] for name in GROUPS]) * controller.sizes
+  ratios = kept / (np.array([1 - chosen[name] for name in GROUPS]) * controller.sizes)
+  assert kept[0] == controller.sizes[0]  # conv1 would pass its whole width: kept whole
+  rounding = 1 / ((1 - np.array([chosen[name] for name in GROUPS])) * controller.sizes)
+  assert ratios[1] > 1 and abs(ratios[1] - ratios[2]) <= rounding[1] + rounding[2]
+  with pytest.raises(PurlError, match="names no level for the channel groups"):
+    controller.fitted({"conv1": 0.5}, TARGET)
+
+
 def test_a_method_of_the_other_granularity_is_a_one_line_error():
   for method, granularity, valid in (("lamp", "channel", methods.CHANNEL_METHODS),
                                      ("gradual", "channel", methods.CHANNEL_METHODS),

@@ -144,6 +144,8 @@ def train_eval(root_dir: str, method: str = "purl", model_builder=models.lenet5,
       (finetune_from='dense'), first scale every layer's density by one factor so that it
       reaches exactly `target_sparsity` (pruning.fit): a search on a coarse action grid
       overshoots (0.983 for 0.98), which a fine-tune from the dense weights need not pay.
+      At channel granularity every group's width is scaled by one factor, to the widest
+      allocation that still removes `target_flops` (ChannelController.fitted).
     overwrite: delete a run with another config found in root_dir instead of refusing.
     granularity: 'weight' (default: prune weights, the paper's PuRL) or 'channel' (remove
       whole channels: a level is the fraction of a channel group's channels removed, the
@@ -225,8 +227,8 @@ def run(root_dir: str, model_builder, splits: SplitsMaker, method: str = "purl",
     _write_best_allocation(root_dir, method, parts.env, choice)
     if finetune_from == "dense" or not choice.start_state:
       finetune_from, choice.start_state = "dense", None
-      if fit_to_target and method in methods.SEARCHED and not by_channel:
-        choice.allocation = _fit(parts.controller, choice.allocation, target_sparsity)
+      if fit_to_target and method in methods.SEARCHED:
+        choice.allocation = _fit(parts.controller, choice.allocation, target)
     extra = 0
     if match_search_steps and methods.is_one_shot(method, granularity):
       extra = methods.search_steps(parts.env, root_dir, seed)
@@ -347,9 +349,13 @@ def _global_sparsity(controller: pruning.PruningController, allocation: dict) ->
 def _fit(controller: pruning.PruningController, allocation: dict, target: float) -> dict:
   """train_eval.fit_to_target: the allocation scaled to exactly `target`, said aloud."""
   before = _global_sparsity(controller, allocation)
-  fitted = pruning.fitted(controller, allocation, target)
+  if isinstance(controller, ChannelController):
+    fitted = controller.fitted(allocation, target)
+  else:
+    fitted = pruning.fitted(controller, allocation, target)
   _log.info(f"train_eval.fit_to_target: the chosen allocation (global sparsity {before:.4f}) "
-            f"scaled to the target {target} before its fine-tune from the dense weights.")
+            f"scaled to the target {target} ({_global_sparsity(controller, fitted):.4f}) "
+            "before its fine-tune from the dense weights.")
   return fitted
 
 

@@ -17,7 +17,7 @@ drives it (num_layers, names, infos, sizes, set_level, apply, sparsity/sparsitie
 global_sparsity, reset/snapshot, save_step/undo_step, save_state/load_state, mask_digest,
 allocation, costs); its global sparsity is the fraction of the dense FLOPs removed.
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -208,6 +208,31 @@ class ChannelController:
     removes at `target_flops`, read from the dense weights (those of construction until
     `shrink` copies the trained ones); float64 (num_layers,). No mask moves."""
     return np.asarray(allocate(name, self._plain, self.groups, target_flops), np.float64)
+
+  def fitted(self, levels: Mapping[str, float], target_flops: float) -> Dict[str, float]:
+    """{group name: fraction of its channels removed}: `levels` (one per group) with every
+    group's width scaled by one factor, the widest such allocation that still removes
+    `target_flops` of the dense FLOPs (a group keeps one channel at least, all at most), so
+    the groups keep their ratios. A search that overshoots its budget hands over the
+    allocation it chose at the budget. No mask moves."""
+    missing = sorted(set(self.names) - set(levels))
+    if missing:
+      raise PurlError(f"the allocation names no level for the channel groups {missing}.")
+    kept = np.maximum([1.0 - levels[name] for name in self.names], 1.0 / self.sizes)
+
+    def removed(factor):
+      counts = self.sizes - np.clip(np.round(factor * kept * self.sizes), 1, self.sizes)
+      return counts.astype(np.int64), 1.0 - self._cost(counts.astype(np.int64)).flops / (
+          self._dense.flops)
+
+    low, high = 0.0, 1.0 / float(kept.min())  # every group at one channel / whole
+    if removed(low)[1] < target_flops:
+      raise PurlError(f"no width of this allocation removes {target_flops} of the FLOPs: "
+                      "lower train_eval.target_flops.")
+    for _ in range(40):  # removed() falls as the factor grows
+      middle = (low + high) / 2
+      low, high = (middle, high) if removed(middle)[1] >= target_flops else (low, middle)
+    return dict(zip(self.names, (removed(low)[0] / self.sizes).tolist()))
 
   def allocation(self) -> dict:
     """{group name: fraction of its channels removed}."""
