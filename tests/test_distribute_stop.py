@@ -12,9 +12,10 @@ import purl_tf  # noqa: F401
 
 from purl_tf.runtime import files
 
-from conftest import start_workers, train_command
+from conftest import start_from, start_workers, train_command
 
 WAIT_SECONDS = 300  # a worker left alone in a collective may wait forever
+EPISODES = 2
 
 
 def _wait_for(path, text, process, seconds=300):
@@ -29,11 +30,17 @@ def _wait_for(path, text, process, seconds=300):
 
 
 def test_a_signal_to_one_worker_stops_both_and_both_resume_from_the_chiefs_checkpoint(
-    mnist5k_splits, data_dir, tmp_path):
-  del mnist5k_splits  # prepared in data_dir before the workers read it
+    pretrained_lenet, data_dir, tmp_path):
   root = str(tmp_path / "run")
+  # Every worker loads the session's dense weights from its own folder instead of
+  # pre-training: what the test stops is the search.
+  for folder in (root, os.path.join(root, "workers", "worker_1")):
+    start_from(folder, pretrained_lenet.weights_path)
+  # Two collect episodes and the greedy one after them: the stop comes in episode 2, so
+  # the resumed workers still play a collect and a greedy episode from the chief's state.
   command = train_command(root, data_dir, "make_strategy.name = 'multi_worker'",
-                          "train_eval.export_tflite = False", "SearchRunner.num_episodes = 4",
+                          "train_eval.export_tflite = False",
+                          f"SearchRunner.num_episodes = {EPISODES}",
                           "SearchRunner.candidates = 1", "finetune.epochs = 0.1")
 
   def run_workers(attempt, stop=False):
@@ -57,7 +64,7 @@ def test_a_signal_to_one_worker_stops_both_and_both_resume_from_the_chiefs_check
   shutil.rmtree(os.path.join(root, "workers", "worker_1", files.SEARCH_CHECKPOINTS))
   codes, outputs = run_workers(1)
   assert codes == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-  resumed = [re.search(r"Resuming the search after episode (\d+)/4", output)
+  resumed = [re.search(rf"Resuming the search after episode (\d+)/{EPISODES}", output)
              for output in outputs]
   assert all(resumed), outputs[1][-2000:]
   assert resumed[0].group(1) == resumed[1].group(1)
@@ -65,4 +72,4 @@ def test_a_signal_to_one_worker_stops_both_and_both_resume_from_the_chiefs_check
               (root, os.path.join(root, "workers", "worker_1"))]
   assert [(e["levels"], e["accuracy"]) for e in episodes[0]] == [
       (e["levels"], e["accuracy"]) for e in episodes[1]]
-  assert sum(e["policy"] == "collect" for e in episodes[0]) == 4
+  assert sum(e["policy"] == "collect" for e in episodes[0]) == EPISODES
