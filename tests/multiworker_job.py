@@ -42,11 +42,12 @@ def local_sparsities(model):
   return out
 
 
-data_dir, weights, root, allocation = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+data_dir, weights, root = sys.argv[1:4]
+allocation, epochs = json.loads(sys.argv[4]), float(sys.argv[5])
 splits, controller = pretrained_lenet(strategy, data_dir, weights)
 start_digest = variables_digest(controller.model)
 results = finetune.finetune(controller, strategy, splits, allocation,
-                            distribute.run_dir(root, strategy), epochs=1.0, seed=0)
+                            distribute.run_dir(root, strategy), epochs=epochs, seed=0)
 report = {key: results[key] for key in (
     "dense_test_accuracy", "pruned_test_accuracy", "global_sparsity", "pruned_model")}
 report.update(start_digest=start_digest, final_digest=variables_digest(controller.model),

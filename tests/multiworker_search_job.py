@@ -48,7 +48,9 @@ with strategy.scope():
 env = RecordingEnv(controller, trainer, functools.partial(splits.train_stream, seed=0),
                    splits.reward, target_sparsity=0.9, retrain_steps=0)
 tf.keras.utils.set_random_seed(0)  # the agent's initial Q-network, as in the reference
-runner = search.SearchRunner(env, distribute.run_dir(root, strategy), num_episodes=4,
+# Two collect episodes (the first all exploration), the agent trained on each worker's own
+# replay draws after the second, then the greedy episode of those diverged Q-networks.
+runner = search.SearchRunner(env, distribute.run_dir(root, strategy), num_episodes=2,
                              eval_interval=2, batch_size=8, rescore_steps=0,
                              checkpoint_seconds=0, seed=worker,
                              lockstep=distribute.Lockstep(strategy))

@@ -21,6 +21,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 JOB = os.path.join(HERE, "multiworker_job.py")
 SEARCH_JOB = os.path.join(HERE, "multiworker_search_job.py")
 ALLOCATION = {"conv1": 0.5, "conv2": 0.8, "fc1": 0.95, "predictions": 0.6}
+# Fine-tuning of the loopback test: 14 steps of the global batch of 64 move every weight
+# (lockstep is checked on the digests of all variables), as a whole epoch's 54 did.
+EPOCHS = 0.25
 
 
 def _result(process):
@@ -40,9 +43,9 @@ def test_a_two_worker_search_keeps_the_workers_masks_equal_and_matches_one_proce
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   chief, other = [_result(worker) for worker in workers]
   single = _result(reference)
-  # Worker 1 explores with another seed, yet both workers held the same masks (each read
-  # its own) after every episode: 4 collect and 2 greedy ones.
-  assert len(chief["digests"]) == 6
+  # Worker 1 explores with another seed and samples its replay with it, yet both workers
+  # held the same masks (each read its own) after every episode: 2 collect, 1 greedy.
+  assert len(chief["digests"]) == 3
   assert chief["digests"] == other["digests"]
   assert chief["levels"] == other["levels"]
   # ... and decided as one process with the chief's seed.
@@ -56,14 +59,14 @@ def test_a_two_worker_search_keeps_the_workers_masks_equal_and_matches_one_proce
 def test_two_workers_on_loopback_match_one_device(pretrained_lenet, data_dir, tmp_path):
   root = str(tmp_path / "multi")
   workers = start_workers([sys.executable, JOB, data_dir, pretrained_lenet.weights_path, root,
-                           json.dumps(ALLOCATION)])
+                           json.dumps(ALLOCATION), str(EPOCHS)])
   results = [_result(worker) for worker in workers]
 
   # The same global batch of 64 on one device (32 per worker above).
   strategy = tf.distribute.get_strategy()
   controller = pruning.PruningController(pruning.wrap(pretrained_lenet()))
   single = finetune.finetune(controller, strategy, pretrained_lenet.splits, ALLOCATION,
-                             str(tmp_path / "single"), epochs=1.0, seed=0)
+                             str(tmp_path / "single"), epochs=EPOCHS, seed=0)
 
   chief, other = results
   assert chief["pruned_model"] == os.path.join(root, "pruned_model.keras")
