@@ -239,16 +239,16 @@ def _keras_report(stdout):
 @pytest.fixture(scope="module")
 def import_order_runs():
   """Import orders, each in a child process with TF_USE_LEGACY_KERAS and
-  TF_ENABLE_ONEDNN_OPTS unset (in parallel)."""
-  onednn = ("import purl_tf; import tensorflow as tf; "
-            "from tensorflow.python.util import _pywrap_util_port as port; "
+  TF_ENABLE_ONEDNN_OPTS unset (in parallel). 'purl_tf_first' and 'onednn_unset' are one
+  process: both import purl_tf first in that environment."""
+  onednn = ("from tensorflow.python.util import _pywrap_util_port as port; "
             "print('ONEDNN', port.IsMklEnabled())")
   runs = {
       "keras3_first": _python("import tensorflow as tf; tf.keras.layers; import purl_tf"),
-      "onednn_unset": _python(onednn),
-      "onednn_off": _python(onednn, TF_ENABLE_ONEDNN_OPTS="0"),
+      "onednn_off": _python(f"import purl_tf; import tensorflow as tf; {onednn}",
+                            TF_ENABLE_ONEDNN_OPTS="0"),
       "purl_tf_first": _python("import sys; import purl_tf; import tensorflow as tf; "
-                               "import purl_tf.pruning; "
+                               f"{onednn}; import purl_tf.pruning; "
                                "print('KERAS3_LOADED', 'keras' in sys.modules); "
                                f"{_REPORT}; import keras; print('KERAS3', keras.__version__)"),
       # TensorFlow itself accepts TF_USE_LEGACY_KERAS=true/True/1 (tensorflow/python/util/
@@ -261,6 +261,7 @@ def import_order_runs():
   for name, process in runs.items():
     stdout, stderr = process.communicate(timeout=300)
     results[name] = (process.returncode, stdout, stderr)
+  results["onednn_unset"] = results["purl_tf_first"]
   return results
 
 
