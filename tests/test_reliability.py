@@ -34,8 +34,9 @@ def test_a_random_search_crashed_at_a_random_step_ends_as_an_uninterrupted_one(
     trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
     env = PruningEnv(controller, trainer, splits.train_stream, splits.reward,
                      retrain_steps=2, target_sparsity=0.9)
+    # Random search runs as many episodes as a DQN search evaluates: 2 + 1 here.
     return search.SearchRunner(env, str(tmp_path / root), learner=search.RANDOM,
-                               num_episodes=3, eval_interval=2, rescore_steps=5,
+                               num_episodes=2, eval_interval=2, rescore_steps=5,
                                checkpoint_seconds=0, log_every=100)
 
   def outcome(result):
