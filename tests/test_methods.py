@@ -11,9 +11,13 @@ import purl_tf  # noqa: F401
 import gin
 import tf_keras as keras
 
+import tensorflow as tf
+
 from purl_tf import models, pruning, train
+from purl_tf.pruning.training import MaskedTrainer
 from purl_tf.rl import search
-from purl_tf.run import gradual, pipeline
+from purl_tf.rl.env import PruningEnv
+from purl_tf.run import gradual, methods, pipeline
 from purl_tf.runtime import files
 from purl_tf.rl.env import SPARSITY_LEVELS
 from purl_tf.errors import PurlError
@@ -69,8 +73,13 @@ def zeros_share(path):
   return sum(np.count_nonzero(k == 0) for k in kernels) / sum(k.size for k in kernels)
 
 
-@pytest.mark.parametrize("method", ["global_magnitude", "lamp", "erk", "uniform",
-                                    "uniform_keep_ends", "gradual", "random", "episodic"])
+# End to end: one one-shot method (erk) stands for them all, since every one-shot method
+# takes the same pipeline path (methods.choose hands pruning.allocate's allocation to the
+# same fine-tune; the pipeline branches on no one-shot method's name); the other one-shot
+# methods are checked where they differ, their choice, in
+# test_every_one_shot_method_chooses_its_rule_at_the_target (and their rules in
+# test_pruning.py).
+@pytest.mark.parametrize("method", ["erk", "gradual", "random", "episodic"])
 def test_every_method_writes_one_run_result_and_reaches_the_target(method, finished):
   root, result = finished(method)
   on_disk = RunResult(**json.load(open(os.path.join(root, files.RESULTS))))  # every field
@@ -81,10 +90,40 @@ def test_every_method_writes_one_run_result_and_reaches_the_target(method, finis
   assert result.global_sparsity >= 0.9 - 1e-3 and result.reached_target
   assert result.dense_test_accuracy > 0.9  # the shared pre-trained model
   assert result.pruned_test_accuracy > 0.1  # fine-tuned, not a broken network
-  if method == "uniform":
-    assert all(v == pytest.approx(0.9, abs=1e-3) for v in result.allocation.values())
-  if method == "global_magnitude":  # one threshold: the layers' sparsities differ
-    assert max(result.allocation.values()) - min(result.allocation.values()) > 0.1
+
+
+# Each one-shot method's rule, named here (not read from pruning.ALLOCATIONS).
+RULES = {"global_magnitude": pruning.global_magnitude, "lamp": pruning.lamp,
+         "erk": pruning.erk, "uniform": pruning.uniform,
+         "uniform_keep_ends": pruning.uniform_keep_ends}
+
+
+def test_every_one_shot_method_chooses_its_rule_at_the_target(pretrained_lenet, tmp_path):
+  """What a one-shot method's run fine-tunes: methods.choose's allocation, its own rule's
+  at the target, on the dense weights, the controller left dense."""
+  assert set(RULES) == set(methods.ONE_SHOT) and set(methods.ONE_SHOT) < set(methods.METHODS)
+  splits = pretrained_lenet.splits
+  controller = pruning.PruningController(pruning.wrap(pretrained_lenet()))
+  trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
+  env = PruningEnv(controller, trainer, splits.train_stream, splits.reward.take(1),
+                   target_sparsity=0.9, retrain_steps=0, recalibrate_batches=0)
+  chosen = {}
+  for method, rule in RULES.items():
+    choice = methods.choose(method, env, str(tmp_path), seed=0)
+    assert controller.global_sparsity() == 0.0, method  # left dense for the fine-tune
+    allocation = choice.allocation
+    assert list(allocation) == list(LAYERS) and choice.episodes == 0, method
+    expected = rule(controller, 0.9)  # the rule itself, on the dense weights
+    controller.reset()
+    assert [allocation[name] for name in LAYERS] == pytest.approx(list(expected), abs=1e-9)
+    reached = pruning.costs(controller.infos, [allocation[name] for name in LAYERS],
+                            controller.total_params)["global_sparsity"]
+    assert reached >= 0.9 - 1e-3, method
+    chosen[method] = allocation
+  assert all(v == pytest.approx(0.9, abs=1e-3) for v in chosen["uniform"].values())
+  for method in ("global_magnitude", "lamp", "erk", "uniform_keep_ends"):
+    # layer-adaptive: the layers' sparsities differ
+    assert max(chosen[method].values()) - min(chosen[method].values()) > 0.1, method
 
 
 def test_searched_methods_share_the_purl_budget(finished):
