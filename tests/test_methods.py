@@ -1,5 +1,7 @@
-"""Every method of train_eval.method end to end on LeNet-5 with tiny budgets: the same
-RunResult, the target reached in the saved model, the budgets the methods share."""
+"""Every method of train_eval.method on LeNet-5 with tiny budgets: the same RunResult, the
+target reached in the saved model (end to end for the searches, gradual and erk, which
+takes the path every one-shot method shares), each one-shot method's choice, the budgets
+the methods share."""
 import json
 import logging
 import os
