@@ -142,6 +142,20 @@ def quick_bindings(data_dir):
           "make_strategy.name = 'default'", "train_eval.deterministic = True"]
 
 
+def weight_env(model, splits, reward=None, **options):
+  """A PruningEnv of `model` at weight granularity: wrapped, with its controller and a
+  MaskedTrainer on the default strategy, retraining on splits.train_stream and measured on
+  `reward` (default splits.reward); `options` go to PruningEnv."""
+  import tensorflow as tf
+  from purl_tf import pruning
+  from purl_tf.pruning.training import MaskedTrainer
+  from purl_tf.rl.env import PruningEnv
+  controller = pruning.PruningController(pruning.wrap(model))
+  trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
+  return PruningEnv(controller, trainer, splits.train_stream,
+                    splits.reward if reward is None else reward, **options)
+
+
 def start_from(root, weights_path):
   """Puts the dense weights `weights_path` where a run in `root` looks for them, so that it
   loads them instead of pre-training."""

@@ -13,19 +13,15 @@ import purl_tf  # noqa: F401
 import gin
 import tf_keras as keras
 
-import tensorflow as tf
-
 from purl_tf import models, pruning, train
-from purl_tf.pruning.training import MaskedTrainer
 from purl_tf.rl import search
-from purl_tf.rl.env import PruningEnv
 from purl_tf.run import gradual, methods, pipeline
 from purl_tf.runtime import files
 from purl_tf.rl.env import SPARSITY_LEVELS
 from purl_tf.errors import PurlError
 from purl_tf.runtime.results import RunResult
 
-from conftest import QUICKSTART, load_tool, start_from
+from conftest import QUICKSTART, load_tool, start_from, weight_env
 
 LAYERS = ("conv1", "conv2", "fc1", "predictions")
 RESCORE_STEPS = 3
@@ -105,10 +101,9 @@ def test_every_one_shot_method_chooses_its_rule_at_the_target(pretrained_lenet, 
   at the target, on the dense weights, the controller left dense."""
   assert set(RULES) == set(methods.ONE_SHOT) and set(methods.ONE_SHOT) < set(methods.METHODS)
   splits = pretrained_lenet.splits
-  controller = pruning.PruningController(pruning.wrap(pretrained_lenet()))
-  trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
-  env = PruningEnv(controller, trainer, splits.train_stream, splits.reward.take(1),
-                   target_sparsity=0.9, retrain_steps=0, recalibrate_batches=0)
+  env = weight_env(pretrained_lenet(), splits, splits.reward.take(1), target_sparsity=0.9,
+                   retrain_steps=0, recalibrate_batches=0)
+  controller = env.controller
   chosen = {}
   for method, rule in RULES.items():
     choice = methods.choose(method, env, str(tmp_path), seed=0)

@@ -12,15 +12,14 @@ import pytest
 
 import purl_tf  # noqa: F401
 import gin
-import tensorflow as tf
 import tf_keras as keras
 
-from purl_tf import models, pruning
+from purl_tf import models
 from purl_tf.rl import search
 from purl_tf.runtime import files
-from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
-from purl_tf.pruning.training import MaskedTrainer
+
+from conftest import weight_env
 
 TARGET = 0.9
 # A policy's own levels reach the target to within a grid step (it is not enforced here);
@@ -42,10 +41,8 @@ def small_cnn(input_shape, num_classes):
 
 def make_env(model, splits, retrain_steps):
   """A PruningEnv of `model` at TARGET, not enforcing it: reaching it is the policy's doing."""
-  controller = pruning.PruningController(pruning.wrap(model))
-  trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
-  return PruningEnv(controller, trainer, splits.train_stream, splits.reward,
-                    retrain_steps=retrain_steps, target_sparsity=TARGET, enforce_target=False)
+  return weight_env(model, splits, retrain_steps=retrain_steps, target_sparsity=TARGET,
+                    enforce_target=False)
 
 
 @pytest.fixture(scope="module")

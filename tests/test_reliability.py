@@ -20,6 +20,8 @@ from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
 from purl_tf.pruning.training import MaskedTrainer
 
+from conftest import weight_env
+
 
 def test_a_random_search_crashed_at_a_random_step_ends_as_an_uninterrupted_one(
     pretrained_lenet, tmp_path, monkeypatch, caplog):
@@ -30,10 +32,7 @@ def test_a_random_search_crashed_at_a_random_step_ends_as_an_uninterrupted_one(
   splits = pretrained_lenet.splits
 
   def runner(root):  # a fresh network and environment, as a new process would build
-    controller = pruning.PruningController(pruning.wrap(pretrained_lenet()))
-    trainer = MaskedTrainer(controller.model, tf.distribute.get_strategy())
-    env = PruningEnv(controller, trainer, splits.train_stream, splits.reward,
-                     retrain_steps=2, target_sparsity=0.9)
+    env = weight_env(pretrained_lenet(), splits, retrain_steps=2, target_sparsity=0.9)
     # Random search runs as many episodes as a DQN search evaluates: 2 + 1 here.
     return search.SearchRunner(env, str(tmp_path / root), learner=search.RANDOM,
                                num_episodes=2, eval_interval=2, rescore_steps=5,

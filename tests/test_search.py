@@ -14,7 +14,6 @@ import pytest
 
 import purl_tf  # noqa: F401
 import gin
-import tensorflow as tf
 import tf_keras as keras
 
 from purl_tf import pruning
@@ -23,9 +22,8 @@ from purl_tf.run import export, pipeline
 from purl_tf.runtime import files
 from purl_tf.rl.env import PruningEnv
 from purl_tf.errors import PurlError
-from purl_tf.pruning.training import MaskedTrainer
 
-from conftest import QUICKSTART, REPO, load_tool, quick_bindings, train_command
+from conftest import QUICKSTART, REPO, load_tool, quick_bindings, train_command, weight_env
 
 def test_train_eval_writes_every_artefact(finished_run):
   root, results = finished_run
@@ -134,12 +132,10 @@ def test_bad_input_prints_one_line_and_exits_non_zero(data_dir, tmp_path):
 @pytest.mark.parametrize("learner", [search.DQN, search.RANDOM])
 def test_the_prior_episode_comes_first_plays_the_prior_and_counts_in_the_budget(
     learner, pretrained_lenet, tmp_path):
-  wrapped = pruning.wrap(pretrained_lenet())
-  controller = pruning.PruningController(wrapped)
-  trainer = MaskedTrainer(wrapped, tf.distribute.get_strategy())
   splits = pretrained_lenet.splits
-  env = PruningEnv(controller, trainer, splits.train_stream, splits.reward, retrain_steps=1,
-                   target_sparsity=0.9, prior="lamp")
+  env = weight_env(pretrained_lenet(), splits, retrain_steps=1, target_sparsity=0.9,
+                   prior="lamp")
+  controller = env.controller
   runner = search.SearchRunner(env, str(tmp_path), learner=learner, num_episodes=2,
                                eval_interval=2, log_every=100, rescore_steps=0,
                                prior_episode=True)
@@ -154,5 +150,5 @@ def test_the_prior_episode_comes_first_plays_the_prior_and_counts_in_the_budget(
   if learner == search.DQN:  # the DQN learned from it: 2 collect episodes and the prior's
     assert runner.replay.num_frames() == 3 * env.num_layers
   with pytest.raises(PurlError, match="prior_episode needs PruningEnv.prior"):
-    search.SearchRunner(PruningEnv(controller, trainer, splits.train_stream, splits.reward),
+    search.SearchRunner(PruningEnv(controller, env.trainer, splits.train_stream, splits.reward),
                         str(tmp_path / "no_prior"), prior_episode=True)
